@@ -1,0 +1,1 @@
+"""Atoll operator tooling: the `atoll` CLI, PKI and local deployment orchestration."""

@@ -1,0 +1,544 @@
+"""`atoll`: one command line for operators, node owners and governance.
+
+Sub-commands wrap the real Flower processes; nothing here trains or scores by itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from atoll import pki
+from atoll.cli_audit import audit_app
+from atoll.cli_budget import budget_app
+from atoll.cli_keys import keys_app as apikey_app
+from atoll.processes import (
+    flower_env,
+    register_node,
+    superlink_argv,
+    supernode_argv,
+    write_connection,
+)
+
+app = typer.Typer(
+    help="Atoll: federated churn & propensity models with DP, over Flower.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,  # locals may hold data: never print them
+)
+certs_app = typer.Typer(help="TLS certificates for the coordinator.", no_args_is_help=True)
+keys_app = typer.Typer(help="Node authentication keys.", no_args_is_help=True)
+node_app = typer.Typer(
+    help="Run and register SuperNodes (one per data silo).", no_args_is_help=True
+)
+superlink_app = typer.Typer(help="Run the coordinator's SuperLink.", no_args_is_help=True)
+contract_app = typer.Typer(help="Check data contracts and data against them.", no_args_is_help=True)
+app.add_typer(certs_app, name="certs")
+app.add_typer(keys_app, name="keys")
+app.add_typer(node_app, name="node")
+app.add_typer(superlink_app, name="superlink")
+app.add_typer(contract_app, name="contract")
+app.add_typer(budget_app, name="budget")
+app.add_typer(audit_app, name="audit")
+app.add_typer(apikey_app, name="apikey")
+console = Console(stderr=True)
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+TELCO = SHARED_DATA / "Telco-Customer-Churn.csv"
+MARKER = ".atoll-federation"
+
+SuperLinkAddr = Annotated[str, typer.Option(help="SuperLink address host:port")]
+CaCert = Annotated[Path, typer.Option(help="CA certificate of the coordinator")]
+CoordinatorHome = Annotated[Path, typer.Option(help="Coordinator's flwr CLI home")]
+
+
+def _fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(2)
+
+
+# ---- certificates and keys -------------------------------------------------------------------
+@certs_app.command("create")
+def certs_create(
+    out: Annotated[Path, typer.Option(help="Directory for ca.crt, server.crt, server.key")] = Path(
+        "deploy/certs"
+    ),
+    host: Annotated[list[str] | None, typer.Option(help="Names/IPs nodes dial (repeat)")] = None,
+    days: int = 365,
+) -> None:
+    """Create a CA and a server certificate covering every address nodes dial."""
+    files = pki.create_tls(out, tuple(host or pki.DEFAULT_HOSTS), days)
+    console.print(
+        f"CA {files.ca_cert}\ncertificate {files.server_cert}\nkey {files.server_key} (mode 600)"
+    )
+
+
+@keys_app.command("node")
+def keys_node(
+    name: Annotated[str, typer.Argument(help="Node name, e.g. marketing")],
+    out: Annotated[Path, typer.Option(help="Directory for NAME and NAME.pub")] = Path(
+        "deploy/keys"
+    ),
+) -> None:
+    """Create a node's ECDSA P-384 key pair (OpenSSH format) for SuperNode authentication."""
+    private, public = pki.create_node_key(out, name)
+    console.print(
+        f"private key {private} (mode 600) — keep it on the node\n"
+        f"public key {public} — give it to the coordinator"
+    )
+
+
+# ---- coordinator -------------------------------------------------------------------------------
+@superlink_app.command("start")
+def superlink_start(
+    certs: Annotated[Path, typer.Option(help="Directory from `atoll certs create`")] = Path(
+        "deploy/certs"
+    ),
+    state: Annotated[
+        Path, typer.Option(help="SuperLink state database (runs survive restarts)")
+    ] = Path("runs/superlink-state.db"),
+    host: str = "127.0.0.1",
+    port: int = 9093,
+    node_auth: Annotated[bool, typer.Option(help="Admit only registered node keys")] = True,
+) -> None:
+    """Start a SuperLink with TLS, node authentication and persistent state (foreground)."""
+    tls = pki.tls_files(certs)
+    state.parent.mkdir(parents=True, exist_ok=True)
+    argv = superlink_argv(
+        tls=tls, port=port, state_db=state.resolve(), node_auth=node_auth, host=host
+    )
+    os.execve(argv[0], argv, flower_env())
+
+
+@node_app.command("register")
+def node_register(
+    public_key: Annotated[Path, typer.Argument(help="The node's NAME.pub")],
+    name: Annotated[str, typer.Option(help="Name shown in model cards")],
+    superlink: SuperLinkAddr = "127.0.0.1:9093",
+    ca: CaCert = Path("deploy/certs/ca.crt"),
+    flwr_home: CoordinatorHome = Path("runs/coordinator-flwr"),
+    registry: Annotated[
+        str,
+        typer.Option(
+            help="Coordinator database (the admin audit log)", envvar="ATOLL_REGISTRY_URL"
+        ),
+    ] = "sqlite:///runs/registry.db",
+) -> None:
+    """Admit a node's public key to the federation (run on the coordinator)."""
+    write_connection(flwr_home.resolve(), "atoll", superlink, ca.resolve())
+    from server.api.audit_trail import operator_log
+
+    log = operator_log(registry)
+    details = {"name": name, "public_key_sha256": _fingerprint(public_key)}
+    log.append("operator", "node.registered", f"node:{name}", details)  # before it happens
+    register_node(flwr_home.resolve(), "atoll", public_key.resolve(), name)
+    console.print(f"registered node '{name}' (recorded in the admin audit log)")
+
+
+def _fingerprint(public_key: Path) -> str:
+    return hashlib.sha256(public_key.read_bytes().split()[1]).hexdigest()
+
+
+@node_app.command("start")
+def node_start(
+    name: Annotated[str, typer.Option(help="This node's name")],
+    data: Annotated[str, typer.Option(help="CSV/Parquet path or SQLAlchemy URL of the local data")],
+    contract: Annotated[Path, typer.Option(help="This node's copy of the data contract")],
+    key: Annotated[Path, typer.Option(help="Private key from `atoll keys node`")],
+    superlink: SuperLinkAddr = "127.0.0.1:9093",
+    ca: CaCert = Path("deploy/certs/ca.crt"),
+    table: str = "",
+    query: str = "",
+    port: Annotated[int, typer.Option(help="Local port for the node's app runtime")] = 9094,
+    home: Annotated[Path, typer.Option(help="Node's state directory")] = Path("runs/node"),
+) -> None:
+    """Start a SuperNode on this silo's data (foreground). Data never leaves this process tree."""
+    config: dict[str, str | int | float | bool] = {
+        "node-name": name,
+        "data": data if "://" in data else str(Path(data).resolve()),
+        "contract": str(contract.resolve()),
+        "state-dir": str((home / "state").resolve()),
+    }
+    if table:
+        config["table"] = table
+    if query:
+        config["query"] = query
+    argv = supernode_argv(
+        superlink=superlink,
+        ca_cert=ca.resolve(),
+        private_key=key.resolve(),
+        node_config=config,
+        port=port,
+    )
+    home.mkdir(parents=True, exist_ok=True)
+    os.execve(argv[0], argv, flower_env(home.resolve() / "flwr"))
+
+
+# ---- contract --------------------------------------------------------------------------------
+@contract_app.command("check")
+def contract_check(
+    contract: Annotated[Path, typer.Argument(help="Contract YAML")],
+    data: Annotated[
+        str | None, typer.Option(help="Optional data to validate (counts only are shown)")
+    ] = None,
+) -> None:
+    """Validate a contract, and optionally a data set against it (prints the quality report)."""
+    from client.data_source import read_records
+    from client.validation import validate
+    from common.contract import ContractError, load_contract
+
+    try:
+        c = load_contract(contract)
+    except ContractError as err:
+        _fail(str(err))
+    console.print(
+        f"contract {c.name} v{c.version} ({c.task}), {len(c.features)} features, hash {c.hash}"
+    )
+    if data:
+        report = validate(read_records(data), c).report
+        typer.echo(report.model_dump_json(indent=2))
+
+
+# ---- serving ---------------------------------------------------------------------------------
+@app.command()
+def serve(
+    registry: Annotated[
+        str, typer.Option(help="Registry SQLAlchemy URL")
+    ] = "sqlite:///runs/registry.db",
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    certfile: Annotated[
+        Path | None, typer.Option(help="TLS certificate (PEM): serve HTTPS (with --keyfile)")
+    ] = None,
+    keyfile: Annotated[Path | None, typer.Option(help="TLS private key (PEM)")] = None,
+    audit_key: Annotated[
+        Path | None, typer.Option(help="The API's Ed25519 audit key (created if missing)")
+    ] = None,
+    audit_public_key: Annotated[
+        list[Path] | None,
+        typer.Option(help="Public keys GET /audit/verify accepts (e.g. coordinator.pub; repeat)"),
+    ] = None,
+) -> None:
+    """Serve the scoring API; every route but /health needs an API key (`atoll apikey`)."""
+    import uvicorn
+
+    from server.api.app import create_app
+
+    if (certfile is None) != (keyfile is None):
+        _fail("give both --certfile and --keyfile to serve HTTPS, or neither for plain HTTP")
+    for path in (certfile, keyfile):
+        if path is not None and not path.is_file():
+            _fail(f"TLS file {path} not found; `atoll certs create` makes server.crt/server.key")
+    uvicorn.run(
+        create_app(registry, audit_key=audit_key, audit_public_keys=audit_public_key),
+        host=host,
+        port=port,
+        log_level="warning",
+        ssl_certfile=str(certfile) if certfile else None,
+        ssl_keyfile=str(keyfile) if keyfile else None,
+    )
+
+
+# ---- the main job ----------------------------------------------------------------------------
+def _progress_runner(fed: Any, config: dict[str, Any]) -> Any:
+    """Run `fed.run(config)` (anything with that method) behind a rich progress bar."""
+    from atoll.federation import round_of
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        task = progress.add_task("waiting for nodes", total=config["num-server-rounds"])
+
+        def on_line(line: str) -> None:
+            if r := round_of(line):
+                progress.update(task, completed=r[0] - 1, description=f"round {r[0]}/{r[1]}")
+            elif "ATOLL published" in line:
+                progress.update(
+                    task, completed=config["num-server-rounds"], description="published"
+                )
+            elif "ERROR" in line or "did not join" in line:
+                progress.console.print(f"[yellow]{line.strip()}[/]")
+
+        return fed.run(config, on_line=on_line)
+
+
+@app.command("run")
+def run_cmd(
+    contract: Annotated[Path, typer.Option(help="The federation's data contract")],
+    registry: Annotated[str, typer.Option(help="Coordinator database URL (registry)")],
+    superlink: SuperLinkAddr = "127.0.0.1:9093",
+    ca: CaCert = Path("deploy/certs/ca.crt"),
+    flwr_home: CoordinatorHome = Path("runs/coordinator-flwr"),
+    audit_key: Annotated[Path, typer.Option(help="Coordinator's audit signing key")] = Path(
+        "runs/coordinator-audit/coordinator.pem"
+    ),
+    rounds: int = 5,
+    strategy: str = "fedavg",
+    model: str = "logreg",
+    noise_multiplier: float = 1.0,
+    target_epsilon: float = 0.0,
+    sample_rate: float = 0.02,
+    min_nodes: int = 2,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Any other run-config KEY=VALUE (repeat)")
+    ] = None,
+) -> None:
+    """Submit a training run to a running SuperLink, follow it with progress, report the outcome."""
+    from atoll.federation import follow_run
+
+    flwr_home = flwr_home.resolve()
+    write_connection(flwr_home, "atoll", superlink, ca.resolve())
+    config: dict[str, Any] = {
+        "num-server-rounds": rounds,
+        "strategy": strategy,
+        "model": model,
+        "noise-multiplier": noise_multiplier,
+        "target-epsilon": target_epsilon,
+        "sample-rate": sample_rate,
+        "min-nodes": min_nodes,
+        "contract-path": str(contract),
+        "registry-url": registry,
+        "audit-key": str(audit_key.resolve()),
+    }
+    for item in set_ or []:
+        key, _, value = item.partition("=")
+        config[key] = _parse_value(value)
+
+    class _Submit:
+        def run(self, cfg: dict[str, Any], on_line: Any) -> Any:
+            return follow_run(
+                flwr_home=flwr_home,
+                config=cfg,
+                work=flwr_home / "runs",
+                log_path=flwr_home / "runs.log",
+                on_line=on_line,
+            )
+
+    outcome = _progress_runner(_Submit(), config)
+    if outcome.exit_code != 0 or outcome.model_version is None:
+        _fail(f"run {outcome.run_id} did not publish a model; see {flwr_home / 'runs.log'}")
+    console.print(
+        f"run {outcome.run_id} published [bold]{outcome.model_name} "
+        f"v{outcome.model_version}[/] in {outcome.seconds:.0f} s"
+    )
+
+
+def _parse_value(text: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+@app.command()
+def federate(
+    data: Annotated[
+        Path, typer.Option(help="CSV holding every silo's rows (split by --partition-by)")
+    ] = TELCO,
+    contract: Annotated[Path, typer.Option(help="Data contract YAML")] = ROOT
+    / "contracts"
+    / "telco_churn.yaml",
+    partition_by: Annotated[
+        str, typer.Option(help="Column whose values define the silos")
+    ] = "Contract",
+    nodes: Annotated[int, typer.Option(help="Number of SuperNodes (values are grouped)")] = 3,
+    rounds: int = 5,
+    strategy: Annotated[
+        str, typer.Option(help="fedavg | fedprox | fedmedian | fedtrimmedavg")
+    ] = "fedavg",
+    model: Annotated[str, typer.Option(help="logreg | mlp")] = "logreg",
+    noise_multiplier: float = 1.0,
+    target_epsilon: Annotated[
+        float, typer.Option(help="> 0: nodes calibrate noise to spend at most this")
+    ] = 0.0,
+    local_epochs: int = 1,
+    sample_rate: Annotated[
+        float, typer.Option(help="Poisson sampling rate per DP-SGD step")
+    ] = 0.02,
+    learning_rate: float = 0.5,
+    eval_noise: Annotated[
+        float, typer.Option(help="σ of the noise on evaluation histograms (0: no evaluation)")
+    ] = 10.0,
+    node_cap: Annotated[float, typer.Option(help="Each node's cumulative ε cap (δ=1e-5)")] = 10.0,
+    id_from_row: Annotated[bool, typer.Option(help="Data has no id column: number rows")] = False,
+    workdir: Annotated[
+        Path, typer.Option(help="Certs, keys, state, logs and registry go here (recreated)")
+    ] = Path("runs/federation"),
+    json_out: Annotated[
+        Path | None, typer.Option(help="Write a machine-readable summary here")
+    ] = None,
+    serve_api: Annotated[
+        bool, typer.Option("--serve/--no-serve", help="Keep the API up until Ctrl-C")
+    ] = False,
+    api_port: int = 0,
+) -> None:
+    """Run a federation locally: TLS SuperLink, authenticated SuperNodes, DP, publish, serve."""
+    run_federation(
+        data=data,
+        contract=contract,
+        partition_by=partition_by,
+        nodes=nodes,
+        node_cap=node_cap,
+        id_from_row=id_from_row,
+        workdir=workdir,
+        json_out=json_out,
+        serve_api=serve_api,
+        api_port=api_port,
+        config={
+            "num-server-rounds": rounds,
+            "strategy": strategy,
+            "model": model,
+            "noise-multiplier": noise_multiplier,
+            "target-epsilon": target_epsilon,
+            "local-epochs": local_epochs,
+            "sample-rate": sample_rate,
+            "learning-rate": learning_rate,
+            "eval-noise": eval_noise,
+        },
+    )
+
+
+def _fresh_workdir(workdir: Path) -> None:
+    """A federation starts from nothing; only a directory we created earlier is ever removed."""
+    if workdir.exists():
+        if not (workdir / MARKER).exists() and any(workdir.iterdir()):
+            _fail(f"{workdir} exists and was not made by atoll; choose another --workdir")
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True)
+    (workdir / MARKER).write_text("made by `atoll federate`; removed by the next run\n")
+
+
+def _demo_keys(fed: Any) -> Path:
+    """One API key per role for the local federation, written once with mode 600."""
+    path = fed.workdir / "api-keys.json"
+    keys = {role: fed.create_api_key(role) for role in ("app", "analyst", "governance", "admin")}
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(keys, f, indent=2)
+    return path
+
+
+def run_federation(
+    *,
+    data: Path,
+    contract: Path,
+    partition_by: str,
+    nodes: int,
+    node_cap: float,
+    id_from_row: bool,
+    workdir: Path,
+    json_out: Path | None,
+    serve_api: bool,
+    api_port: int,
+    config: dict[str, Any],
+) -> dict[str, Any]:
+    """Partition → coordinator → nodes (with ledgers) → run with progress → API → summary."""
+    from atoll.federation import LocalFederation, partition_csv
+    from atoll.summary import build_summary, print_summary
+    from privacy.ledger import Policy
+
+    if not data.exists():
+        _fail(f"data file {data} not found (real data sets: ../shared/data; or use `atoll synth`)")
+    _fresh_workdir(workdir)
+    with LocalFederation(workdir) as fed:
+        console.print(f"[bold]Atoll[/] local federation in {fed.workdir}")
+        parts = partition_csv(data, partition_by, nodes, fed.workdir / "silos")
+        fed.start_coordinator()
+        console.print(f"SuperLink (TLS, node auth) at {fed.address}")
+        policy = Policy(cap_epsilon=node_cap, delta=1e-5)
+        extra: dict[str, Any] = {"id-from-row": True} if id_from_row else {}
+        for part in parts:
+            fed.add_node(part.name, part.path, contract, policy=policy, **extra)
+        console.print(f"{len(parts)} SuperNodes started, each on its own silo (ε cap {node_cap})")
+        run_config = {**config, "min-nodes": len(parts), "contract-path": str(contract)}
+        outcome = _progress_runner(fed, run_config)
+        if outcome.exit_code != 0 or outcome.model_version is None:
+            _fail(f"the run did not publish a model (exit {outcome.exit_code}); logs: {fed.logs}")
+        api_url = fed.start_api(api_port or None)
+        keys_file = _demo_keys(fed)
+        summary = build_summary(fed, outcome, parts, api_url, partition_by)
+        summary["api"]["keys_file"] = str(keys_file)
+        print_summary(summary, console)
+        console.print(
+            f"API keys (one per role) in {keys_file} (mode 600). Try:\n"
+            f"  curl --cacert {fed.tls.ca_cert if fed.tls else ''} "
+            f'-H "Authorization: Bearer $(jq -r .analyst {keys_file})" {api_url}/models'
+        )
+        if json_out:
+            json_out.parent.mkdir(parents=True, exist_ok=True)
+            json_out.write_text(json.dumps(summary, indent=2))
+            console.print(f"summary written to {json_out}")
+        if serve_api:
+            console.print(f"[bold green]serving[/] {api_url}/docs — Ctrl-C to stop")
+            with contextlib.suppress(KeyboardInterrupt):
+                fed.processes["api"].popen.wait()
+    return summary
+
+
+@app.command()
+def demo(
+    workdir: Path = Path("runs/demo"),
+    serve_api: Annotated[bool, typer.Option("--serve/--no-serve")] = True,
+    rounds: int = 5,
+) -> None:
+    """The main job: Telco churn data in 3 silos (by contract type), 5 DP rounds, publish, serve."""
+    config = {"num-server-rounds": rounds, "strategy": "fedavg", "model": "logreg"}
+    if TELCO.exists():
+        data, contract, partition_by, nodes = TELCO, "telco_churn.yaml", "Contract", 3
+    else:
+        from common.synth import write_csv
+
+        console.print(
+            f"[yellow]{TELCO} not found: using the synthetic multi-department data set[/]"
+        )
+        data = write_csv(Path(tempfile.mkdtemp()) / "synthetic.csv", 6000, 0, 4)
+        contract, partition_by, nodes = "synthetic.yaml", "department", 4
+    run_federation(
+        data=data,
+        contract=ROOT / "contracts" / contract,
+        partition_by=partition_by,
+        nodes=nodes,
+        workdir=workdir,
+        json_out=workdir / "summary.json",
+        serve_api=serve_api,
+        api_port=0,
+        node_cap=10.0,
+        id_from_row=False,
+        config=config,
+    )
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Option(help="CSV to write")] = Path("runs/synthetic.csv"),
+    rows: int = 10000,
+    seed: int = 0,
+    departments: int = 4,
+) -> None:
+    """Write a synthetic multi-department customer data set (contract: contracts/synthetic.yaml)."""
+    from common.synth import write_csv
+
+    write_csv(out, rows, seed, departments)
+    console.print(f"wrote {rows} rows to {out}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app(prog_name="atoll")
+    sys.exit(0)

@@ -1,0 +1,316 @@
+"""A whole federation on one machine, with the real deployment engine: the main job's engine.
+
+`LocalFederation` owns a work directory (certs, keys, coordinator state, node homes, logs) and the
+processes it starts; it is a context manager so nothing outlives it. `partition_csv` turns one
+data set into per-department silos for demos and tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from atoll import pki
+from atoll.processes import (
+    ManagedProcess,
+    flower_env,
+    free_port,
+    register_node,
+    spawn,
+    start_superlink,
+    start_supernode,
+    submit_run,
+    toml_value,
+    wait_for_port,
+    write_connection,
+)
+from atoll.proxy import ProxySettings, start_proxy
+from privacy.ledger import Ledger, Policy
+from server.api.audit_trail import key_change_recorder, operator_log
+from server.api.auth import ApiKeyStore
+
+DEFAULT_POLICY = Policy(cap_epsilon=10.0, delta=1e-5)  # the demo's per-node budget
+APP_DIR = Path(__file__).resolve().parents[1]  # the Flower app (this repo's pyproject.toml)
+CONNECTION = "atoll"
+_PUBLISHED = re.compile(r"ATOLL published model=(\S+) version=(\d+) run=(\d+)")
+_ROUND = re.compile(r"\[ROUND (\d+)/(\d+)\]")
+
+
+@dataclass(frozen=True)
+class Partition:
+    name: str
+    path: Path
+    values: list[str]
+    rows: int
+
+
+def partition_csv(
+    csv: Path, column: str, n_nodes: int, out_dir: Path, sep: str | None = None
+) -> list[Partition]:
+    """Split a CSV by the values of `column` into `n_nodes` silos (largest groups spread first)."""
+    frame = pd.read_csv(csv, dtype=str, keep_default_na=False, sep=sep, engine="python")
+    if column not in frame.columns:
+        raise ValueError(
+            f"partition column '{column}' is not in {csv.name}; columns: {', '.join(frame.columns)}"
+        )
+    sizes = frame[column].value_counts()
+    if n_nodes < 1 or n_nodes > len(sizes):
+        raise ValueError(
+            f"cannot make {n_nodes} nodes from {len(sizes)} distinct values of '{column}'"
+        )
+    bins: list[list[str]] = [[] for _ in range(n_nodes)]
+    load = [0] * n_nodes
+    for value, size in sizes.items():  # greedy: biggest group to the lightest node
+        i = load.index(min(load))
+        bins[i].append(str(value))
+        load[i] += int(size)
+    parts = []
+    for i, values in enumerate(bins, start=1):
+        name = f"node-{i}"
+        path = out_dir / name / "data.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rows = frame[frame[column].isin(values)]
+        rows.to_csv(path, index=False)
+        parts.append(Partition(name=name, path=path, values=values, rows=len(rows)))
+    return parts
+
+
+@dataclass
+class RunOutcome:
+    exit_code: int
+    run_id: str | None
+    model_name: str | None
+    model_version: int | None
+    seconds: float
+
+
+@dataclass
+class LocalFederation:
+    workdir: Path
+    node_auth: bool = True
+    proxy: bool = False  # nodes dial an nginx fleet proxy, never the SuperLink (atoll.proxy)
+    processes: dict[str, ManagedProcess] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.workdir = self.workdir.resolve()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.coordinator_home = self.workdir / "coordinator"
+        self.logs = self.workdir / "logs"
+        self.registry_url = f"sqlite:///{self.coordinator_home / 'registry.db'}"
+        self.superlink_port = 0
+        self.proxy_port = 0
+        self.tls: pki.TlsFiles | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def __enter__(self) -> LocalFederation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        for proc in reversed(list(self.processes.values())):
+            proc.stop()
+
+    # -- coordinator -----------------------------------------------------------------------
+    def start_coordinator(self, port: int | None = None) -> None:
+        self.coordinator_home.mkdir(parents=True, exist_ok=True)
+        self.tls = pki.create_tls(self.workdir / "certs")
+        self.superlink_port = port or free_port()
+        self.processes["superlink"] = start_superlink(
+            tls=self.tls,
+            port=self.superlink_port,
+            state_db=self.coordinator_home / "superlink-state.db",
+            log_path=self.logs / "superlink.log",
+            node_auth=self.node_auth,
+        )
+        write_connection(self.coordinator_home / "flwr", CONNECTION, self.address, self.tls.ca_cert)
+        if self.proxy:
+            self.proxy_port = free_port()
+            self.processes["proxy"] = start_proxy(
+                ProxySettings(
+                    listen=self.node_address,
+                    upstream=self.address,
+                    tls=self.tls,
+                    runtime_dir=self.coordinator_home / "proxy",
+                ),
+                self.logs / "proxy.log",
+            )
+
+    @property
+    def address(self) -> str:
+        """The SuperLink itself (coordinator host only: Control API included)."""
+        return f"127.0.0.1:{self.superlink_port}"
+
+    @property
+    def node_address(self) -> str:
+        """What SuperNodes dial: the fleet proxy when there is one."""
+        return f"127.0.0.1:{self.proxy_port}" if self.proxy else self.address
+
+    # -- nodes -----------------------------------------------------------------------------
+    def add_node(
+        self,
+        name: str,
+        data: Path | str,
+        contract: Path,
+        *,
+        register: bool = True,
+        policy: Policy | None = DEFAULT_POLICY,
+        trusted_entities: Path | None = None,
+        **config: Any,
+    ) -> ManagedProcess:
+        """Create the node's key and budget ledger, register the key (unless told not to), start.
+
+        `policy=None` leaves the node without a ledger (it will refuse to train).
+        """
+        assert self.tls is not None, "start_coordinator() first"
+        home = self.workdir / "nodes" / name
+        if policy is not None:
+            Ledger.initialize(home / "state", name, policy).close_db()
+        key = None
+        if self.node_auth:
+            key, pub = pki.create_node_key(home / "keys", "node")
+            if register:
+                fingerprint = hashlib.sha256(pub.read_bytes().split()[1]).hexdigest()
+                operator_log(self.registry_url).append(
+                    "operator",
+                    "node.registered",
+                    f"node:{name}",
+                    {"name": name, "public_key_sha256": fingerprint},
+                )
+                register_node(self.coordinator_home / "flwr", CONNECTION, pub, name)
+        node_config = {
+            "node-name": name,
+            "data": str(data),
+            "contract": str(contract.resolve()),
+            "state-dir": str(home / "state"),
+            **config,
+        }
+        proc = start_supernode(
+            name=name,
+            superlink=self.node_address,
+            ca_cert=self.tls.ca_cert,
+            private_key=key,
+            node_config=node_config,
+            port=free_port(),
+            flwr_home=home / "flwr",
+            log_path=self.logs / f"{name}.log",
+            trusted_entities=trusted_entities,
+        )
+        self.processes[f"node:{name}"] = proc
+        return proc
+
+    # -- runs ------------------------------------------------------------------------------
+    def run(
+        self,
+        config: dict[str, Any],
+        *,
+        on_line: Callable[[str], None] | None = None,
+        timeout: float = 3600,
+    ) -> RunOutcome:
+        cfg = {
+            "registry-url": self.registry_url,
+            "audit-key": str(self.coordinator_home / "audit" / "coordinator.pem"),
+            **config,
+        }
+        return follow_run(
+            flwr_home=self.coordinator_home / "flwr",
+            config=cfg,
+            work=self.coordinator_home,
+            log_path=self.logs / "runs.log",
+            on_line=on_line,
+            timeout=timeout,
+        )
+
+    # -- serving ---------------------------------------------------------------------------
+    def create_api_key(self, role: str, name: str | None = None) -> str:
+        """A new API key for the scoring API (the full key string; only its hash is stored)."""
+        recorder = key_change_recorder(self.registry_url)
+        with ApiKeyStore.open(self.registry_url, on_event=recorder) as store:
+            _info, key = store.create(name or f"local-{role}", role)
+        return key
+
+    def start_api(self, port: int | None = None, host: str = "127.0.0.1", tls: bool = True) -> str:
+        """Serve the scoring API; over HTTPS with the federation's certificate unless tls=False."""
+        port = port or free_port()
+        argv = [
+            sys.executable,
+            "-m",
+            "atoll",
+            "serve",
+            "--registry",
+            self.registry_url,
+            "--host",
+            host,
+            "--port",
+            str(port),
+        ]
+        if tls:
+            assert self.tls is not None, "start_coordinator() first (it creates the certificates)"
+            argv += ["--certfile", str(self.tls.server_cert), "--keyfile", str(self.tls.server_key)]
+        coordinator_pub = self.coordinator_home / "audit" / "coordinator.pub"
+        if coordinator_pub.exists():  # lets GET /audit/verify check the coordinator's log too
+            argv += ["--audit-public-key", str(coordinator_pub)]
+        proc = spawn("api", argv, self.logs / "api.log", flower_env())
+        self.processes["api"] = proc
+        wait_for_port(port, timeout=60, proc=proc)
+        return f"{'https' if tls else 'http'}://{host}:{port}"
+
+
+def follow_run(
+    *,
+    flwr_home: Path,
+    config: dict[str, Any],
+    work: Path,
+    log_path: Path,
+    on_line: Callable[[str], None] | None = None,
+    timeout: float = 3600,
+    connection: str = CONNECTION,
+) -> RunOutcome:
+    """Submit this app with `config` (`flwr run --stream`) and follow it to its outcome."""
+    cfg = dict(config)
+    cfg["contract-path"] = str(Path(cfg["contract-path"]).resolve())
+    work.mkdir(parents=True, exist_ok=True)
+    cfg_file = work / f"run-{int(time.time() * 1000)}.toml"
+    cfg_file.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in cfg.items()))
+    found: dict[str, str] = {}
+
+    def watch(line: str) -> None:
+        if m := _PUBLISHED.search(line):
+            found.update(name=m[1], version=m[2], run=m[3])
+        elif "run_id" not in found and (m := re.search(r"[Rr]un (?:ID )?(\d{3,})", line)):
+            found["run_id"] = m[1]
+        if on_line is not None:
+            on_line(line)
+
+    t0 = time.monotonic()
+    code = submit_run(
+        app_dir=APP_DIR,
+        flwr_home=flwr_home,
+        connection=connection,
+        run_config_file=cfg_file,
+        log_path=log_path,
+        on_line=watch,
+        timeout=timeout,
+    )
+    return RunOutcome(
+        exit_code=code,
+        run_id=found.get("run") or found.get("run_id"),
+        model_name=found.get("name"),
+        model_version=int(found["version"]) if "version" in found else None,
+        seconds=time.monotonic() - t0,
+    )
+
+
+def round_of(line: str) -> tuple[int, int] | None:
+    """`(current, total)` when a log line starts a round (drives progress bars)."""
+    m = _ROUND.search(line)
+    return (int(m[1]), int(m[2])) if m else None

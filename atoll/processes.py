@@ -1,0 +1,295 @@
+"""Start, watch and stop the real Flower processes (SuperLink, SuperNodes, `flwr` CLI).
+
+Every process runs in its own session so that stopping it also stops the app processes it
+spawned; every process logs to its own file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from atoll.pki import TlsFiles
+
+BIN = Path(sys.executable).parent
+
+
+def flower_env(flwr_home: Path | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1", "PYTHONUNBUFFERED": "1"}
+    )
+    # Flower starts helpers (flower-superexec, flwr-clientapp) by name: find ours first.
+    env["PATH"] = os.pathsep.join([str(BIN), env.get("PATH", "")])
+    if flwr_home is not None:
+        env["FLWR_HOME"] = str(flwr_home)
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float, proc: ManagedProcess | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and not proc.alive:
+            raise RuntimeError(
+                f"{proc.name} exited with code {proc.returncode}; see {proc.log_path}"
+            )
+        with socket.socket() as s:
+            s.settimeout(0.5)
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
+
+
+@dataclass
+class ManagedProcess:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    _log: IO[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        return self.popen.poll()
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM the process group, then SIGKILL; reap so nothing lingers as a zombie."""
+        if self.alive:
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                try:
+                    os.killpg(self.popen.pid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    self.popen.wait(timeout=timeout)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        else:  # leader gone: children of its group may remain
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.popen.pid, signal.SIGKILL)
+        self.popen.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def spawn(
+    name: str, argv: Sequence[str], log_path: Path, env: dict[str, str], cwd: Path | None = None
+) -> ManagedProcess:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = open(log_path, "ab")  # noqa: SIM115 - owned by ManagedProcess
+    popen = subprocess.Popen(
+        list(argv),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=env,
+        cwd=cwd,
+        start_new_session=True,
+    )
+    return ManagedProcess(name=name, popen=popen, log_path=log_path, _log=log)
+
+
+def superlink_argv(
+    *, tls: TlsFiles, port: int, state_db: Path, node_auth: bool = True, host: str = "127.0.0.1"
+) -> list[str]:
+    """flower-superlink with TLS, persistent state, no runtime installs, node auth."""
+    argv = [
+        str(BIN / "flower-superlink"),
+        "--ssl-ca-certfile", str(tls.ca_cert),
+        "--ssl-certfile", str(tls.server_cert),
+        "--ssl-keyfile", str(tls.server_key),
+        "--host", host,
+        "--port", str(port),
+        "--database", str(state_db),
+        "--disable-runtime-dependency-installation",
+    ]  # fmt: skip
+    return [*argv, "--enable-supernode-auth"] if node_auth else argv
+
+
+def start_superlink(
+    *,
+    tls: TlsFiles,
+    port: int,
+    state_db: Path,
+    log_path: Path,
+    node_auth: bool = True,
+    host: str = "127.0.0.1",
+) -> ManagedProcess:
+    argv = superlink_argv(tls=tls, port=port, state_db=state_db, node_auth=node_auth, host=host)
+    proc = spawn("superlink", argv, log_path, flower_env())
+    wait_for_port(port, timeout=60, proc=proc)
+    return proc
+
+
+def supernode_argv(
+    *,
+    superlink: str,
+    ca_cert: Path,
+    private_key: Path | None,
+    node_config: dict[str, str | int | float | bool],
+    port: int,
+    trusted_entities: Path | None = None,
+    max_retries: int | None = None,
+) -> list[str]:
+    """flower-supernode dialling `superlink` over TLS, signing with its key, on its own data."""
+    argv = [
+        str(BIN / "flower-supernode"),
+        "--superlink", superlink,
+        "--root-certificates", str(ca_cert),
+        "--port", str(port),
+        "--node-config", toml_pairs(node_config),
+    ]  # fmt: skip
+    if max_retries is not None:
+        argv += ["--max-retries", str(max_retries)]
+    if private_key is not None:
+        argv += ["--auth-supernode-private-key", str(private_key)]
+    if trusted_entities is not None:
+        argv += ["--trusted-entities", str(trusted_entities)]
+    return argv
+
+
+def start_supernode(
+    *,
+    name: str,
+    superlink: str,
+    ca_cert: Path,
+    private_key: Path | None,
+    node_config: dict[str, str | int | float | bool],
+    port: int,
+    flwr_home: Path,
+    log_path: Path,
+    trusted_entities: Path | None = None,
+) -> ManagedProcess:
+    argv = supernode_argv(
+        superlink=superlink,
+        ca_cert=ca_cert,
+        private_key=private_key,
+        node_config=node_config,
+        port=port,
+        trusted_entities=trusted_entities,
+        max_retries=3,
+    )
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    return spawn(f"supernode-{name}", argv, log_path, flower_env(flwr_home))
+
+
+def toml_value(v: str | int | float | bool) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def toml_pairs(config: dict[str, str | int | float | bool]) -> str:
+    return " ".join(f"{k}={toml_value(v)}" for k, v in config.items())
+
+
+def write_connection(flwr_home: Path, name: str, address: str, ca_cert: Path) -> None:
+    """The `flwr` CLI's connection file (never the app's pyproject: `flwr run` would rewrite it)."""
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    (flwr_home / "config.toml").write_text(
+        f'[superlink]\ndefault = "{name}"\n\n'
+        f'[superlink.{name}]\naddress = "{address}"\nroot-certificates = "{ca_cert}"\n'
+    )
+
+
+def flwr_cli(
+    args: Sequence[str], flwr_home: Path, timeout: float = 120, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "flwr"), *args],
+        env=flower_env(flwr_home),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def register_node(flwr_home: Path, connection: str, public_key: Path, name: str) -> None:
+    res = flwr_cli(
+        ["supernode", "register", str(public_key), connection, "--name", name], flwr_home
+    )
+    if res.returncode != 0:
+        raise RuntimeError(
+            f"registering node '{name}' failed: {res.stdout[-500:]} {res.stderr[-500:]}"
+        )
+
+
+def submit_run(
+    *,
+    app_dir: Path,
+    flwr_home: Path,
+    connection: str,
+    run_config_file: Path,
+    log_path: Path,
+    on_line: Callable[[str], None] | None = None,
+    timeout: float = 3600,
+) -> int:
+    """`flwr run --stream`; feeds each output line to `on_line`; returns the exit code."""
+    argv = [
+        str(BIN / "flwr"),
+        "run",
+        str(app_dir),
+        connection,
+        "--run-config",
+        str(run_config_file),
+        "--stream",
+    ]
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + timeout
+    with open(log_path, "a", encoding="utf-8") as log:
+        proc = subprocess.Popen(
+            argv,
+            env=flower_env(flwr_home),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            cwd=app_dir,
+            start_new_session=True,
+        )
+        assert proc.stdout is not None
+        try:
+            for line in proc.stdout:
+                log.write(line)
+                log.flush()
+                if on_line is not None:
+                    on_line(line.rstrip("\n"))
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"run did not finish within {timeout:.0f} s")
+            return proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()

@@ -1,0 +1,95 @@
+"""The main job's report: what was trained, by whom, at what privacy cost, where it is served."""
+
+from __future__ import annotations
+
+import platform
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from atoll.federation import LocalFederation, Partition, RunOutcome
+from server.registry import Registry
+
+
+def build_summary(
+    fed: LocalFederation,
+    outcome: RunOutcome,
+    parts: list[Partition],
+    api_url: str,
+    partition_by: str,
+) -> dict[str, Any]:
+    """A JSON-ready summary read back from the registry (what was really published)."""
+    assert outcome.model_name is not None
+    with Registry(fed.registry_url) as reg:
+        card = reg.card(outcome.model_name, outcome.model_version)
+    last_round = card.metrics["rounds"][-1]
+    node_metrics = last_round.get("nodes", {})
+    nodes = []
+    for part in parts:
+        participant = next((p for p in card.participants if p.name == part.name), None)
+        m = node_metrics.get(part.name, {})
+        nodes.append(
+            {
+                "name": part.name,
+                "partition": {partition_by: part.values},
+                "rows": part.rows,
+                "train_examples": participant.train_examples if participant else None,
+                "test_examples": participant.test_examples if participant else None,
+                "roc_auc": m.get("roc_auc"),
+                "epsilon": card.privacy.epsilon_per_node.get(part.name),
+                "participated": participant is not None,
+            }
+        )
+    return {
+        "model": {
+            "name": card.name,
+            "version": card.version,
+            "task": card.task,
+            "kind": card.model_kind,
+            "contract_hash": card.contract_hash,
+        },
+        "run": {
+            "id": outcome.run_id,
+            "seconds": round(outcome.seconds, 1),
+            **{k: card.run.get(k) for k in ("strategy", "rounds")},
+        },
+        "global": card.metrics.get("final", {}),
+        "rounds": [{"round": r["round"], **r.get("global", {})} for r in card.metrics["rounds"]],
+        "privacy": {"delta": card.privacy.delta, "epsilon_per_node": card.privacy.epsilon_per_node},
+        "nodes": nodes,
+        "api": {
+            "url": api_url,
+            "docs": f"{api_url}/docs",
+            "predict": f"{api_url}/models/{card.name}/predict",
+        },
+        "registry": fed.registry_url,
+        "workdir": str(fed.workdir),
+        "machine": {"python": platform.python_version(), "platform": platform.platform()},
+    }
+
+
+def print_summary(summary: dict[str, Any], console: Console) -> None:
+    table = Table(
+        title=f"model {summary['model']['name']} v{summary['model']['version']} "
+        f"({summary['model']['task']}, {summary['run']['strategy']}, "
+        f"{summary['run']['rounds']} rounds)"
+    )
+    # AUCs come from Gaussian-noised score histograms (DP evaluation): estimates, not exact.
+    for col in ("node", "silo", "rows", "ROC AUC, own test (DP estimate)", "ε this run"):
+        table.add_column(col)
+    for n in summary["nodes"]:
+        silo = "; ".join(f"{k}={'/'.join(v)}" for k, v in n["partition"].items())
+        auc = f"{n['roc_auc']:.3f}" if n["roc_auc"] is not None else "—"
+        eps = f"{n['epsilon']:.2f}" if n["epsilon"] is not None else "did not train"
+        table.add_row(n["name"], silo, str(n["rows"]), auc, eps)
+    g = summary["global"]
+    table.add_row(
+        "[bold]global[/]",
+        "all test rows (noised count)",
+        str(g.get("examples", "")),
+        f"[bold]{g.get('roc_auc', float('nan')):.3f}[/]",
+        f"δ={summary['privacy']['delta']}",
+    )
+    console.print(table)
+    console.print(f"API: {summary['api']['url']}  (docs {summary['api']['docs']})")

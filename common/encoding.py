@@ -1,0 +1,155 @@
+"""Records → tensors, determined by the contract alone.
+
+Numeric features are clipped to the agreed range and scaled to [0, 1]; categorical features are
+one-hot over the agreed vocabulary plus an "other" bucket; binary features map to 0/1. Nothing is
+estimated from a node's data, so every node and the scoring API produce identical encodings. Every
+problem is *counted* per feature and reason; no value is ever put into a message.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from common.contract import BinaryFeature, CategoricalFeature, Contract, NumericFeature
+
+OTHER = "<other>"
+
+# Why a row could not be encoded; these names appear in data-quality reports and API errors.
+REJECT_MISSING = "missing"
+REJECT_NOT_A_NUMBER = "not_a_number"
+REJECT_NOT_FINITE = "not_finite"
+REJECT_NOT_BINARY = "not_binary"
+REJECT_UNKNOWN_CATEGORY = "unknown_category"
+
+
+@dataclass
+class EncodingStats:
+    """Counts only — safe to leave a node."""
+
+    rows: int = 0
+    rows_rejected: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)  # "feature:reason" -> rows
+    clipped: Counter[str] = field(default_factory=Counter)  # feature -> values clipped
+    unknown_category: Counter[str] = field(default_factory=Counter)  # feature -> values to OTHER
+    missing: Counter[str] = field(default_factory=Counter)  # feature -> missing values (any policy)
+
+
+@dataclass
+class Encoded:
+    x: np.ndarray  # float32 [n_kept, n_features]
+    keep: np.ndarray  # bool [n_rows]: rows that were encoded (others rejected)
+    row_errors: dict[int, list[tuple[str, str]]]  # row position -> [(feature, reason)]
+    stats: EncodingStats
+
+
+def _is_missing(s: pd.Series) -> pd.Series:
+    as_str = s.astype("string").str.strip()
+    return s.isna() | as_str.isna() | (as_str == "")
+
+
+class Encoder:
+    """Deterministic encoder for one contract."""
+
+    def __init__(self, contract: Contract, strict_categories: bool = False) -> None:
+        self.contract = contract
+        # strict_categories: reject unknown categories instead of mapping them to OTHER.
+        self.strict_categories = strict_categories
+        self.columns: list[str] = []
+        self.groups: dict[str, list[int]] = {}
+        for f in contract.features:
+            start = len(self.columns)
+            if isinstance(f, CategoricalFeature):
+                self.columns += [f"{f.name}={v}" for v in f.vocabulary] + [f"{f.name}={OTHER}"]
+            else:
+                self.columns.append(f.name)
+            self.groups[f.name] = list(range(start, len(self.columns)))
+
+    @property
+    def n_features(self) -> int:
+        return len(self.columns)
+
+    def encode(self, frame: pd.DataFrame) -> Encoded:
+        """Encode the contract's features of `frame` (missing columns raise KeyError by name)."""
+        n = len(frame)
+        x = np.zeros((n, self.n_features), dtype=np.float32)
+        bad = np.zeros(n, dtype=bool)
+        stats = EncodingStats(rows=n)
+        row_errors: dict[int, list[tuple[str, str]]] = {}
+
+        def reject(mask: np.ndarray, feature: str, reason: str) -> None:
+            idx = np.flatnonzero(mask)
+            if idx.size == 0:
+                return
+            stats.rejected[f"{feature}:{reason}"] += int(idx.size)
+            for i in idx:
+                row_errors.setdefault(int(i), []).append((feature, reason))
+            bad[idx] = True
+
+        for f in self.contract.features:
+            col = frame[f.name]
+            missing = _is_missing(col).to_numpy()
+            stats.missing[f.name] += int(missing.sum())
+            cols = self.groups[f.name]
+            if isinstance(f, NumericFeature):
+                x[:, cols[0]] = self._numeric(f, col, missing, stats, reject)
+            elif isinstance(f, CategoricalFeature):
+                x[:, cols] = self._categorical(f, col, missing, stats, reject)
+            else:
+                x[:, cols[0]] = self._binary(f, col, missing, reject)
+
+        keep = ~bad
+        stats.rows_rejected = int(bad.sum())
+        return Encoded(x=x[keep], keep=keep, row_errors=row_errors, stats=stats)
+
+    def _numeric(self, f: NumericFeature, col: pd.Series, missing, stats, reject) -> np.ndarray:
+        values = pd.to_numeric(col.where(~missing), errors="coerce").to_numpy(dtype=np.float64)
+        unparsable = ~missing & np.isnan(values)
+        not_finite = ~missing & np.isinf(values)
+        reject(unparsable, f.name, REJECT_NOT_A_NUMBER)
+        reject(not_finite, f.name, REJECT_NOT_FINITE)
+        if f.missing == "reject":
+            reject(missing, f.name, REJECT_MISSING)
+        else:
+            values = np.where(missing, f.impute, values)
+        ok = np.isfinite(values)
+        clipped = ok & ((values < f.min) | (values > f.max))
+        stats.clipped[f.name] += int(clipped.sum())
+        values = np.clip(np.where(ok, values, f.min), f.min, f.max)
+        return ((values - f.min) / (f.max - f.min)).astype(np.float32)
+
+    def _categorical(
+        self, f: CategoricalFeature, col: pd.Series, missing, stats, reject
+    ) -> np.ndarray:
+        values = col.astype("string").str.strip().fillna("").to_numpy(dtype=object)
+        index = {v: i for i, v in enumerate(f.vocabulary)}
+        pos = np.array([index.get(v, -1) for v in values], dtype=np.int64)
+        unknown = (pos < 0) & ~missing
+        stats.unknown_category[f.name] += int(unknown.sum())
+        if self.strict_categories:
+            reject(unknown, f.name, REJECT_UNKNOWN_CATEGORY)
+        if f.missing == "reject":
+            reject(missing, f.name, REJECT_MISSING)
+        pos = np.where(pos < 0, len(f.vocabulary), pos)  # unknown and missing -> OTHER
+        out = np.zeros((len(values), len(f.vocabulary) + 1), dtype=np.float32)
+        out[np.arange(len(values)), pos] = 1.0
+        return out
+
+    def _binary(self, f: BinaryFeature, col: pd.Series, missing, reject) -> np.ndarray:
+        values = col.astype("string").str.strip().fillna("").to_numpy(dtype=object)
+        true = np.isin(values, f.true_values)
+        false = np.isin(values, f.false_values)
+        reject(~missing & ~true & ~false, f.name, REJECT_NOT_BINARY)
+        if f.missing == "reject":
+            reject(missing, f.name, REJECT_MISSING)
+        elif f.impute:
+            true = true | missing
+        return true.astype(np.float32)
+
+    def labels(self, frame: pd.DataFrame) -> np.ndarray:
+        """1.0 where the label equals the contract's positive value, else 0.0."""
+        col = frame[self.contract.label.column].astype("string").str.strip()
+        return (col == self.contract.label.positive).fillna(False).to_numpy(dtype=np.float32)

@@ -1,0 +1,1 @@
+"""Differential privacy: noise calibration and accounting (ledger and audit chain come later)."""

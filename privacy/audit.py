@@ -1,0 +1,1287 @@
+"""Tamper-evident audit logs: append-only, hash-chained, Ed25519-signed, stored through SQLAlchemy.
+
+Why: governance and partners must prove afterwards who did what, when, with which data and model,
+and detect any later edit. Each entry carries `seq` (contiguous from 1 per `log_id`), a UTC `ts`,
+`actor`, dotted `action`, `subject`, structured `details`, the previous entry's hash and its own
+hash = sha256 of the canonical JSON of all those fields (plus the format version and the writer's
+`key_id`), and an Ed25519 signature over that hash. `verify` recomputes everything and names the
+first bad entry; a signed `Checkpoint` kept elsewhere makes truncation of the tail detectable.
+
+Several logs can share one database (`log_id` "coordinator", "node:marketing", ...).
+
+Failure contract: `AuditLog.append` either commits the entry or raises `AuditWriteError`
+(invalid input, database down, lock timeout). A caller MUST then fail the action it was about to
+record (refuse the request, abort the round, return 503) — never continue unrecorded.
+One append is one short transaction (write lock, one indexed read of the head, one insert),
+measured on a busy 2-core machine: SQLite (WAL, synchronous=NORMAL) 0.5-1.5 ms per append
+(~700-2,200/s; two concurrent writers ~700-1,100/s together), PostgreSQL ~4 ms (fsync per commit,
+~250/s per writer); `verify` checks ~5,000-6,500 entries/s. Rounds and API calls take far longer.
+
+Never put raw data in an entry: only names, counts, digests, ε, versions. Nothing here adds
+anything beyond what the caller passes; errors name the offending key path, never its value.
+
+Subject conventions (exact match, or a prefix with a trailing `*` in `query`): `run:<run_id>` for
+run, round and reply events; `model:<name>/v<version>` for models; `node:<name>`;
+`key:<key_id>`; `policy:<name>`.
+
+Cross-check schemas (what `crosscheck` compares, one entry per reply that carries an update):
+
+* node log, action `reply.sent` (REPLY_SENT), actor `node:<name>`, subject `run:<run_id>`, written
+  just before the ClientApp returns its reply::
+
+      {"run": "<run_id>", "round": <server round int>, "node": "<name>", "kind": "train",
+       "update_sha256": digest_arrays(<the exact arrays sent>) | null,
+       "examples": <int>, "epsilon": <float> | "Infinity" | null}
+
+* coordinator log, action `round.reply` (ROUND_REPLY), actor `service:coordinator`, subject
+  `run:<run_id>`, written for each reply the ServerApp received::
+
+      {"run": "<run_id>", "round": <int>, "node": "<name>", "kind": "train",
+       "update_sha256": digest_arrays(reply.content["arrays"]) | null,
+       "examples": <int>, "epsilon": <float> | "Infinity" | null, "node_id": <int, optional>}
+
+  `kind` may also be "evaluate" (update_sha256 null). Pairs are matched on (run, round, node,
+  kind) and compared on CROSSCHECK_FIELDS; a pair missing on either side is a mismatch. Pass ε
+  through `json_number` on both sides: details reject NaN/inf, which plain JSON cannot carry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import stat
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal, TextIO
+
+import numpy as np
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy import Connection, Engine, Select, func, insert, select, text
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from common.db import (
+    SQLITE_BEGIN_OPTION,
+    DatabaseURLError,
+    make_engine,
+    parse_url,
+    safe_url,
+)
+from privacy.audit_models import (
+    ACTION_LENGTH,
+    ACTOR_LENGTH,
+    LOG_ID_LENGTH,
+    SUBJECT_LENGTH,
+    AuditEntryRow,
+)
+from privacy.store import open_privacy_db
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+GENESIS_HASH = "0" * 64  # prev_hash of seq 1
+TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+MAX_DETAILS_BYTES = 64 * 1024  # entries describe actions; anything bigger is data, not audit
+REORDER_WINDOW = 64  # how far `verify` looks to tell "moved" from "modified"
+CHECKPOINT_FORMAT = "atoll-audit-checkpoint/1"
+REPLY_SENT = "reply.sent"
+ROUND_REPLY = "round.reply"
+CROSSCHECK_FIELDS = ("update_sha256", "examples", "epsilon")
+
+_ENTRY_DOMAIN = b"atoll-audit-entry/1\n"  # signatures of entries and checkpoints never mix
+_CHECKPOINT_DOMAIN = b"atoll-audit-checkpoint/1\n"
+_ARRAYS_DOMAIN = b"atoll-arrays/1\n"
+_APPEND_ATTEMPTS = 3  # a writer that skips the lock can take our seq; then we re-read the head
+_MAX_DEPTH = 32
+_LOG_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9:._@/-]*")
+_ACTION = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_-]*)+")
+_HEX64 = r"^[0-9a-f]{64}$"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+EngineOrURL = Engine | str
+
+
+# ---- errors ------------------------------------------------------------------------------------
+
+
+class AuditError(RuntimeError):
+    """An audit log could not be written, read or verified; the message says what to do."""
+
+
+class AuditWriteError(AuditError):
+    """The entry was NOT recorded: the caller must fail the action it was recording."""
+
+
+class AuditReadError(AuditError):
+    """An audit log, export or checkpoint could not be read."""
+
+
+class AuditKeyError(AuditError):
+    """A signing or public key is missing, unreadable, too widely readable or not Ed25519."""
+
+
+# ---- canonical encoding ------------------------------------------------------------------------
+
+
+def canonical_json(value: Any) -> str:
+    """Deterministic JSON: sorted keys, no spaces, ASCII only, floats by repr, no NaN/inf."""
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+    )
+
+
+def json_number(value: float | int | None) -> float | int | str | None:
+    """A number details can hold: non-finite floats (ε without noise) become their name."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    return value
+
+
+def _plain(value: Any, path: str, depth: int = 0) -> Any:
+    """JSON-native copy of `value`; errors name the key path and type, never the value."""
+    if depth > _MAX_DEPTH:
+        raise AuditWriteError(f"{path} nests deeper than {_MAX_DEPTH} levels; flatten the details")
+    if value is None or isinstance(value, bool | str):
+        return value
+    if isinstance(value, np.generic):
+        return _plain(value.item(), path, depth)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise AuditWriteError(
+                f"{path} is NaN or infinite; pass it through json_number() (stores 'Infinity') "
+                "or use null"
+            )
+        return float(value)
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise AuditWriteError(
+                    f"{path} has a {type(key).__name__} key; details keys must be strings"
+                )
+            out[key] = _plain(item, f"{path}.{key}", depth + 1)
+        return out
+    if isinstance(value, list | tuple):
+        return [_plain(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value)]
+    raise AuditWriteError(
+        f"{path} is a {type(value).__name__}; details hold only JSON types "
+        "(str, int, float, bool, None, lists and dicts)"
+    )
+
+
+def format_ts(moment: datetime) -> str:
+    """The fixed-width UTC text stored and hashed for a timestamp (sorts like the instant)."""
+    if moment.tzinfo is None:
+        raise ValueError("naive datetime: pass an aware datetime (e.g. datetime.now(UTC))")
+    return moment.astimezone(UTC).strftime(TS_FORMAT)
+
+
+def entry_hash(
+    *,
+    log_id: str,
+    seq: int,
+    ts: str,
+    actor: str,
+    action: str,
+    subject: str,
+    details: Mapping[str, Any],
+    prev_hash: str,
+    key_id: str,
+) -> str:
+    """sha256 hex of the canonical JSON of every field an entry's signature vouches for."""
+    payload = {
+        "v": FORMAT_VERSION,
+        "log_id": log_id,
+        "seq": seq,
+        "ts": ts,
+        "actor": actor,
+        "action": action,
+        "subject": subject,
+        "details": details,
+        "prev_hash": prev_hash,
+        "key_id": key_id,
+    }
+    return hashlib.sha256(canonical_json(payload).encode("ascii")).hexdigest()
+
+
+# ---- keys --------------------------------------------------------------------------------------
+
+
+def _public_pem(key: Ed25519PublicKey) -> str:
+    return key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode("ascii")
+
+
+def _key_id(key: Ed25519PublicKey) -> str:
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()
+
+
+def load_public_key(public_key_pem: str) -> Ed25519PublicKey:
+    """Parse an Ed25519 public key (PEM SubjectPublicKeyInfo)."""
+    try:
+        key = serialization.load_pem_public_key(public_key_pem.encode("ascii"))
+    except (ValueError, UnsupportedAlgorithm, UnicodeEncodeError):
+        raise AuditKeyError(
+            "public key is not a PEM public key; pass the .pub file from `atoll audit keygen`"
+        ) from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise AuditKeyError(
+            f"public key is {type(key).__name__}, not Ed25519; use `atoll audit keygen` keys"
+        )
+    return key
+
+
+def key_id_of(public_key_pem: str) -> str:
+    """Fingerprint of a public key: sha256 hex of its raw 32 bytes (stored as `key_id`)."""
+    return _key_id(load_public_key(public_key_pem))
+
+
+def load_public_keys(paths: Iterable[Path]) -> dict[str, str]:
+    """{key_id: pem} for `verify`, from .pub files."""
+    keys: dict[str, str] = {}
+    for path in paths:
+        try:
+            pem = Path(path).read_text(encoding="ascii")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise AuditKeyError(
+                f"cannot read public key {path}: {getattr(exc, 'strerror', None) or 'not PEM'}; "
+                "pass the .pub file written by `atoll audit keygen`"
+            ) from None
+        try:
+            keys[key_id_of(pem)] = pem
+        except AuditKeyError as exc:
+            raise AuditKeyError(f"{path}: {exc}") from None
+    return keys
+
+
+class AuditSigner:
+    """The writer's Ed25519 key; `key_id` (its fingerprint) is stored with every entry.
+
+    Key files are PKCS#8 PEM, mode 0600 inside a directory only the owner can enter; the private
+    key is never printed, logged or repr'd.
+    """
+
+    def __init__(self, private_key: Ed25519PrivateKey) -> None:
+        self._key = private_key
+        public = private_key.public_key()
+        self.public_key_pem: str = _public_pem(public)
+        self.key_id: str = _key_id(public)
+
+    def __repr__(self) -> str:
+        return f"AuditSigner(key_id={self.key_id[:16]}...)"
+
+    @classmethod
+    def generate(cls) -> AuditSigner:
+        """A fresh key held in memory only (tests, ephemeral writers)."""
+        return cls(Ed25519PrivateKey.generate())
+
+    @classmethod
+    def create(cls, path: Path) -> AuditSigner:
+        """Generate a key, write it to `path` (0600) and its public key next to it (`.pub`).
+
+        Refuses to overwrite: entries signed by an existing key would become unverifiable if its
+        public key were lost with it.
+        """
+        path = Path(path)
+        _private_dir(path.parent)
+        signer = cls.generate()
+        pem = signer._key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            raise AuditKeyError(
+                f"{path} already exists; keep it (its public key verifies old entries) or choose "
+                "another path"
+            ) from None
+        except OSError as exc:
+            raise AuditKeyError(f"cannot create {path}: {exc.strerror}") from None
+        with os.fdopen(fd, "wb") as f:
+            f.write(pem)
+        os.chmod(path, 0o600)
+        signer.public_key_path(path).write_text(signer.public_key_pem, encoding="ascii")
+        return signer
+
+    @classmethod
+    def load(cls, path: Path) -> AuditSigner:
+        """Read a key written by `create`; refuses files others can read."""
+        path = Path(path)
+        try:
+            mode = path.stat().st_mode
+            data = path.read_bytes()
+        except OSError as exc:
+            raise AuditKeyError(
+                f"cannot read audit signing key {path}: {exc.strerror}; "
+                "create one with `atoll audit keygen`"
+            ) from None
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise AuditKeyError(
+                f"audit signing key {path} is readable by other users "
+                f"(mode {stat.S_IMODE(mode):o}); run chmod 600 on it"
+            )
+        try:
+            key = serialization.load_pem_private_key(data, password=None)
+        except (ValueError, TypeError, UnsupportedAlgorithm):
+            raise AuditKeyError(
+                f"{path} is not an unencrypted PEM private key; create one with "
+                "`atoll audit keygen`"
+            ) from None
+        if not isinstance(key, Ed25519PrivateKey):
+            raise AuditKeyError(f"{path} holds a {type(key).__name__}, not an Ed25519 key")
+        return cls(key)
+
+    @classmethod
+    def load_or_create(cls, path: Path) -> AuditSigner:
+        """The key at `path`, created on first use (a node's or the coordinator's own key)."""
+        return cls.load(path) if Path(path).exists() else cls.create(path)
+
+    @staticmethod
+    def public_key_path(path: Path) -> Path:
+        """Where `create` puts the public key of the private key at `path`."""
+        return Path(path).with_suffix(".pub")
+
+    def sign(self, message: bytes) -> bytes:
+        return self._key.sign(message)
+
+
+def _private_dir(directory: Path) -> None:
+    """Create `directory` 0700, or refuse one that others can enter."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        mode = directory.stat().st_mode
+    except OSError as exc:
+        raise AuditKeyError(f"cannot create key directory {directory}: {exc.strerror}") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise AuditKeyError(
+            f"key directory {directory} is accessible to other users (mode "
+            f"{stat.S_IMODE(mode):o}); use a directory of its own (created 0700) or chmod 700 it"
+        )
+
+
+def _verifiers(public_keys: Mapping[str, str]) -> dict[str, Ed25519PublicKey]:
+    """Parse {key_id: pem}, refusing a key filed under another key's id."""
+    parsed: dict[str, Ed25519PublicKey] = {}
+    for key_id, pem in public_keys.items():
+        key = load_public_key(pem)
+        if _key_id(key) != key_id:
+            raise AuditKeyError(
+                f"public key filed under key id {key_id[:16]}... has fingerprint "
+                f"{_key_id(key)[:16]}...; build the mapping with load_public_keys()"
+            )
+        parsed[key_id] = key
+    return parsed
+
+
+def _signature_ok(key: Ed25519PublicKey, signature_hex: str, message: bytes) -> bool:
+    try:
+        key.verify(bytes.fromhex(signature_hex), message)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+# ---- entries -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One entry as stored; `ts` is the exact UTC text that was hashed."""
+
+    log_id: str
+    seq: int
+    ts: str
+    actor: str
+    action: str
+    subject: str
+    details: dict[str, Any]
+    prev_hash: str
+    hash: str
+    signature: str
+    key_id: str
+
+    @property
+    def timestamp(self) -> datetime:
+        return datetime.strptime(self.ts, TS_FORMAT).replace(tzinfo=UTC)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """Every field, ready for JSON Lines (re-verifiable with `verify_entries`)."""
+        return {
+            "log_id": self.log_id,
+            "seq": self.seq,
+            "ts": self.ts,
+            "actor": self.actor,
+            "action": self.action,
+            "subject": self.subject,
+            "details": self.details,
+            "prev_hash": self.prev_hash,
+            "hash": self.hash,
+            "signature": self.signature,
+            "key_id": self.key_id,
+        }
+
+    @classmethod
+    def from_json_dict(cls, data: Mapping[str, Any]) -> AuditEntry:
+        details = data["details"]
+        return cls(
+            log_id=str(data["log_id"]),
+            seq=int(data["seq"]),
+            ts=str(data["ts"]),
+            actor=str(data["actor"]),
+            action=str(data["action"]),
+            subject=str(data["subject"]),
+            details=details if isinstance(details, dict) else _unreadable(repr(details)),
+            prev_hash=str(data["prev_hash"]),
+            hash=str(data["hash"]),
+            signature=str(data["signature"]),
+            key_id=str(data["key_id"]),
+        )
+
+
+def _unreadable(raw: str) -> dict[str, Any]:
+    """Stand-in for stored details that are not a JSON object: a digest, never the raw text."""
+    return {"_unreadable_details_sha256": hashlib.sha256(raw.encode()).hexdigest()}
+
+
+def _entry(row: AuditEntryRow) -> AuditEntry:
+    try:
+        details = json.loads(row.details)
+    except (ValueError, TypeError):
+        details = None
+    return AuditEntry(
+        log_id=row.log_id,
+        seq=int(row.seq),
+        ts=row.ts,
+        actor=row.actor,
+        action=row.action,
+        subject=row.subject,
+        details=details if isinstance(details, dict) else _unreadable(str(row.details)),
+        prev_hash=row.prev_hash,
+        hash=row.hash,
+        signature=row.signature,
+        key_id=row.key_id,
+    )
+
+
+def _check_name(kind: str, value: str, max_length: int, pattern: re.Pattern[str] | None) -> None:
+    if not isinstance(value, str):
+        raise AuditWriteError(f"audit {kind} must be a string, not {type(value).__name__}")
+    if len(value) > max_length or _CONTROL.search(value):
+        raise AuditWriteError(
+            f"audit {kind} must be at most {max_length} printable characters "
+            f"(got {len(value)} characters)"
+        )
+    if pattern is not None and not pattern.fullmatch(value):
+        raise AuditWriteError(
+            f"audit {kind} {value!r} is malformed: "
+            + (
+                "use dotted lowercase words, e.g. 'run.started'"
+                if kind == "action"
+                else "use letters, digits and ':._@/-', e.g. 'node:marketing'"
+            )
+        )
+    if not value and kind != "subject":
+        raise AuditWriteError(f"audit {kind} is empty; say who or what it is")
+
+
+def _check_log_id(log_id: str) -> None:
+    try:
+        _check_name("log id", log_id, LOG_ID_LENGTH, _LOG_ID)
+    except AuditWriteError as exc:
+        raise AuditError(str(exc)) from None
+
+
+def _details_json(details: Mapping[str, Any] | None) -> tuple[dict[str, Any], str]:
+    plain = _plain(dict(details or {}), "details")
+    encoded = canonical_json(plain)
+    if len(encoded) > MAX_DETAILS_BYTES:
+        raise AuditWriteError(
+            f"details encode to {len(encoded)} bytes (limit {MAX_DETAILS_BYTES}); record "
+            "counts and digests, not data"
+        )
+    return plain, encoded
+
+
+def _is_unique_violation(exc: IntegrityError) -> bool:
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    return sqlstate == "23505" or "UNIQUE constraint failed" in str(exc.orig)
+
+
+def _db_reason(exc: SQLAlchemyError) -> str:
+    """First line of the driver's message (schema/lock problems; never row values)."""
+    orig = getattr(exc, "orig", None) or exc
+    lines = str(orig).strip().splitlines()
+    return f"{type(orig).__name__}: {lines[0] if lines else 'no message'}"
+
+
+@contextmanager
+def _locked(engine: Engine, log_id: str) -> Iterator[Connection]:
+    """A transaction holding the log's writer lock (BEGIN IMMEDIATE / PostgreSQL advisory lock).
+
+    Core statements on one connection: the ORM unit of work would double an append's cost.
+    """
+    with engine.connect() as conn:
+        conn.execution_options(**{SQLITE_BEGIN_OPTION: "IMMEDIATE"})
+        with conn.begin():
+            if conn.dialect.name == "postgresql":
+                conn.execute(
+                    text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+                    {"key": f"atoll.audit:{log_id}"},
+                )
+            yield conn
+
+
+def _head(conn: Connection, log_id: str) -> tuple[int, str]:
+    row = conn.execute(
+        select(AuditEntryRow.seq, AuditEntryRow.hash)
+        .where(AuditEntryRow.log_id == log_id)
+        .order_by(AuditEntryRow.seq.desc())
+        .limit(1)
+    ).first()
+    return (int(row.seq), row.hash) if row is not None else (0, GENESIS_HASH)
+
+
+class AuditLog:
+    """The writer of one log (`log_id`) in a privacy database, signing with `signer`.
+
+    Pass a URL (the database is opened and migrated, and closed by `close`) or an engine from
+    `privacy.store.open_privacy_db`. Safe to share between threads; several processes may write
+    the same log concurrently.
+    """
+
+    def __init__(self, engine_or_url: EngineOrURL, log_id: str, signer: AuditSigner) -> None:
+        _check_log_id(log_id)
+        self.log_id = log_id
+        self.signer = signer
+        self._owns_engine = not isinstance(engine_or_url, Engine)
+        if isinstance(engine_or_url, Engine):
+            self.engine = engine_or_url
+        else:
+            try:
+                self.engine = open_privacy_db(engine_or_url)
+            except DatabaseURLError as exc:
+                raise AuditWriteError(str(exc)) from None
+            except SQLAlchemyError as exc:
+                raise AuditWriteError(
+                    f"cannot open audit database {safe_url(engine_or_url)}: {_db_reason(exc)}; "
+                    "check the URL and that the database server is running"
+                ) from None
+        self._lock = threading.Lock()  # one in-process writer at a time: no self-contention
+
+    def __enter__(self) -> AuditLog:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._owns_engine:
+            self.engine.dispose()
+
+    def append(
+        self,
+        actor: str,
+        action: str,
+        subject: str = "",
+        details: Mapping[str, Any] | None = None,
+    ) -> AuditEntry:
+        """Record one action, committed and signed, or raise AuditWriteError (then fail it)."""
+        _check_name("actor", actor, ACTOR_LENGTH, None)
+        _check_name("action", action, ACTION_LENGTH, _ACTION)
+        _check_name("subject", subject, SUBJECT_LENGTH, None)
+        plain, encoded = _details_json(details)
+        with self._lock:
+            for attempt in range(1, _APPEND_ATTEMPTS + 1):
+                try:
+                    return self._append_once(actor, action, subject, plain, encoded)
+                except IntegrityError as exc:
+                    if not _is_unique_violation(exc) or attempt == _APPEND_ATTEMPTS:
+                        raise self._write_error(action, exc) from None
+                    log.warning("audit log %s: seq taken by another writer; retrying", self.log_id)
+                except SQLAlchemyError as exc:
+                    raise self._write_error(action, exc) from None
+        raise AssertionError("unreachable")
+
+    def _append_once(
+        self, actor: str, action: str, subject: str, details: dict[str, Any], encoded: str
+    ) -> AuditEntry:
+        with _locked(self.engine, self.log_id) as conn:
+            last_seq, prev_hash = _head(conn, self.log_id)
+            seq, ts = last_seq + 1, format_ts(datetime.now(UTC))
+            fields: dict[str, Any] = {
+                "log_id": self.log_id,
+                "seq": seq,
+                "ts": ts,
+                "actor": actor,
+                "action": action,
+                "subject": subject,
+                "details": details,
+                "prev_hash": prev_hash,
+                "key_id": self.signer.key_id,
+            }
+            digest = entry_hash(**fields)
+            signature = self.signer.sign(_ENTRY_DOMAIN + digest.encode("ascii")).hex()
+            entry = AuditEntry(**fields, hash=digest, signature=signature)
+            # The row stores `details` as the exact canonical text that was hashed.
+            row = {f: getattr(entry, f) for f in AuditEntry.__slots__} | {"details": encoded}
+            conn.execute(insert(AuditEntryRow).values(**row))
+        return entry
+
+    def _write_error(self, action: str, exc: SQLAlchemyError) -> AuditWriteError:
+        return AuditWriteError(
+            f"audit log '{self.log_id}' at {safe_url(self.engine.url)} did not record "
+            f"'{action}' ({_db_reason(exc)}); the action must not proceed unrecorded — check the "
+            "database is reachable, writable and migrated, then retry"
+        )
+
+    def head(self) -> tuple[int, str]:
+        """(last seq, last hash); (0, GENESIS_HASH) for an empty log."""
+        with self.engine.connect() as conn:
+            return _head(conn, self.log_id)
+
+    def checkpoint(self, path: Path | None = None) -> Checkpoint:
+        """A signed checkpoint of this log now (see `export_checkpoint`)."""
+        return export_checkpoint(self.engine, self.log_id, self.signer, path)
+
+
+# ---- reading -----------------------------------------------------------------------------------
+
+
+@contextmanager
+def _reading(engine_or_url: EngineOrURL) -> Iterator[Engine]:
+    """An engine for reads; a URL is opened without migrating (reading never changes schemas)."""
+    if isinstance(engine_or_url, Engine):
+        yield engine_or_url
+        return
+    try:
+        url = parse_url(engine_or_url)
+    except DatabaseURLError as exc:
+        raise AuditReadError(str(exc)) from None
+    path = url.database or ""
+    local_file = url.get_backend_name() == "sqlite" and not path.startswith("file:")
+    if local_file and path not in {"", ":memory:"} and not Path(path).expanduser().is_file():
+        raise AuditReadError(
+            f"no audit database at {path}: check the --db URL (sqlite:////absolute/path.db)"
+        )
+    engine = make_engine(engine_or_url)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+def _read_error(engine: Engine, log_id: str, exc: SQLAlchemyError) -> AuditReadError:
+    return AuditReadError(
+        f"cannot read audit log '{log_id}' at {safe_url(engine.url)} ({_db_reason(exc)}); "
+        "check the URL names a database written by AuditLog and that its server is running"
+    )
+
+
+def _match(column: Any, pattern: str) -> Any:
+    """Exact match, or prefix match when `pattern` ends with '*'."""
+    if not pattern.endswith("*"):
+        return column == pattern
+    prefix = pattern[:-1].replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return column.like(prefix + "%", escape="\\")
+
+
+def _select(
+    log_id: str,
+    *,
+    since: datetime | None,
+    until: datetime | None,
+    actor: str | None,
+    action: str | None,
+    subject: str | None,
+    after_seq: int,
+    limit: int | None,
+    newest_first: bool,
+) -> Select[AuditEntryRow]:
+    stmt = select(AuditEntryRow).where(AuditEntryRow.log_id == log_id)
+    if since is not None:
+        stmt = stmt.where(AuditEntryRow.ts >= format_ts(since))
+    if until is not None:
+        stmt = stmt.where(AuditEntryRow.ts < format_ts(until))
+    for column, pattern in (
+        (AuditEntryRow.actor, actor),
+        (AuditEntryRow.action, action),
+        (AuditEntryRow.subject, subject),
+    ):
+        if pattern is not None:
+            stmt = stmt.where(_match(column, pattern))
+    if after_seq:
+        stmt = stmt.where(AuditEntryRow.seq > after_seq)
+    if newest_first:
+        stmt = stmt.order_by(AuditEntryRow.seq.desc(), AuditEntryRow.id.desc())
+    else:
+        stmt = stmt.order_by(AuditEntryRow.seq, AuditEntryRow.id)
+    return stmt.limit(limit) if limit is not None else stmt
+
+
+def iter_entries(
+    engine_or_url: EngineOrURL,
+    log_id: str,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    actor: str | None = None,
+    action: str | None = None,
+    subject: str | None = None,
+    after_seq: int = 0,
+    limit: int | None = None,
+    newest_first: bool = False,
+) -> Iterator[AuditEntry]:
+    """Stream entries in seq order; `since` inclusive, `until` exclusive; `x*` matches a prefix."""
+    stmt = _select(
+        log_id,
+        since=since,
+        until=until,
+        actor=actor,
+        action=action,
+        subject=subject,
+        after_seq=after_seq,
+        limit=limit,
+        newest_first=newest_first,
+    )
+    with _reading(engine_or_url) as engine, Session(engine) as session:
+        try:
+            for row in session.scalars(stmt.execution_options(yield_per=500)):
+                yield _entry(row)
+        except SQLAlchemyError as exc:
+            raise _read_error(engine, log_id, exc) from None
+
+
+def query(
+    engine_or_url: EngineOrURL,
+    log_id: str,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    actor: str | None = None,
+    action: str | None = None,
+    subject: str | None = None,
+    after_seq: int = 0,
+    limit: int | None = 1000,
+    newest_first: bool = False,
+) -> list[AuditEntry]:
+    """Entries matching every given filter (see `iter_entries`), at most `limit`."""
+    return list(
+        iter_entries(
+            engine_or_url,
+            log_id,
+            since=since,
+            until=until,
+            actor=actor,
+            action=action,
+            subject=subject,
+            after_seq=after_seq,
+            limit=limit,
+            newest_first=newest_first,
+        )
+    )
+
+
+def write_jsonl(entries: Iterable[AuditEntry], out: TextIO) -> int:
+    """Write entries as JSON Lines; returns how many."""
+    count = 0
+    for entry in entries:
+        out.write(canonical_json(entry.to_json_dict()) + "\n")
+        count += 1
+    return count
+
+
+def export_jsonl(
+    engine_or_url: EngineOrURL,
+    log_id: str,
+    out: Path | TextIO,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    actor: str | None = None,
+    action: str | None = None,
+    subject: str | None = None,
+    limit: int | None = None,
+) -> int:
+    """Export matching entries as JSON Lines to a path or open text file; returns the count.
+
+    An unfiltered export can be verified offline with `read_jsonl` + `verify_entries`.
+    """
+    entries = iter_entries(
+        engine_or_url,
+        log_id,
+        since=since,
+        until=until,
+        actor=actor,
+        action=action,
+        subject=subject,
+        limit=limit,
+    )
+    if not isinstance(out, Path):
+        return write_jsonl(entries, out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", encoding="ascii") as f:
+        return write_jsonl(entries, f)
+
+
+def read_jsonl(path: Path) -> Iterator[AuditEntry]:
+    """Entries of a JSON Lines export, in file order."""
+    try:
+        with Path(path).open(encoding="utf-8") as f:
+            for number, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    yield AuditEntry.from_json_dict(json.loads(line))
+                except (ValueError, KeyError, TypeError):
+                    raise AuditReadError(
+                        f"{path} line {number} is not an audit entry; pass a file written by "
+                        "`atoll audit export`"
+                    ) from None
+    except OSError as exc:
+        raise AuditReadError(f"cannot read {path}: {exc.strerror}") from None
+
+
+# ---- checkpoints -------------------------------------------------------------------------------
+
+
+class Checkpoint(BaseModel):
+    """A signed statement "log L had `count` entries ending in `last_hash`", kept elsewhere."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    format: Literal["atoll-audit-checkpoint/1"] = "atoll-audit-checkpoint/1"
+    log_id: str
+    count: int = Field(ge=0)
+    last_seq: int = Field(ge=0)
+    last_hash: str = Field(pattern=_HEX64)
+    ts: str
+    key_id: str = Field(pattern=_HEX64)
+    signature: str
+
+    def signed_bytes(self) -> bytes:
+        return _CHECKPOINT_DOMAIN + canonical_json(self.model_dump(exclude={"signature"})).encode(
+            "ascii"
+        )
+
+    def problem(self, log_id: str, public_keys: Mapping[str, str]) -> str | None:
+        """Why this checkpoint cannot be trusted for `log_id`, or None."""
+        if self.log_id != log_id:
+            return f"checkpoint is for log '{self.log_id}', not '{log_id}'"
+        if self.count != self.last_seq:
+            return f"checkpoint count {self.count} differs from its last seq {self.last_seq}"
+        verifiers = _verifiers(public_keys)
+        if self.key_id not in verifiers:
+            return f"checkpoint is signed by unknown key {self.key_id[:16]}...; pass its .pub file"
+        if not _signature_ok(verifiers[self.key_id], self.signature, self.signed_bytes()):
+            return "checkpoint signature is invalid: the file was altered or forged"
+        return None
+
+    def save(self, path: Path) -> None:
+        """Write as JSON atomically (a half-written checkpoint would look like tampering)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(self.model_dump_json(indent=2) + "\n", encoding="ascii")
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> Checkpoint:
+        try:
+            return cls.model_validate_json(Path(path).read_bytes())
+        except OSError as exc:
+            raise AuditReadError(f"cannot read checkpoint {path}: {exc.strerror}") from None
+        except ValidationError as err:
+            where = "; ".join(".".join(str(p) for p in e["loc"]) or "file" for e in err.errors())
+            raise AuditReadError(
+                f"{path} is not an audit checkpoint (bad: {where}); pass a file written by "
+                "`atoll audit checkpoint`"
+            ) from None
+
+
+def sign_checkpoint(log_id: str, last_seq: int, last_hash: str, signer: AuditSigner) -> Checkpoint:
+    """A checkpoint of a contiguous log ending at (`last_seq`, `last_hash`), signed now."""
+    unsigned = Checkpoint(
+        log_id=log_id,
+        count=last_seq,
+        last_seq=last_seq,
+        last_hash=last_hash,
+        ts=format_ts(datetime.now(UTC)),
+        key_id=signer.key_id,
+        signature="",
+    )
+    signature = signer.sign(unsigned.signed_bytes()).hex()
+    return unsigned.model_copy(update={"signature": signature})
+
+
+def export_checkpoint(
+    engine_or_url: EngineOrURL, log_id: str, signer: AuditSigner, path: Path | None = None
+) -> Checkpoint:
+    """Sign the log's current count and head hash (written to `path` if given).
+
+    Holds the writers' lock for two indexed reads so count and head belong together. It vouches
+    only for what is stored: run `verify` first if the database may have been touched.
+    """
+    _check_log_id(log_id)
+    with _reading(engine_or_url) as engine:
+        try:
+            with _locked(engine, log_id) as conn:
+                last_seq, last_hash = _head(conn, log_id)
+                count = conn.scalar(select(func.count()).where(AuditEntryRow.log_id == log_id))
+        except SQLAlchemyError as exc:
+            raise _read_error(engine, log_id, exc) from None
+    if count != last_seq:
+        raise AuditError(
+            f"audit log '{log_id}' holds {count} entries but ends at seq {last_seq}; it has gaps "
+            "or duplicates — run `atoll audit verify` before checkpointing"
+        )
+    checkpoint = sign_checkpoint(log_id, last_seq, last_hash, signer)
+    if path is not None:
+        checkpoint.save(path)
+    return checkpoint
+
+
+# ---- verification ------------------------------------------------------------------------------
+
+
+class Problem(StrEnum):
+    """Why an entry (or the log) fails verification."""
+
+    MODIFIED = "modified"  # content differs from what its hash covers
+    DELETED = "deleted"  # a seq is missing (gap)
+    REORDERED = "reordered"  # an intact entry sits at another seq than it was written at
+    INSERTED = "inserted"  # an extra entry claims an existing seq
+    BROKEN_LINK = "broken_link"  # intact, signed, but does not follow the entry before it
+    BAD_SIGNATURE = "bad_signature"  # forged or inserted: signature does not match
+    UNKNOWN_KEY = "unknown_key"  # signed by a key the verifier does not trust
+    TRUNCATED = "truncated"  # the log ends before, or differs at, a checkpoint
+    BAD_CHECKPOINT = "bad_checkpoint"  # the checkpoint itself cannot be trusted
+
+
+class VerifyReport(BaseModel):
+    """Outcome of verifying one log; `first_bad_seq` and `problem` are set when not ok."""
+
+    log_id: str
+    ok: bool
+    entries: int  # entries that verified (all of them when ok)
+    last_seq: int  # seq of the last entry that verified
+    last_hash: str
+    first_bad_seq: int | None = None
+    problem: Problem | None = None
+    message: str
+    signers: dict[str, int] = Field(default_factory=dict)  # key_id -> entries signed
+    checkpoint_seq: int | None = None
+
+
+def _recomputed(entry: AuditEntry, seq: int) -> str | None:
+    try:
+        return entry_hash(
+            log_id=entry.log_id,
+            seq=seq,
+            ts=entry.ts,
+            actor=entry.actor,
+            action=entry.action,
+            subject=entry.subject,
+            details=entry.details,
+            prev_hash=entry.prev_hash,
+            key_id=entry.key_id,
+        )
+    except (ValueError, TypeError):
+        return None  # details no longer encode (e.g. NaN written in by hand)
+
+
+def _content_problem(
+    entry: AuditEntry, log_id: str, verifiers: Mapping[str, Ed25519PublicKey]
+) -> tuple[Problem, str] | None:
+    """Hash and signature of one entry on its own."""
+    if entry.log_id != log_id:
+        return Problem.MODIFIED, f"entry belongs to log '{entry.log_id}', not '{log_id}'"
+    if _recomputed(entry, entry.seq) != entry.hash:
+        for other in range(max(1, entry.seq - REORDER_WINDOW), entry.seq + REORDER_WINDOW + 1):
+            if other != entry.seq and _recomputed(entry, other) == entry.hash:
+                return Problem.REORDERED, f"entry was written as seq {other} and moved"
+        return Problem.MODIFIED, "content differs from its hash: edited after it was written"
+    key = verifiers.get(entry.key_id)
+    if key is None:
+        return (
+            Problem.UNKNOWN_KEY,
+            f"signed by unknown key {entry.key_id[:16]}...: inserted, or pass the writer's .pub",
+        )
+    if not _signature_ok(key, entry.signature, _ENTRY_DOMAIN + entry.hash.encode("ascii")):
+        return Problem.BAD_SIGNATURE, "signature does not match: forged or inserted entry"
+    return None
+
+
+def verify_entries(
+    entries: Iterable[AuditEntry],
+    log_id: str,
+    public_keys: Mapping[str, str],
+    checkpoint: Checkpoint | None = None,
+) -> VerifyReport:
+    """Check entries given in seq order: continuity from 1, links, hashes, signatures, checkpoint.
+
+    Stops at the first bad entry and says what is wrong with it.
+    """
+    verifiers = _verifiers(public_keys)
+    count, last_seq, last_hash = 0, 0, GENESIS_HASH
+    signers: dict[str, int] = {}
+
+    def report(problem: Problem | None, seq: int | None, message: str) -> VerifyReport:
+        return VerifyReport(
+            log_id=log_id,
+            ok=problem is None,
+            entries=count,
+            last_seq=last_seq,
+            last_hash=last_hash,
+            first_bad_seq=seq,
+            problem=problem,
+            message=message,
+            signers=signers,
+            checkpoint_seq=checkpoint.last_seq if checkpoint is not None else None,
+        )
+
+    if checkpoint is not None and (why := checkpoint.problem(log_id, public_keys)):
+        return report(Problem.BAD_CHECKPOINT, None, why)
+    for entry in entries:
+        expected = last_seq + 1
+        if entry.seq < expected:
+            return report(
+                Problem.INSERTED, entry.seq, f"a second entry claims seq {entry.seq} (a fork)"
+            )
+        if entry.seq > expected:
+            missing = f"{expected}" if entry.seq == expected + 1 else f"{expected}-{entry.seq - 1}"
+            return report(Problem.DELETED, expected, f"seq {missing} missing: entries deleted")
+        found = _content_problem(entry, log_id, verifiers)
+        if found is not None:
+            return report(found[0], entry.seq, f"seq {entry.seq}: {found[1]}")
+        if entry.prev_hash != last_hash:
+            return report(
+                Problem.BROKEN_LINK,
+                entry.seq,
+                f"seq {entry.seq} does not follow seq {last_seq}: an entry before it was "
+                "replaced or the log was forked",
+            )
+        if (
+            checkpoint is not None
+            and entry.seq == checkpoint.last_seq
+            and entry.hash != checkpoint.last_hash
+        ):
+            return report(
+                Problem.TRUNCATED,
+                entry.seq,
+                f"seq {entry.seq} differs from the checkpoint's: the log was truncated and "
+                "rewritten after the checkpoint",
+            )
+        count, last_seq, last_hash = count + 1, entry.seq, entry.hash
+        signers[entry.key_id] = signers.get(entry.key_id, 0) + 1
+    if checkpoint is not None and last_seq < checkpoint.last_seq:
+        return report(
+            Problem.TRUNCATED,
+            last_seq + 1,
+            f"log ends at seq {last_seq} but the checkpoint vouches for {checkpoint.last_seq} "
+            "entries: the tail was deleted",
+        )
+    return report(None, None, f"{count} entries verified")
+
+
+def verify(
+    engine_or_url: EngineOrURL,
+    log_id: str,
+    public_keys: Mapping[str, str],
+    checkpoint: Checkpoint | None = None,
+) -> VerifyReport:
+    """Verify a stored log (see `verify_entries`); `public_keys` is {key_id: pem}."""
+    return verify_entries(iter_entries(engine_or_url, log_id), log_id, public_keys, checkpoint)
+
+
+# ---- update digests and the node/coordinator cross-check ---------------------------------------
+
+
+def _as_numpy(value: Any, name: str) -> np.ndarray:
+    """numpy view of an ndarray, torch tensor or Flower Array, without importing torch."""
+    if isinstance(value, np.ndarray):
+        return value
+    if hasattr(value, "detach"):  # torch.Tensor
+        return np.asarray(value.detach().cpu().numpy())
+    if hasattr(value, "numpy"):  # flwr.app.Array
+        return np.asarray(value.numpy())
+    raise TypeError(f"array '{name}' is a {type(value).__name__}; pass numpy arrays or tensors")
+
+
+def digest_arrays(arrays: Mapping[str, Any]) -> str:
+    """sha256 over an update's exact bytes: per name (sorted) its dtype, shape and data.
+
+    Accepts a torch state dict, a Flower ArrayRecord or a dict of numpy arrays, so the node
+    (before sending) and the coordinator (after receiving) get the same digest for the same update.
+    """
+    digest = hashlib.sha256(_ARRAYS_DOMAIN)
+    for name in sorted(arrays):
+        array = _as_numpy(arrays[name], name)
+        if array.dtype.hasobject:
+            raise TypeError(f"array '{name}' has object dtype; updates are numeric arrays")
+        array = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+        header = canonical_json(
+            {"name": name, "dtype": array.dtype.str, "shape": list(array.shape)}
+        ).encode("ascii")
+        data = array.tobytes()
+        digest.update(len(header).to_bytes(8, "big") + header)
+        digest.update(len(data).to_bytes(8, "big") + data)
+    return digest.hexdigest()
+
+
+class Mismatch(BaseModel):
+    """One disagreement between the coordinator's and a node's record of a reply."""
+
+    run: str
+    round: int | None
+    node: str
+    kind: str
+    problem: Literal[
+        "differs", "missing_on_node", "missing_on_coordinator", "duplicate", "malformed"
+    ]
+    field: str | None = None
+    coordinator_value: str | int | float | None = None
+    node_value: str | int | float | None = None
+    coordinator_seq: int | None = None
+    node_seq: int | None = None
+
+    def describe(self) -> str:
+        where = f"run {self.run} round {self.round} node {self.node} ({self.kind})"
+        if self.problem == "differs":
+            return (
+                f"{where}: {self.field} differs — coordinator {self.coordinator_value} "
+                f"(seq {self.coordinator_seq}), node {self.node_value} (seq {self.node_seq})"
+            )
+        return f"{where}: {self.problem.replace('_', ' ')}"
+
+
+_Key = tuple[str, int, str, str]  # (run, round, node, kind)
+
+
+def _reply_index(
+    entries: Iterable[AuditEntry], action: str, side: Literal["coordinator", "node"]
+) -> tuple[dict[_Key, AuditEntry], list[Mismatch]]:
+    """Entries of one side by key, plus malformed and duplicate ones as mismatches."""
+    index: dict[_Key, AuditEntry] = {}
+    problems: list[Mismatch] = []
+    for entry in entries:
+        if entry.action != action:
+            continue
+        d = entry.details
+        run, rnd, node, kind = d.get("run"), d.get("round"), d.get("node"), d.get("kind", "train")
+        cseq, nseq = (entry.seq, None) if side == "coordinator" else (None, entry.seq)
+        if run is None or not isinstance(rnd, int) or not isinstance(node, str):
+            problems.append(
+                Mismatch(
+                    run=str(run),
+                    round=None,
+                    node=str(node),
+                    kind=str(kind),
+                    problem="malformed",
+                    coordinator_seq=cseq,
+                    node_seq=nseq,
+                )
+            )
+            continue
+        key = (str(run), rnd, node, str(kind))
+        if key in index:
+            problems.append(
+                Mismatch(
+                    run=key[0],
+                    round=rnd,
+                    node=node,
+                    kind=key[3],
+                    problem="duplicate",
+                    coordinator_seq=cseq,
+                    node_seq=nseq,
+                )
+            )
+            continue
+        index[key] = entry
+    return index, problems
+
+
+def _scalar(value: Any) -> str | int | float | None:
+    return value if value is None or isinstance(value, str | int | float) else canonical_json(value)
+
+
+def _compare(key: _Key, coord: AuditEntry | None, node: AuditEntry | None) -> list[Mismatch]:
+    """Mismatches of one (run, round, node, kind) between the two sides."""
+    run, rnd, name, kind = key
+    if coord is None or node is None:
+        return [
+            Mismatch(
+                run=run,
+                round=rnd,
+                node=name,
+                kind=kind,
+                problem="missing_on_coordinator" if coord is None else "missing_on_node",
+                coordinator_seq=coord.seq if coord else None,
+                node_seq=node.seq if node else None,
+            )
+        ]
+    return [
+        Mismatch(
+            run=run,
+            round=rnd,
+            node=name,
+            kind=kind,
+            problem="differs",
+            field=field,
+            coordinator_value=_scalar(coord.details.get(field)),
+            node_value=_scalar(node.details.get(field)),
+            coordinator_seq=coord.seq,
+            node_seq=node.seq,
+        )
+        for field in CROSSCHECK_FIELDS
+        if coord.details.get(field) != node.details.get(field)
+    ]
+
+
+def crosscheck(
+    coordinator_entries: Iterable[AuditEntry],
+    node_entries: Iterable[AuditEntry],
+    *,
+    nodes: Iterable[str] | None = None,
+    run: str | None = None,
+) -> list[Mismatch]:
+    """Compare the coordinator's `round.reply` entries with nodes' `reply.sent` entries.
+
+    Only coordinator entries for `nodes` are compared (default: the nodes named in
+    `node_entries`, i.e. the node logs given); `run` limits both sides to one run.
+    """
+    theirs, node_problems = _reply_index(node_entries, REPLY_SENT, "node")
+    ours, coord_problems = _reply_index(coordinator_entries, ROUND_REPLY, "coordinator")
+    names = set(nodes) if nodes is not None else {key[2] for key in theirs}
+
+    def wanted(run_id: str, node: str) -> bool:
+        return node in names and (run is None or run_id == run)
+
+    ours = {k: v for k, v in ours.items() if wanted(k[0], k[2])}
+    theirs = {k: v for k, v in theirs.items() if wanted(k[0], k[2])}
+    problems = [p for p in node_problems if run is None or p.run == run]
+    problems += [p for p in coord_problems if wanted(p.run, p.node) or p.problem == "malformed"]
+    for key in sorted(ours.keys() | theirs.keys()):
+        problems.extend(_compare(key, ours.get(key), theirs.get(key)))
+    return problems

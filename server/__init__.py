@@ -1,0 +1,1 @@
+"""Atoll coordinator: Flower ServerApp, model registry and scoring API."""

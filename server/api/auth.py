@@ -1,0 +1,525 @@
+"""Who may call the scoring API, and what each caller may do.
+
+Callers send `Authorization: Bearer atoll_<key id>_<secret>`. Keys are made by `atoll apikey
+create` (secret shown once) and stored only as HMAC-SHA256(per-key salt, secret): the secret is
+256 random bits, so a fast keyed hash is as strong as a slow password KDF here and keeps the
+per-request cost to one indexed lookup and one constant-time comparison.
+
+Every path but `/health` needs a valid key (`AuthMiddleware`, before routing, so nothing about
+routes, models or keys is revealed to a caller without one); each route then names the one
+permission it needs with `require(...)`; roles map to permissions in `ROLE_PERMISSIONS` and
+nowhere else. A new router is guarded with one line:
+
+    router = APIRouter(dependencies=[Depends(require("budgets:read"))], responses=AUTH_RESPONSES)
+
+`create_app` refuses to build an app with a route that names no permission.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import math
+import re
+import secrets
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+import anyio.to_thread
+from fastapi import Depends, FastAPI, HTTPException, Request, Security, status
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute, iter_route_contexts
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
+from sqlalchemy import Engine, select
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from common.db import (
+    SQLITE_BEGIN_OPTION,
+    make_engine,
+    make_session_factory,
+    migrate,
+    safe_url,
+    utcnow,
+)
+from server.api.limits import TokenBucketLimiter
+from server.auth_models import ApiKey
+
+log = logging.getLogger(__name__)
+
+
+# ---- roles and permissions ---------------------------------------------------------------------
+
+
+class Role(StrEnum):
+    APP = "app"  # marketing/CRM apps: score records, nothing else
+    ANALYST = "analyst"  # read model cards and metrics
+    GOVERNANCE = "governance"  # budgets, audit trail, verification (and the cards they verify)
+    ADMIN = "admin"  # issue/revoke keys, set federation policy
+
+
+class Permission(StrEnum):
+    MODELS_SCORE = "models:score"
+    MODELS_READ = "models:read"
+    BUDGETS_READ = "budgets:read"
+    AUDIT_READ = "audit:read"
+    KEYS_MANAGE = "keys:manage"
+    POLICY_WRITE = "policy:write"
+
+
+# The whole access policy. Roles are not hierarchical: admin manages keys and policy but does not
+# read budgets or score, so a leaked admin key exposes no data.
+ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
+    Role.APP: frozenset({Permission.MODELS_SCORE}),
+    Role.ANALYST: frozenset({Permission.MODELS_READ}),
+    Role.GOVERNANCE: frozenset(
+        {Permission.MODELS_READ, Permission.BUDGETS_READ, Permission.AUDIT_READ}
+    ),
+    Role.ADMIN: frozenset({Permission.KEYS_MANAGE, Permission.POLICY_WRITE}),
+}
+
+PUBLIC_PATHS = frozenset({"/health"})
+
+# Identical for every failure of its kind, so a response reveals nothing about what exists.
+UNAUTHORIZED_DETAIL = (
+    "missing or invalid API key: send 'Authorization: Bearer <key>' with an active key "
+    "from `atoll apikey create`"
+)
+FORBIDDEN_DETAIL = (
+    "this API key's role does not allow this request; ask an admin for a key with the right role"
+)
+WWW_AUTHENTICATE = 'Bearer realm="atoll"'
+
+AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"description": "Missing, malformed, unknown, rotated-out or revoked API key."},
+    403: {"description": "The key's role does not have the permission this route needs."},
+    429: {"description": "Rate limit of this API key exceeded; see the Retry-After header."},
+}
+
+
+# ---- key material ------------------------------------------------------------------------------
+
+KEY_PREFIX = "atoll"
+_KEY_ID_HEX = 12  # 48 bits: unique id, public
+_SECRET_BYTES = 32  # 256 bits: the secret
+_KEY_PATTERN = re.compile(r"atoll_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
+_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._@-]{0,99}")
+_DUMMY_SALT = secrets.token_bytes(16)
+
+
+def _digest(salt: bytes, secret: str) -> str:
+    return hmac.new(salt, secret.encode("ascii"), hashlib.sha256).hexdigest()
+
+
+def format_key(key_id: str, secret: str) -> str:
+    return f"{KEY_PREFIX}_{key_id}_{secret}"
+
+
+def parse_key(presented: str) -> tuple[str, str] | None:
+    """(key id, secret) of a well-formed key string; None otherwise."""
+    m = _KEY_PATTERN.fullmatch(presented)
+    return (m[1], m[2]) if m else None
+
+
+# ---- the key store -----------------------------------------------------------------------------
+
+
+class ApiKeyError(ValueError):
+    """A key operation cannot be done; the message says why and what to do."""
+
+
+class Unauthenticated(Exception):
+    """Presented credentials are not an active key; `reason` is for logs, never for callers."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The authenticated caller of one request."""
+
+    key_id: str
+    name: str
+    role: Role
+
+    def can(self, permission: Permission) -> bool:
+        return permission in ROLE_PERMISSIONS[self.role]
+
+
+@dataclass(frozen=True)
+class ApiKeyInfo:
+    """Everything about a key except its secret, salt and hash."""
+
+    key_id: str
+    name: str
+    role: str
+    created_at: datetime
+    rotated_at: datetime | None
+    revoked_at: datetime | None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+
+def _info(row: ApiKey) -> ApiKeyInfo:
+    return ApiKeyInfo(
+        row.key_id, row.name, row.role, row.created_at, row.rotated_at, row.revoked_at
+    )
+
+
+KeyEventHook = Callable[[str, ApiKeyInfo], None]
+
+
+class ApiKeyStore:
+    """API keys in the coordinator database (table `api_keys`, registry migration 0002).
+
+    `on_event(action, info)` ("created", "rotated", "revoked") runs before each change is
+    written, so an audit trail can record it; if the hook raises, nothing changes (an action
+    that cannot be recorded is refused). Every change is also logged (never the secret).
+    """
+
+    def __init__(self, engine: Engine, on_event: KeyEventHook | None = None) -> None:
+        self.engine = engine
+        self._sessions = make_session_factory(engine)
+        self._on_event = on_event
+        self._owns_engine = False
+
+    @classmethod
+    def open(cls, url: str, on_event: KeyEventHook | None = None) -> ApiKeyStore:
+        """A store on its own engine; migrates the database (same migrations as the registry)."""
+        from server.registry import MIGRATIONS_DIR
+
+        engine = make_engine(url)
+        try:
+            migrate(engine, MIGRATIONS_DIR)
+        except OperationalError as exc:
+            engine.dispose()
+            raise ApiKeyError(
+                f"cannot open the key store at {safe_url(url)}: "
+                f"{str(exc.orig).strip().splitlines()[0]}; check the database is reachable and "
+                "the --registry URL is the coordinator's registry"
+            ) from None
+        store = cls(engine, on_event)
+        store._owns_engine = True
+        return store
+
+    def close(self) -> None:
+        if self._owns_engine:
+            self.engine.dispose()
+
+    def __enter__(self) -> ApiKeyStore:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[Session]:
+        """A write transaction; on SQLite it takes the write lock up front (BEGIN IMMEDIATE)."""
+        with self._sessions() as session, session.begin():
+            session.connection(execution_options={SQLITE_BEGIN_OPTION: "IMMEDIATE"})
+            yield session
+
+    def _record(self, action: str, info: ApiKeyInfo) -> None:
+        """Before a change is written: log it and let the audit hook refuse it by raising."""
+        log.info("api key %s: id=%s name=%s role=%s", action, info.key_id, info.name, info.role)
+        if self._on_event is not None:
+            self._on_event(action, info)
+
+    # -- lifecycle --
+
+    def create(self, name: str, role: Role | str) -> tuple[ApiKeyInfo, str]:
+        """A new key; returns its info and the full key string, which is never stored."""
+        if not _NAME_PATTERN.fullmatch(name):
+            raise ApiKeyError(
+                "key name must be 1-100 characters of letters, digits, space, '.', '_', '@' or "
+                "'-', starting with a letter or digit (e.g. crm-scoring)"
+            )
+        checked = _role(role)
+        key_id, secret, salt = secrets.token_hex(_KEY_ID_HEX // 2), _new_secret(), _salt()
+        row = ApiKey(
+            key_id=key_id,
+            name=name,
+            role=checked.value,
+            salt=salt,
+            secret_hash=_digest(salt, secret),
+            created_at=utcnow(),
+        )
+        info = _info(row)
+        self._record("created", info)
+        try:
+            with self._write() as session:
+                session.add(row)
+        except IntegrityError:  # a 48-bit id collision: astronomically unlikely
+            raise ApiKeyError("the new key id is already taken; run the command again") from None
+        return info, format_key(key_id, secret)
+
+    def rotate(self, key_id: str) -> tuple[ApiKeyInfo, str]:
+        """A new secret for an active key (same id, name and role); the old secret stops working."""
+        secret, salt, now = _new_secret(), _salt(), utcnow()
+        with self._sessions() as session:
+            current = _info(self._active_row(session, key_id, "rotate"))
+        info = replace(current, rotated_at=now)
+        self._record("rotated", info)
+        with self._write() as session:
+            row = self._active_row(session, key_id, "rotate")
+            row.salt, row.secret_hash, row.rotated_at = salt, _digest(salt, secret), now
+        return info, format_key(key_id, secret)
+
+    def revoke(self, key_id: str) -> ApiKeyInfo:
+        """Disable a key for good (the row stays, for the record)."""
+        now = utcnow()
+        with self._sessions() as session:
+            current = _info(self._active_row(session, key_id, "be revoked"))
+        info = replace(current, revoked_at=now)
+        self._record("revoked", info)
+        with self._write() as session:
+            self._active_row(session, key_id, "be revoked").revoked_at = now
+        return info
+
+    def _active_row(self, session: Session, key_id: str, action: str) -> ApiKey:
+        row = session.get(ApiKey, key_id)
+        if row is None:
+            raise ApiKeyError(f"no API key with id '{key_id}'; `atoll apikey list` shows the ids")
+        if row.revoked_at is not None:
+            raise ApiKeyError(
+                f"API key '{key_id}' was revoked at {row.revoked_at:%Y-%m-%d %H:%M:%S} UTC and "
+                f"cannot {action}; create a new key instead"
+            )
+        return row
+
+    def list_keys(self) -> list[ApiKeyInfo]:
+        """Every key, oldest first, active or not."""
+        with self._sessions() as session:
+            rows = session.scalars(select(ApiKey).order_by(ApiKey.created_at)).all()
+        return [_info(r) for r in rows]
+
+    # -- checking --
+
+    def authenticate(self, presented: str) -> Principal:
+        """The principal of an active key; raises Unauthenticated (reason for logs only)."""
+        parsed = parse_key(presented)
+        if parsed is None:
+            raise Unauthenticated("malformed key")
+        key_id, secret = parsed
+        with self._sessions() as session:
+            row = session.get(ApiKey, key_id)
+        if row is None:
+            _digest(_DUMMY_SALT, secret)  # same work as a real check
+            raise Unauthenticated(f"unknown key id {key_id}")
+        if not hmac.compare_digest(_digest(row.salt, secret), row.secret_hash):
+            raise Unauthenticated(f"wrong secret for key id {key_id}")
+        if row.revoked_at is not None:
+            raise Unauthenticated(f"revoked key id {key_id}")
+        try:
+            role = Role(row.role)
+        except ValueError:
+            raise Unauthenticated(f"key id {key_id} has an unknown role") from None
+        return Principal(key_id=row.key_id, name=row.name, role=role)
+
+
+def _new_secret() -> str:
+    return secrets.token_urlsafe(_SECRET_BYTES)
+
+
+def _salt() -> bytes:
+    return secrets.token_bytes(16)
+
+
+def _role(role: Role | str) -> Role:
+    try:
+        return Role(role)
+    except ValueError:
+        raise ApiKeyError(
+            f"unknown role '{role}': use one of {', '.join(r.value for r in Role)}"
+        ) from None
+
+
+# ---- the gate: authenticate every non-public request before routing --------------------------
+
+_PRINCIPAL = "principal"
+
+
+def _json(status_code: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status_code, headers=headers)
+
+
+def unauthorized() -> JSONResponse:
+    return _json(401, UNAUTHORIZED_DETAIL, {"WWW-Authenticate": WWW_AUTHENTICATE})
+
+
+class AuthMiddleware:
+    """Pure ASGI: 401 unless the request carries an active key, 429 over the key's rate.
+
+    Runs before routing and before the body is read, so an unauthenticated caller gets the same
+    401 for every path, method and body (existing or not).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        store: ApiKeyStore,
+        limiter: TokenBucketLimiter,
+        on_denied: Callable[[str], None] | None = None,
+    ) -> None:
+        self.app = app
+        self.store = store
+        self.limiter = limiter
+        self.on_denied = on_denied  # e.g. the API audit trail: records each 401's reason
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
+            await self.app(scope, receive, send)
+            return
+        response = await self._check(scope)
+        if response is not None:
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    async def _check(self, scope: Scope) -> JSONResponse | None:
+        header = _header(scope, b"authorization")
+        scheme, token = get_authorization_scheme_param(header)
+        if not header or scheme.lower() != "bearer" or not token:
+            log.info("401: no bearer credentials")  # never the path or header: caller-supplied
+            await self._denied("no bearer credentials")
+            return unauthorized()
+        try:
+            principal = await anyio.to_thread.run_sync(self.store.authenticate, token)
+        except Unauthenticated as exc:
+            log.info("401: %s", exc.reason)
+            await self._denied(exc.reason)
+            return unauthorized()
+        except SQLAlchemyError as exc:
+            log.error("key store unavailable: %s", type(exc).__name__)
+            return _json(503, "the key store (registry database) is unavailable; retry shortly")
+        wait = self.limiter.take(principal.key_id)
+        if wait > 0:
+            retry = max(1, math.ceil(wait))
+            return _json(
+                429,
+                f"rate limit of this API key exceeded ({self.limiter.describe()}); "
+                f"retry after {retry} s or spread requests out",
+                {"Retry-After": str(retry)},
+            )
+        scope.setdefault("state", {})[_PRINCIPAL] = principal
+        return None
+
+    async def _denied(self, reason: str) -> None:
+        if self.on_denied is not None:
+            await anyio.to_thread.run_sync(self.on_denied, reason)
+
+
+def _header(scope: Scope, name: bytes) -> str:
+    for key, value in scope.get("headers", ()):
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return ""
+
+
+# ---- per-route permission checks ---------------------------------------------------------------
+
+bearer_scheme = HTTPBearer(
+    auto_error=False,
+    bearerFormat="atoll_<key id>_<secret>",
+    description="An API key from `atoll apikey create`.",
+)
+
+
+def current_principal(
+    request: Request,
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)],
+) -> Principal:
+    """The caller AuthMiddleware authenticated; 401 if it did not run (fail closed)."""
+    principal = getattr(request.state, _PRINCIPAL, None)
+    if not isinstance(principal, Principal):
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            detail=UNAUTHORIZED_DETAIL,
+            headers={"WWW-Authenticate": WWW_AUTHENTICATE},
+        )
+    return principal
+
+
+PrincipalDep = Annotated[Principal, Depends(current_principal)]
+_PERMISSION_ATTR = "__atoll_permission__"
+
+
+def require(permission: Permission | str) -> Callable[[Principal], Principal]:
+    """Dependency: the caller's role must grant `permission` (403 otherwise).
+
+    Use as `Depends(require("models:read"))`; an unknown permission fails at import time.
+    """
+    try:
+        needed = Permission(permission)
+    except ValueError:
+        known = ", ".join(p.value for p in Permission)
+        raise ValueError(f"unknown permission '{permission}': use one of {known}") from None
+
+    def check(principal: PrincipalDep) -> Principal:
+        if not principal.can(needed):
+            log.info("403: key %s (%s) lacks %s", principal.key_id, principal.role, needed)
+            raise HTTPException(status.HTTP_403_FORBIDDEN, detail=FORBIDDEN_DETAIL)
+        return principal
+
+    setattr(check, _PERMISSION_ATTR, needed)
+    check.__name__ = f"require_{needed.value.replace(':', '_')}"
+    return check
+
+
+def _permissions(dependant: Dependant) -> set[Permission]:
+    found: set[Permission] = set()
+    for dep in dependant.dependencies:
+        perm = getattr(dep.call, _PERMISSION_ATTR, None)
+        if perm is not None:
+            found.add(perm)
+        found |= _permissions(dep)
+    return found
+
+
+@dataclass(frozen=True)
+class RouteInfo:
+    """One API route as served (prefixes and include-time dependencies applied)."""
+
+    path: str
+    methods: frozenset[str]
+    permissions: frozenset[Permission]
+
+
+def api_routes(app: FastAPI) -> list[RouteInfo]:
+    """Every APIRoute of the app with the permissions its `require(...)` dependencies ask for."""
+    found = []
+    for ctx in iter_route_contexts(app.routes):
+        if isinstance(ctx.original_route, APIRoute):
+            found.append(
+                RouteInfo(
+                    path=str(ctx.path),
+                    methods=frozenset(ctx.methods or ()),
+                    permissions=frozenset(_permissions(ctx.dependant)),
+                )
+            )
+    return found
+
+
+def unguarded_routes(app: FastAPI) -> list[str]:
+    """Non-public routes that name no permission (any key of any role could call them)."""
+    return [
+        f"{','.join(sorted(r.methods))} {r.path}"
+        for r in api_routes(app)
+        if r.path not in PUBLIC_PATHS and not r.permissions
+    ]
+
+
+def roles_with(permission: Permission) -> list[Role]:
+    return [role for role, perms in ROLE_PERMISSIONS.items() if permission in perms]

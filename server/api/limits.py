@@ -1,0 +1,132 @@
+"""Input limits that keep one caller from exhausting the service.
+
+- `BodyLimitMiddleware`: request bodies above a byte limit get 413 before they are parsed. It
+  counts the bytes as they arrive, so a chunked upload (no Content-Length) is cut off too.
+- `TokenBucketLimiter`: requests per API key (used by `server.api.auth.AuthMiddleware`, which
+  answers 429 with Retry-After).
+The number of records per scoring request is checked by the predict route (`max_records`).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+DEFAULT_RATE_PER_SECOND = 20.0
+DEFAULT_RATE_BURST = 40
+
+
+class BodyTooLarge(HTTPException):
+    """Raised from `receive` when the body passes the limit; FastAPI turns it into a 413."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, detail=_too_large(limit))
+
+
+def _too_large(limit: int) -> str:
+    return f"request body is larger than the limit of {limit} bytes; send fewer records per request"
+
+
+class BodyLimitMiddleware:
+    """Pure ASGI: 413 when Content-Length or the bytes actually received exceed `max_bytes`."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
+        if max_bytes < 1:
+            raise ValueError(f"max_bytes must be at least 1, got {max_bytes}")
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared == -1:
+            await _reply(scope, receive, send, 400, "Content-Length header is not a number")
+            return
+        if declared is not None and declared > self.max_bytes:
+            await _reply(scope, receive, send, 413, _too_large(self.max_bytes))
+            return
+
+        received = 0
+        started = False
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise BodyTooLarge(self.max_bytes)
+            return message
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counted, watched)
+        except BodyTooLarge:  # read outside FastAPI's handlers (e.g. by another middleware)
+            if started:
+                raise
+            await _reply(scope, receive, send, 413, _too_large(self.max_bytes))
+
+
+def _content_length(scope: Scope) -> int | None:
+    """The declared body size; None if absent, -1 if not a non-negative integer."""
+    for key, value in scope.get("headers", ()):
+        if key.lower() == b"content-length":
+            text = value.decode("latin-1").strip()
+            return int(text) if text.isascii() and text.isdigit() else -1
+    return None
+
+
+async def _reply(scope: Scope, receive: Receive, send: Send, code: int, detail: str) -> None:
+    await JSONResponse({"detail": detail}, status_code=code)(scope, receive, send)
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    stamp: float
+
+
+class TokenBucketLimiter:
+    """Per-key token buckets in memory: `rate` requests per second, bursts up to `burst`.
+
+    Per process: behind several API workers each enforces its own bucket. Keys are the
+    authenticated key ids, so the table is bounded by the number of keys.
+    """
+
+    def __init__(self, rate: float = DEFAULT_RATE_PER_SECOND, burst: int = DEFAULT_RATE_BURST):
+        if rate <= 0 or burst < 1:
+            raise ValueError(f"rate must be > 0 and burst >= 1, got rate={rate}, burst={burst}")
+        self.rate = rate
+        self.burst = burst
+        self._buckets: dict[str, _Bucket] = {}
+        self._lock = threading.Lock()
+
+    def take(self, key: str, now: float | None = None) -> float:
+        """Spend one token: 0.0 if allowed, else the seconds until one is available."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            bucket = self._buckets.get(key)
+            if bucket is None:
+                bucket = self._buckets[key] = _Bucket(float(self.burst), now)
+            bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.stamp) * self.rate)
+            bucket.stamp = now
+            if bucket.tokens >= 1:
+                bucket.tokens -= 1
+                return 0.0
+            return (1 - bucket.tokens) / self.rate
+
+    def describe(self) -> str:
+        return f"{self.rate:g} requests/s, bursts of {self.burst}"

@@ -1,0 +1,45 @@
+"""Browse the registry: model names, their versions, and model cards (never weights)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends
+
+from server.api.audit_trail import Audited
+from server.api.auth import AUTH_RESPONSES, Permission, require
+from server.api.deps import RegistryDep, parse_version
+from server.api.schemas import ErrorOut, ModelVersions
+from server.registry import ModelCard, ModelSummary
+
+router = APIRouter(
+    prefix="/models",
+    tags=["models"],
+    dependencies=[Depends(require(Permission.MODELS_READ)), Audited("api.model_read")],
+    responses=AUTH_RESPONSES,
+)
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorOut, "description": "No such model or version."}
+}
+
+
+@router.get("", response_model=list[ModelSummary])
+def list_models(registry: RegistryDep) -> list[ModelSummary]:
+    """Every published model name with its versions."""
+    return registry.list_models()
+
+
+@router.get("/{name}", response_model=ModelVersions, responses=_NOT_FOUND)
+def model_versions(name: str, registry: RegistryDep) -> ModelVersions:
+    """All versions of one model, oldest first, as model cards."""
+    cards = registry.versions(name)
+    latest = cards[-1]
+    return ModelVersions(
+        name=latest.name, task=latest.task, latest_version=latest.version, versions=cards
+    )
+
+
+@router.get("/{name}/versions/{version}", response_model=ModelCard, responses=_NOT_FOUND)
+def model_card(name: str, version: str, registry: RegistryDep) -> ModelCard:
+    """One model card; `version` is a number or `latest`."""
+    return registry.card(name, parse_version(version))

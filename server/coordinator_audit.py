@@ -1,0 +1,79 @@
+"""The coordinator's signed audit log: runs, roll calls, every reply received, publications.
+
+Writes go to the coordinator database (log id "coordinator"); a failed write raises and so
+aborts the run — an action is never taken unrecorded. Entries hold names, counts, digests and ε.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, cast
+
+from flwr.app import Message, MetricRecord, MetricRecordValues
+
+from privacy.audit import AuditLog, AuditSigner, digest_arrays, json_number
+
+LOG_ID = "coordinator"
+ACTOR = "service:coordinator"
+
+
+def _number(metrics: Mapping[str, MetricRecordValues], key: str, default: float = 0) -> float:
+    """A scalar metric as float; a list (which a MetricRecord may hold) fails as float() would."""
+    value = metrics.get(key, default)
+    if isinstance(value, list):
+        raise TypeError(f"metric '{key}' must be a single number, not a list")
+    return float(value)
+
+
+def default_key_path() -> Path:
+    return Path.home() / ".atoll" / "coordinator-audit.pem"
+
+
+class CoordinatorAudit:
+    def __init__(self, url: str, key_path: str | Path, run_id: str) -> None:
+        self.key_path = Path(key_path) if key_path else default_key_path()
+        self.log = AuditLog(url, LOG_ID, AuditSigner.load_or_create(self.key_path))
+        self.run_id = run_id
+        self.names: dict[int, str] = {}
+
+    def __call__(self, action: str, subject: str | None = None, **details: Any) -> None:
+        self.log.append(ACTOR, action, subject or f"run:{self.run_id}", details)
+
+    def checkpoint(self) -> Path:
+        """A signed (count, last hash) kept beside the key: truncation below it is detectable."""
+        path = self.key_path.parent / "checkpoints" / f"coordinator-{self.run_id}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.log.checkpoint(path)
+        return path
+
+    def reply(self, server_round: int, kind: str, msg: Message) -> None:
+        """One reply as received: who sent it, the digest of its update, examples and ε."""
+        node = msg.metadata.src_node_id
+        name = self.names.get(node, f"node-id:{node}")
+        if msg.has_error():
+            self(
+                "round.error",
+                run=self.run_id,
+                round=server_round,
+                node=name,
+                kind=kind,
+                node_id=node,
+                reason=(msg.error.reason or f"error code {msg.error.code} (no reason)")[:500],
+            )
+            return
+        metrics: dict[str, MetricRecordValues] = (
+            dict(cast(MetricRecord, msg.content["metrics"])) if "metrics" in msg.content else {}
+        )
+        arrays = msg.content["arrays"] if kind == "train" and "arrays" in msg.content else None
+        self(
+            "round.reply",
+            run=self.run_id,
+            round=server_round,
+            node=name,
+            kind=kind,
+            node_id=node,
+            update_sha256=digest_arrays(arrays) if arrays is not None else None,
+            examples=int(_number(metrics, "num-examples")),
+            epsilon=json_number(_number(metrics, "epsilon")) if "epsilon" in metrics else None,
+        )

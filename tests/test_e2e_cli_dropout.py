@@ -1,0 +1,195 @@
+"""The documented deployment commands, each a real process, and a node that dies mid-run.
+
+`atoll certs create` → `atoll superlink start` → per node `atoll keys node`, `atoll node register`,
+`atoll budget init`, `atoll node start` → `atoll run`. After node-3 has sent its first update it
+is killed; the run must go on with the others, publish, and record the failure — and node-3's
+ledger keeps what it spent (and holds the rest of its reservation until it expires).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from atoll.federation import partition_csv
+from atoll.processes import ManagedProcess, flower_env, free_port, spawn, wait_for_port
+from common.synth import write_csv
+from privacy.ledger import Ledger
+from server.registry import Registry
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[1]
+CONTRACT = ROOT / "contracts" / "synthetic.yaml"
+
+
+def atoll(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    res = subprocess.run(
+        [sys.executable, "-m", "atoll", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=flower_env(),
+        cwd=ROOT,
+    )
+    assert res.returncode == 0, f"atoll {' '.join(args)}:\n{res.stdout}\n{res.stderr}"
+    return res
+
+
+def test_cli_deployment_survives_a_node_dying_mid_run(tmp_path: Path) -> None:
+    procs: list[ManagedProcess] = []
+    try:
+        _run(tmp_path, procs)
+    finally:
+        for p in procs:
+            p.stop()
+    assert all(not p.alive for p in procs)
+
+
+def _run(tmp: Path, procs: list[ManagedProcess]) -> None:
+    certs, keys = tmp / "certs", tmp / "keys"
+    atoll("certs", "create", "--out", str(certs))
+    port = free_port()
+    superlink = spawn(
+        "superlink",
+        [
+            sys.executable,
+            "-m",
+            "atoll",
+            "superlink",
+            "start",
+            "--certs",
+            str(certs),
+            "--state",
+            str(tmp / "state.db"),
+            "--port",
+            str(port),
+        ],
+        tmp / "superlink.log",
+        flower_env(),
+        cwd=ROOT,
+    )
+    procs.append(superlink)
+    wait_for_port(port, 60, superlink)
+    address, ca = f"127.0.0.1:{port}", str(certs / "ca.crt")
+    data = write_csv(tmp / "all.csv", 3000, seed=5, departments=3)
+    parts = partition_csv(data, "department", 3, tmp / "silos")
+    nodes: dict[str, ManagedProcess] = {}
+    for part in parts:
+        atoll("keys", "node", part.name, "--out", str(keys))
+        atoll(
+            "node",
+            "register",
+            str(keys / f"{part.name}.pub"),
+            "--name",
+            part.name,
+            "--superlink",
+            address,
+            "--ca",
+            ca,
+            "--flwr-home",
+            str(tmp / "coord-flwr"),
+            "--registry",
+            f"sqlite:///{tmp / 'registry.db'}",
+        )
+        home = tmp / part.name
+        atoll(
+            "budget",
+            "init",
+            "--state-dir",
+            str(home / "state"),
+            "--node-name",
+            part.name,
+            "--cap",
+            "10",
+        )
+        nodes[part.name] = spawn(
+            part.name,
+            [
+                sys.executable,
+                "-m",
+                "atoll",
+                "node",
+                "start",
+                "--name",
+                part.name,
+                "--data",
+                str(part.path),
+                "--contract",
+                str(CONTRACT),
+                "--key",
+                str(keys / part.name),
+                "--superlink",
+                address,
+                "--ca",
+                ca,
+                "--port",
+                str(free_port()),
+                "--home",
+                str(home),
+            ],
+            tmp / f"{part.name}.log",
+            flower_env(),
+            cwd=ROOT,
+        )
+        procs.append(nodes[part.name])
+
+    victim = parts[2].name
+    killed = threading.Event()
+
+    def kill_after_first_update() -> None:
+        deadline = time.monotonic() + 400
+        db = tmp / victim / "state" / "node-privacy.db"
+        while time.monotonic() < deadline and not killed.is_set():
+            if db.exists() and Ledger(tmp / victim / "state").status().events >= 1:
+                nodes[victim].stop(timeout=5)
+                killed.set()
+                return
+            time.sleep(0.5)
+
+    watcher = threading.Thread(target=kill_after_first_update, daemon=True)
+    watcher.start()
+    registry = f"sqlite:///{tmp / 'registry.db'}"
+    res = atoll(
+        "run",
+        "--contract",
+        str(CONTRACT),
+        "--registry",
+        registry,
+        "--superlink",
+        address,
+        "--ca",
+        ca,
+        "--flwr-home",
+        str(tmp / "coord-flwr"),
+        "--audit-key",
+        str(tmp / "audit" / "coordinator.pem"),
+        "--rounds",
+        "3",
+        "--min-nodes",
+        "3",
+        "--sample-rate",
+        "0.05",
+        "--set",
+        "round-timeout=25",
+        timeout=900,
+    )
+    watcher.join(5)
+    assert killed.is_set(), "node-3 never recorded a release"
+    assert "published synthetic-churn v1" in res.stdout + res.stderr
+
+    with Registry(registry) as reg:
+        card = reg.card("synthetic-churn")
+    failures = card.run["failures_by_round"]
+    assert failures or len(card.metrics["rounds"][-1]["nodes"]) == 2, card.run
+    last_nodes = set(card.metrics["rounds"][-1]["nodes"])
+    assert victim not in last_nodes and len(last_nodes) == 2
+    spent = Ledger(tmp / victim / "state").status()
+    assert spent.spent_epsilon > 0 and spent.runs[0].status == "active"  # never finished
+    assert spent.reserved_epsilon > 0  # held until the reservation expires
+    for survivor in (p.name for p in parts[:2]):
+        assert Ledger(tmp / survivor / "state").status().runs[0].status == "closed"

@@ -1,0 +1,64 @@
+"""Aggregation strategies on real Flower replies: what each computes, and per-node recording."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from server.run_settings import RunSettings, RunSettingsError
+from server.strategies import make_strategy
+
+
+def _replies(values: list[float], examples: list[int]) -> list[Message]:
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    out = []
+    for node, (v, n) in enumerate(zip(values, examples, strict=True), start=1):
+        ask = Message(
+            RecordDict({"config": ConfigRecord()}), dst_node_id=node, message_type=MessageType.TRAIN
+        )
+        TaskIdentity.node_id = node
+        arrays = ArrayRecord([np.full((2,), v, dtype=np.float32)])
+        metrics = MetricRecord({"num-examples": n, "epsilon": 0.1 * node})
+        reply = Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=ask)
+        reply.metadata.__dict__["_src_node_id"] = node  # as delivered by the SuperLink
+        out.append(reply)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("fedavg", (1 * 100 + 2 * 100 + 3 * 100 + 100 * 700) / 1000),
+        ("fedprox", (1 * 100 + 2 * 100 + 3 * 100 + 100 * 700) / 1000),
+        ("fedmedian", 2.5),
+        ("fedtrimmedavg", 2.5),  # beta 0.25 of 4 trims one low and one high
+    ],
+)
+def test_strategy_aggregates_and_records_each_node(name: str, expected: float) -> None:
+    strategy = make_strategy(name, proximal_mu=0.1, trim_beta=0.25)
+    seen: list[tuple[int, str, int]] = []
+    strategy.on_reply = lambda rnd, kind, msg: seen.append(
+        (rnd, kind, msg.metadata.src_node_id)
+    )
+    replies = _replies([1.0, 2.0, 3.0, 100.0], [100, 100, 100, 700])
+    arrays, _metrics = strategy.aggregate_train(1, replies)
+    got = arrays.to_numpy_ndarrays()[0]
+    assert np.allclose(got, expected)
+    assert sorted(strategy.train_by_node[1]) == [1, 2, 3, 4]
+    assert strategy.train_by_node[1][3]["epsilon"] == pytest.approx(0.3)
+    assert [s[2] for s in seen] == [1, 2, 3, 4] and {s[1] for s in seen} == {"train"}
+
+
+def test_unknown_strategy_and_bad_run_config_are_named() -> None:
+    with pytest.raises(ValueError, match="unknown strategy 'fedfoo'"):
+        make_strategy("fedfoo")
+    with pytest.raises(RunSettingsError, match="strategy"):
+        RunSettings.from_run_config(
+            {"strategy": "fedfoo", "contract-path": "c", "registry-url": "r"}
+        )
+    with pytest.raises(RunSettingsError, match="contract-path"):
+        RunSettings.from_run_config({"registry-url": "r"})
+    with pytest.raises(RunSettingsError, match="sample-rate"):
+        RunSettings.from_run_config({"sample-rate": 2, "contract-path": "c", "registry-url": "r"})
