@@ -24,6 +24,7 @@ from atoll.cli_audit import audit_app
 from atoll.cli_budget import budget_app
 from atoll.cli_keys import keys_app as apikey_app
 from atoll.processes import (
+    app_store_env,
     flower_env,
     register_node,
     superlink_argv,
@@ -42,11 +43,15 @@ node_app = typer.Typer(
     help="Run and register SuperNodes (one per data silo).", no_args_is_help=True
 )
 superlink_app = typer.Typer(help="Run the coordinator's SuperLink.", no_args_is_help=True)
+app_store_app = typer.Typer(
+    help="Serve coordinator-signed app builds to the SuperLink.", no_args_is_help=True
+)
 contract_app = typer.Typer(help="Check data contracts and data against them.", no_args_is_help=True)
 app.add_typer(certs_app, name="certs")
 app.add_typer(keys_app, name="keys")
 app.add_typer(node_app, name="node")
 app.add_typer(superlink_app, name="superlink")
+app.add_typer(app_store_app, name="app-store")
 app.add_typer(contract_app, name="contract")
 app.add_typer(budget_app, name="budget")
 app.add_typer(audit_app, name="audit")
@@ -99,7 +104,55 @@ def keys_node(
     )
 
 
+@keys_app.command("app-signing")
+def keys_app_signing(
+    out: Annotated[
+        Path, typer.Option(help="Directory for app-signing and trusted-entities.yaml")
+    ] = Path("deploy/keys/app-signing"),
+) -> None:
+    """Create the coordinator's Ed25519 app-signing key and the trusted-entities file for nodes."""
+    files = pki.create_app_signing_key(out)
+    console.print(
+        f"private key {files.private_key} (mode 600) — keep it on the coordinator\n"
+        f"trusted entities {files.trusted_entities} — give it to every node owner "
+        "(`atoll node start --trusted-entities`)"
+    )
+
+
 # ---- coordinator -------------------------------------------------------------------------------
+@app_store_app.command("serve")
+def app_store_serve(
+    dir_: Annotated[
+        Path, typer.Option("--dir", help="Store directory (`atoll run` fills it)")
+    ] = Path("runs/app-store"),
+    host: str = "127.0.0.1",
+    port: int = 9095,
+    certfile: Annotated[Path, typer.Option(help="TLS certificate (PEM)")] = Path(
+        "deploy/certs/server.crt"
+    ),
+    keyfile: Annotated[Path, typer.Option(help="TLS private key (PEM)")] = Path(
+        "deploy/certs/server.key"
+    ),
+) -> None:
+    """Serve signed app builds to the SuperLink (`atoll superlink start --app-store URL`)."""
+    import uvicorn
+
+    from server.app_store import create_store_app
+
+    for path in (certfile, keyfile):
+        if not path.is_file():
+            _fail(f"TLS file {path} not found; `atoll certs create` makes server.crt/server.key")
+    dir_.mkdir(parents=True, exist_ok=True)
+    uvicorn.run(
+        create_store_app(dir_),
+        host=host,
+        port=port,
+        log_level="info",  # the access log shows which build the SuperLink fetched, and when
+        ssl_certfile=str(certfile),
+        ssl_keyfile=str(keyfile),
+    )
+
+
 @superlink_app.command("start")
 def superlink_start(
     certs: Annotated[Path, typer.Option(help="Directory from `atoll certs create`")] = Path(
@@ -111,6 +164,10 @@ def superlink_start(
     host: str = "127.0.0.1",
     port: int = 9093,
     node_auth: Annotated[bool, typer.Option(help="Admit only registered node keys")] = True,
+    app_store: Annotated[
+        str | None,
+        typer.Option(help="URL of `atoll app-store serve`, where signed app builds come from"),
+    ] = "https://127.0.0.1:9095",
 ) -> None:
     """Start a SuperLink with TLS, node authentication and persistent state (foreground)."""
     tls = pki.tls_files(certs)
@@ -118,7 +175,10 @@ def superlink_start(
     argv = superlink_argv(
         tls=tls, port=port, state_db=state.resolve(), node_auth=node_auth, host=host
     )
-    os.execve(argv[0], argv, flower_env())
+    env = flower_env()
+    if app_store:
+        env.update(app_store_env(app_store, tls.ca_cert))
+    os.execve(argv[0], argv, env)
 
 
 @node_app.command("register")
@@ -162,6 +222,12 @@ def node_start(
     query: str = "",
     port: Annotated[int, typer.Option(help="Local port for the node's app runtime")] = 9094,
     home: Annotated[Path, typer.Option(help="Node's state directory")] = Path("runs/node"),
+    trusted_entities: Annotated[
+        Path | None,
+        typer.Option(
+            help="Run only apps signed by these keys (the coordinator's trusted-entities.yaml)"
+        ),
+    ] = None,
 ) -> None:
     """Start a SuperNode on this silo's data (foreground). Data never leaves this process tree."""
     config: dict[str, str | int | float | bool] = {
@@ -180,7 +246,12 @@ def node_start(
         private_key=key.resolve(),
         node_config=config,
         port=port,
+        trusted_entities=trusted_entities.resolve() if trusted_entities else None,
     )
+    if trusted_entities is None:
+        console.print(
+            "[yellow]warning:[/] no --trusted-entities: this node runs any app the SuperLink sends"
+        )
     home.mkdir(parents=True, exist_ok=True)
     os.execve(argv[0], argv, flower_env(home.resolve() / "flwr"))
 
@@ -294,14 +365,27 @@ def run_cmd(
     target_epsilon: float = 0.0,
     sample_rate: float = 0.02,
     min_nodes: int = 2,
+    signing_key: Annotated[
+        Path | None,
+        typer.Option(help="App-signing key (`atoll keys app-signing`): submit a signed build"),
+    ] = None,
+    app_store_dir: Annotated[
+        Path, typer.Option(help="Directory `atoll app-store serve` serves")
+    ] = Path("runs/app-store"),
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Any other run-config KEY=VALUE (repeat)")
     ] = None,
 ) -> None:
     """Submit a training run to a running SuperLink, follow it with progress, report the outcome."""
-    from atoll.federation import follow_run
+    from atoll.federation import APP_DIR, follow_run
+    from server.app_store import SigningKey, publish_app
 
     flwr_home = flwr_home.resolve()
+    app_ref: Path | str = APP_DIR
+    if signing_key is not None:
+        stored = publish_app(APP_DIR, app_store_dir, SigningKey.load(signing_key))
+        app_ref = stored.spec
+        console.print(f"signed {stored.spec} (FAB sha256 {stored.fab_hash[:16]}…)")
     write_connection(flwr_home, "atoll", superlink, ca.resolve())
     config: dict[str, Any] = {
         "num-server-rounds": rounds,
@@ -327,6 +411,7 @@ def run_cmd(
                 work=flwr_home / "runs",
                 log_path=flwr_home / "runs.log",
                 on_line=on_line,
+                app=app_ref,
             )
 
     outcome = _progress_runner(_Submit(), config)

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from privacy.ledger import Ledger, LedgerUnavailable, Policy
+from privacy.ledger import Ledger, LedgerUnavailable, PeriodCap, Policy
 
 budget_app = typer.Typer(
     help="Privacy budgets: node ledgers and the federation view.", no_args_is_help=True
@@ -23,6 +23,12 @@ MaxRun = Annotated[float | None, typer.Option(help="Most ε one run may take")]
 TaskCaps = Annotated[list[str] | None, typer.Option(help="TASK=EPSILON (repeat)")]
 Tasks = Annotated[list[str] | None, typer.Option(help="Allowed task (repeat; default any)")]
 Purposes = Annotated[list[str] | None, typer.Option(help="Allowed purpose (repeat)")]
+PeriodCapOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Also cap ε per UTC calendar period: PERIOD=EPSILON, PERIOD month|quarter|year"
+    ),
+]
 
 
 def _policy(
@@ -32,7 +38,16 @@ def _policy(
     task_cap: list[str] | None,
     tasks: list[str] | None,
     purposes: list[str] | None,
+    period_cap: str | None = None,
 ) -> Policy:
+    period = None
+    if period_cap:
+        name, _, value = period_cap.partition("=")
+        if name not in ("month", "quarter", "year") or not value:
+            raise typer.BadParameter(
+                f"--period-cap expects month|quarter|year=EPSILON, got '{period_cap}'"
+            )
+        period = PeriodCap(period=name, epsilon=float(value))  # type: ignore[arg-type]
     caps = {}
     for item in task_cap or []:
         name, _, value = item.partition("=")
@@ -46,6 +61,7 @@ def _policy(
         task_caps=caps,
         allowed_tasks=tasks or None,
         allowed_purposes=purposes or ["training", "evaluation"],
+        period_cap=period,
     )
 
 
@@ -67,9 +83,10 @@ def init(
     task_cap: TaskCaps = None,
     task: Tasks = None,
     purpose: Purposes = None,
+    period_cap: PeriodCapOpt = None,
 ) -> None:
     """Create this node's ledger with the owner's policy (refuses to reset an existing one)."""
-    policy = _policy(cap, delta, max_run, task_cap, task, purpose)
+    policy = _policy(cap, delta, max_run, task_cap, task, purpose, period_cap)
     try:
         ledger = Ledger.initialize(state_dir, node_name, policy)
         ledger.audit_log().append(
@@ -93,10 +110,11 @@ def set_policy(
     task_cap: TaskCaps = None,
     task: Tasks = None,
     purpose: Purposes = None,
+    period_cap: PeriodCapOpt = None,
 ) -> None:
     """Set a new policy on this node (kept as a new version; the coordinator cannot do this)."""
     ledger = _open(state_dir)
-    policy = _policy(cap, delta, max_run, task_cap, task, purpose)
+    policy = _policy(cap, delta, max_run, task_cap, task, purpose, period_cap)
     ledger.set_policy(policy)
     ledger.audit_log().append(
         "operator", "policy.changed", f"node:{ledger.node_name}", {"policy": policy.model_dump()}
@@ -117,8 +135,16 @@ def show(
     console.print(
         f"node [bold]{status.node}[/]: spent ε={status.spent_epsilon:.3f}, reserved "
         f"{status.reserved_epsilon:.3f}, cap {status.cap_epsilon:.3f}, remaining "
-        f"{status.remaining_epsilon:.3f} (δ={status.delta:g}; {status.events} releases)"
+        f"{status.remaining_epsilon:.3f} (δ={status.delta:g}; {status.events} releases; "
+        f"accountant {status.accountant})"
     )
+    if status.period is not None:
+        p = status.period
+        console.print(
+            f"this {p.period} (since {p.start:%Y-%m-%d} UTC): spent ε={p.spent_epsilon:.3f}, "
+            f"reserved {p.reserved_epsilon:.3f}, cap {p.cap_epsilon:.3f}, "
+            f"remaining {p.remaining_epsilon:.3f}"
+        )
     table = Table("run", "task", "status", "planned ε", "spent ε", "started")
     for r in status.runs:
         table.add_row(

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 
@@ -25,6 +25,7 @@ from atoll.processes import (
     free_port,
     register_node,
     spawn,
+    start_app_store,
     start_superlink,
     start_supernode,
     submit_run,
@@ -36,6 +37,7 @@ from atoll.proxy import ProxySettings, start_proxy
 from privacy.ledger import Ledger, Policy
 from server.api.audit_trail import key_change_recorder, operator_log
 from server.api.auth import ApiKeyStore
+from server.app_store import SigningKey, publish_app
 
 DEFAULT_POLICY = Policy(cap_epsilon=10.0, delta=1e-5)  # the demo's per-node budget
 APP_DIR = Path(__file__).resolve().parents[1]  # the Flower app (this repo's pyproject.toml)
@@ -97,6 +99,7 @@ class LocalFederation:
     workdir: Path
     node_auth: bool = True
     proxy: bool = False  # nodes dial an nginx fleet proxy, never the SuperLink (atoll.proxy)
+    signed_apps: bool = True  # nodes run only apps signed by the coordinator (server.app_store)
     processes: dict[str, ManagedProcess] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -108,6 +111,8 @@ class LocalFederation:
         self.superlink_port = 0
         self.proxy_port = 0
         self.tls: pki.TlsFiles | None = None
+        self.app_signing: pki.AppSigningFiles | None = None
+        self.app_store_url: str | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     def __enter__(self) -> LocalFederation:
@@ -125,12 +130,23 @@ class LocalFederation:
         self.coordinator_home.mkdir(parents=True, exist_ok=True)
         self.tls = pki.create_tls(self.workdir / "certs")
         self.superlink_port = port or free_port()
+        if self.signed_apps:
+            self.app_signing = pki.create_app_signing_key(self.coordinator_home / "app-signing")
+            store_port = free_port()
+            self.processes["app-store"] = start_app_store(
+                directory=self.app_store_dir,
+                tls=self.tls,
+                port=store_port,
+                log_path=self.logs / "app-store.log",
+            )
+            self.app_store_url = f"https://127.0.0.1:{store_port}"
         self.processes["superlink"] = start_superlink(
             tls=self.tls,
             port=self.superlink_port,
             state_db=self.coordinator_home / "superlink-state.db",
             log_path=self.logs / "superlink.log",
             node_auth=self.node_auth,
+            app_store=self.app_store_url,
         )
         write_connection(self.coordinator_home / "flwr", CONNECTION, self.address, self.tls.ca_cert)
         if self.proxy:
@@ -144,6 +160,10 @@ class LocalFederation:
                 ),
                 self.logs / "proxy.log",
             )
+
+    @property
+    def app_store_dir(self) -> Path:
+        return self.coordinator_home / "app-store"
 
     @property
     def address(self) -> str:
@@ -164,13 +184,17 @@ class LocalFederation:
         *,
         register: bool = True,
         policy: Policy | None = DEFAULT_POLICY,
-        trusted_entities: Path | None = None,
+        trusted_entities: Path | None | Literal["coordinator"] = "coordinator",
         **config: Any,
     ) -> ManagedProcess:
         """Create the node's key and budget ledger, register the key (unless told not to), start.
 
-        `policy=None` leaves the node without a ledger (it will refuse to train).
+        `policy=None` leaves the node without a ledger (it will refuse to train). By default the
+        node runs only apps signed by this coordinator's key (when `signed_apps`); pass another
+        trusted-entities file, or None to run whatever app the SuperLink sends.
         """
+        if trusted_entities == "coordinator":
+            trusted_entities = self.app_signing.trusted_entities if self.app_signing else None
         assert self.tls is not None, "start_coordinator() first"
         home = self.workdir / "nodes" / name
         if policy is not None:
@@ -209,6 +233,13 @@ class LocalFederation:
         return proc
 
     # -- runs ------------------------------------------------------------------------------
+    def run_defaults(self) -> dict[str, Any]:
+        """Run config every run of this federation shares: where to publish, what signs audit."""
+        return {
+            "registry-url": self.registry_url,
+            "audit-key": str(self.coordinator_home / "audit" / "coordinator.pem"),
+        }
+
     def run(
         self,
         config: dict[str, Any],
@@ -216,14 +247,16 @@ class LocalFederation:
         on_line: Callable[[str], None] | None = None,
         timeout: float = 3600,
     ) -> RunOutcome:
-        cfg = {
-            "registry-url": self.registry_url,
-            "audit-key": str(self.coordinator_home / "audit" / "coordinator.pem"),
-            **config,
-        }
+        cfg = {**self.run_defaults(), **config}
+        app: Path | str = APP_DIR
+        if self.app_signing is not None:
+            app = publish_app(
+                APP_DIR, self.app_store_dir, SigningKey.load(self.app_signing.private_key)
+            ).spec
         return follow_run(
             flwr_home=self.coordinator_home / "flwr",
             config=cfg,
+            app=app,
             work=self.coordinator_home,
             log_path=self.logs / "runs.log",
             on_line=on_line,
@@ -274,8 +307,10 @@ def follow_run(
     on_line: Callable[[str], None] | None = None,
     timeout: float = 3600,
     connection: str = CONNECTION,
+    app: Path | str = APP_DIR,
 ) -> RunOutcome:
-    """Submit this app with `config` (`flwr run --stream`) and follow it to its outcome."""
+    """Submit `app` (this app's directory, or its signed build `@atoll/atoll==x.y.z` in the app
+    store) with `config` (`flwr run --stream`) and follow it to its outcome."""
     cfg = dict(config)
     cfg["contract-path"] = str(Path(cfg["contract-path"]).resolve())
     work.mkdir(parents=True, exist_ok=True)
@@ -293,7 +328,7 @@ def follow_run(
 
     t0 = time.monotonic()
     code = submit_run(
-        app_dir=APP_DIR,
+        app=app,
         flwr_home=flwr_home,
         connection=connection,
         run_config_file=cfg_file,

@@ -1,4 +1,5 @@
-"""Certificates and keys for a federation: a CA, the coordinator's TLS certificate, node keys.
+"""Certificates and keys for a federation: a CA, the coordinator's TLS certificate, node keys,
+the coordinator's app-signing key.
 
 Private keys are written with mode 0600 inside 0700 directories and are never printed or logged.
 """
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 DEFAULT_HOSTS = ("localhost", "127.0.0.1", "::1")
@@ -139,3 +140,29 @@ def create_node_key(directory: Path, name: str) -> tuple[Path, Path]:
     )
     _write_public(public, pub + f" atoll-node-{name}\n".encode())
     return private, public
+
+
+@dataclass(frozen=True)
+class AppSigningFiles:
+    private_key: Path
+    trusted_entities: Path  # what node owners install: `atoll node start --trusted-entities`
+
+
+def create_app_signing_key(directory: Path) -> AppSigningFiles:
+    """The coordinator's Ed25519 app-signing key, plus the trusted-entities file for nodes."""
+    from server.app_store import trusted_entities_yaml
+
+    key = ed25519.Ed25519PrivateKey.generate()
+    files = AppSigningFiles(
+        directory.resolve() / "app-signing", directory.resolve() / "trusted-entities.yaml"
+    )
+    _write_private(
+        files.private_key,
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        ),
+    )
+    _write_public(files.trusted_entities, trusted_entities_yaml(key.public_key()).encode())
+    return files

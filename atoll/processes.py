@@ -142,9 +142,40 @@ def start_superlink(
     log_path: Path,
     node_auth: bool = True,
     host: str = "127.0.0.1",
+    app_store: str | None = None,
 ) -> ManagedProcess:
     argv = superlink_argv(tls=tls, port=port, state_db=state_db, node_auth=node_auth, host=host)
-    proc = spawn("superlink", argv, log_path, flower_env())
+    env = flower_env()
+    if app_store is not None:
+        env.update(app_store_env(app_store, tls.ca_cert))
+    proc = spawn("superlink", argv, log_path, env)
+    wait_for_port(port, timeout=60, proc=proc)
+    return proc
+
+
+def app_store_env(url: str, ca_cert: Path) -> dict[str, str]:
+    """Point a SuperLink's app fetches ("the Hub") at Atoll's app store (server/app_store.py)."""
+    return {"FLWR_SUPERGRID_API_URL": f"{url.rstrip('/')}/v1", "REQUESTS_CA_BUNDLE": str(ca_cert)}
+
+
+def app_store_argv(
+    *, directory: Path, tls: TlsFiles, port: int, host: str = "127.0.0.1"
+) -> list[str]:
+    """`atoll app-store serve`: HTTPS with the federation's certificate, on the coordinator host."""
+    return [
+        sys.executable, "-m", "atoll", "app-store", "serve",
+        "--dir", str(directory),
+        "--host", host,
+        "--port", str(port),
+        "--certfile", str(tls.server_cert),
+        "--keyfile", str(tls.server_key),
+    ]  # fmt: skip
+
+
+def start_app_store(*, directory: Path, tls: TlsFiles, port: int, log_path: Path) -> ManagedProcess:
+    proc = spawn(
+        "app-store", app_store_argv(directory=directory, tls=tls, port=port), log_path, flower_env()
+    )
     wait_for_port(port, timeout=60, proc=proc)
     return proc
 
@@ -248,7 +279,7 @@ def register_node(flwr_home: Path, connection: str, public_key: Path, name: str)
 
 def submit_run(
     *,
-    app_dir: Path,
+    app: Path | str,
     flwr_home: Path,
     connection: str,
     run_config_file: Path,
@@ -256,11 +287,12 @@ def submit_run(
     on_line: Callable[[str], None] | None = None,
     timeout: float = 3600,
 ) -> int:
-    """`flwr run --stream`; feeds each output line to `on_line`; returns the exit code."""
+    """`flwr run --stream` of an app directory or a store spec (`@atoll/atoll==x.y.z`); feeds each
+    output line to `on_line`; returns the exit code."""
     argv = [
         str(BIN / "flwr"),
         "run",
-        str(app_dir),
+        str(app),
         connection,
         "--run-config",
         str(run_config_file),
@@ -276,7 +308,7 @@ def submit_run(
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             text=True,
-            cwd=app_dir,
+            cwd=app if isinstance(app, Path) else flwr_home,
             start_new_session=True,
         )
         assert proc.stdout is not None

@@ -1,18 +1,35 @@
 """DP-SGD privacy arithmetic: calibrating noise and bounding ε over a history of releases.
 
 A *history* is a list of sampled-Gaussian mechanism events `(noise_multiplier, sample_rate, steps)`
-— exactly what Opacus's accountants record. Composing the whole history with one accountant gives
+— exactly what Opacus's accountants record. Composing the whole history with an accountant gives
 a valid (and tighter) bound than adding per-run ε values; the node-side ledger builds on this.
+
+Two accountants bound the same composition: Rényi DP (Opacus) and privacy loss distributions
+(Google's dp-accounting, pessimistic discretisation). Both are valid upper bounds on ε at δ, so
+their minimum is too; that minimum is what `epsilon()` reports (PLD was the tighter one in every
+regime we measured: e.g. 3.62 vs 4.15 for 5 rounds × 20 steps at q=0.05, σ=1 plus 5 evaluations).
 """
 
 from __future__ import annotations
 
+import functools
+import math
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
+import dp_accounting
 from opacus.accountants import create_accountant
 
 Event = tuple[float, float, int]  # (noise_multiplier, sample_rate, steps)
+Accountant = Literal["min", "rdp", "pld"]
+ACCOUNTANT = "min(rdp, pld)"  # what `epsilon()` reports by default, named for status output
+
+# PLD discretisation: the interval is ε_RDP / _PLD_BUCKETS, kept within [_PLD_MIN_VDI,
+# _PLD_MAX_VDI]. Pessimistic rounding keeps the bound valid at any interval; this choice keeps
+# its slack ≲0.1% of ε (measured against a ≥20× finer grid) at ~20–250 ms per history.
+_PLD_BUCKETS = 2500
+_PLD_MIN_VDI, _PLD_MAX_VDI = 1e-5, 1e-3
 
 
 class PlannedEvent(NamedTuple):
@@ -39,14 +56,71 @@ def normalize_history(history: Iterable[Sequence[float]]) -> list[Event]:
     return events
 
 
-def epsilon(history: Iterable[Sequence[float]], delta: float, accountant: str = "rdp") -> float:
-    """ε at `delta` of the composition of every event in `history` (0 for an empty history)."""
-    events = [e for e in normalize_history(history) if e[2] > 0]
+def canonical_history(history: Iterable[Sequence[float]]) -> tuple[Event, ...]:
+    """Merge events with equal (σ, q) and sort them.
+
+    Composition does not depend on order, and n steps of one mechanism are that mechanism
+    self-composed n times, so this changes no bound. It makes ε a function of the multiset of
+    releases (a reservation's merged plan and its per-round events give the same number), keeps
+    the accountants' work proportional to distinct mechanisms rather than rounds, and is the key
+    of the result cache.
+    """
+    steps: dict[tuple[float, float], int] = defaultdict(int)
+    for sigma, q, n in normalize_history(history):
+        if n > 0:
+            steps[(sigma, q)] += n
+    return tuple((sigma, q, n) for (sigma, q), n in sorted(steps.items()))
+
+
+def epsilon(
+    history: Iterable[Sequence[float]], delta: float, accountant: Accountant = "min"
+) -> float:
+    """ε at `delta` of the composition of every event in `history` (0 for an empty history).
+
+    `accountant="min"` (the default, reported as "min(rdp, pld)") is the smaller of the RDP and
+    PLD bounds; "rdp" and "pld" give either one alone. Results are cached per canonical history.
+    """
+    if accountant not in ("min", "rdp", "pld"):
+        raise ValueError(f"unknown accountant {accountant!r}: use 'min', 'rdp' or 'pld'")
+    events = canonical_history(history)
     if not events:
         return 0.0
-    acc = create_accountant(accountant)
+    if accountant == "rdp":
+        return _rdp_epsilon(events, float(delta))
+    if accountant == "pld":
+        return _pld_epsilon(events, float(delta))
+    return min(_rdp_epsilon(events, float(delta)), _pld_epsilon(events, float(delta)))
+
+
+@functools.lru_cache(maxsize=4096)
+def _rdp_epsilon(events: tuple[Event, ...], delta: float) -> float:
+    """Opacus's RDP accountant (its default orders), converted to (ε, δ)."""
+    acc = create_accountant("rdp")
     acc.history = list(events)
     return float(acc.get_epsilon(delta=delta))
+
+
+@functools.lru_cache(maxsize=4096)
+def _pld_epsilon(events: tuple[Event, ...], delta: float) -> float:
+    """dp-accounting's PLD accountant (add-or-remove-one neighbours, as Opacus's RDP).
+
+    Events at q = 1 are plain Gaussians; their composition is exactly one Gaussian with
+    σ = (Σ steps/σ²)^(-1/2), so they enter as a single event (exact, and one discretisation).
+    """
+    vdi = min(max(_rdp_epsilon(events, delta) / _PLD_BUCKETS, _PLD_MIN_VDI), _PLD_MAX_VDI)
+    parts: list[dp_accounting.DpEvent] = [
+        dp_accounting.SelfComposedDpEvent(
+            dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), n
+        )
+        for sigma, q, n in events
+        if q < 1
+    ]
+    precision = sum(n / sigma**2 for sigma, q, n in events if q == 1)
+    if precision > 0:
+        parts.append(dp_accounting.GaussianDpEvent(1 / math.sqrt(precision)))
+    acc = dp_accounting.pld.PLDAccountant(value_discretization_interval=vdi)
+    acc.compose(dp_accounting.ComposedDpEvent(parts))
+    return float(acc.get_epsilon(delta))
 
 
 def steps_per_epoch(sample_rate: float) -> int:
@@ -92,7 +166,14 @@ def calibrate_run_noise(
     eval_noise: float,
     tolerance: float = 0.01,
 ) -> float:
-    """Smallest training noise so the whole planned run (evaluations included) spends ≤ target."""
+    """Smallest training noise so the whole planned run (evaluations included) spends ≤ target.
+
+    "Spends" is `epsilon()` of the plan — the number the ledger will reserve and charge — and the
+    answer lands in [target × (1 − tolerance), target] unless the 0.3 noise floor already fits.
+    Each `epsilon()` costs ~0.1–0.3 s (RDP and PLD), so the bracket is narrowed by regula falsi
+    (Illinois variant) on log ε against log σ, where ε(σ) is close to a straight line: typically
+    3–6 evaluations instead of bisection's ~12.
+    """
 
     def total(sigma: float) -> float:
         plan = plan_run(
@@ -106,18 +187,37 @@ def calibrate_run_noise(
 
     lo, hi = 0.3, 1.0
     while total(hi) > target_epsilon:
-        hi *= 2
+        lo, hi = hi, hi * 2
         if hi > 1e4:
             raise ValueError(
                 f"target ε={target_epsilon} is unreachable: evaluation noise alone spends "
                 "too much; raise eval noise or the target"
             )
-    if total(lo) <= target_epsilon:
+    if total(lo) <= target_epsilon:  # only possible at the 0.3 floor
         return lo
-    while total(hi) < target_epsilon * (1 - tolerance) and hi - lo > 1e-4:
-        mid = (lo + hi) / 2
-        if total(mid) > target_epsilon:
-            lo = mid
+
+    def gap(sigma: float) -> float:  # > 0: too little noise
+        return math.log(total(sigma) / target_epsilon)
+
+    g_lo, g_hi = gap(lo), gap(hi)  # g_lo > 0 >= g_hi
+    side = 0
+    for i in range(100):
+        if total(hi) >= target_epsilon * (1 - tolerance) or hi - lo < 1e-4:
+            break
+        x_lo, x_hi = math.log(lo), math.log(hi)
+        x = x_lo + g_lo * (x_hi - x_lo) / (g_lo - g_hi)
+        if i % 8 == 7 or not x_lo < x < x_hi:  # safeguard: a plain bisection step
+            x = (x_lo + x_hi) / 2
+        mid = math.exp(x)
+        g = gap(mid)
+        if g > 0:
+            lo, g_lo = mid, g
+            if side == 1:
+                g_hi /= 2  # Illinois: the kept end stalls, pull the line towards it
+            side = 1
         else:
-            hi = mid
+            hi, g_hi = mid, g
+            if side == -1:
+                g_lo /= 2
+            side = -1
     return hi

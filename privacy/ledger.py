@@ -2,9 +2,10 @@
 
 Why it exists: per-run accountants (Opacus, Flower) forget everything between runs. The ledger
 records each release as a sampled-Gaussian event (noise multiplier, sample rate, steps) and
-computes cumulative ε by composing the *whole* history with one accountant — never by adding
-per-run ε values. A run first *reserves* its projected events atomically; if that would cross
-the owner's policy it is refused before the data source is opened.
+computes cumulative ε by composing the *whole* history — never by adding per-run ε values — with
+the tighter of two valid accountants, min(RDP, PLD) (see `privacy.dp.epsilon`). A run first
+*reserves* its projected events atomically; if that would cross the owner's policy (overall,
+per task, per run, per calendar period) it is refused before the data source is opened.
 
 Integrity: events are hash-chained and the database is paired with an anchor file written at
 initialisation. A broken chain, a missing database or a mismatched anchor make the ledger
@@ -21,7 +22,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import Engine, func, select, text
@@ -29,7 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from common.db import SQLITE_BEGIN_OPTION, utcnow
 from privacy.audit import AuditLog, AuditSigner
-from privacy.dp import PlannedEvent, epsilon
+from privacy.dp import ACCOUNTANT, PlannedEvent, epsilon
 from privacy.ledger_models import LedgerEvent, LedgerMeta, PolicyVersion, Refusal, Reservation
 from privacy.store import open_privacy_db
 
@@ -59,6 +60,22 @@ class BudgetRefused(RuntimeError):
         self.remaining = remaining
 
 
+class PeriodCap(BaseModel):
+    """A cap on ε spent within one UTC calendar period: it limits the pace, not the total."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    period: Literal["month", "quarter", "year"]
+    epsilon: float = Field(gt=0, description="Most ε the releases of one period may compose to")
+
+
+def period_start(period: str, now: datetime) -> datetime:
+    """Start (UTC midnight) of the calendar month, quarter or year that contains `now`."""
+    now = now.astimezone(UTC)
+    month = {"month": now.month, "quarter": 3 * ((now.month - 1) // 3) + 1, "year": 1}[period]
+    return datetime(now.year, month, 1, tzinfo=UTC)
+
+
 class Policy(BaseModel):
     """Set by the data owner on the node; nothing the coordinator sends can change it."""
 
@@ -71,6 +88,9 @@ class Policy(BaseModel):
     allowed_tasks: list[str] | None = Field(None, description="None: any task in the contract")
     allowed_purposes: list[str] = Field(default_factory=lambda: ["training", "evaluation"])
     reservation_hours: float = Field(24.0, gt=0, description="Unfinished runs release after this")
+    period_cap: PeriodCap | None = Field(
+        None, description="Also cap ε per UTC calendar period (pace); the overall cap still binds"
+    )
 
 
 class RunBudget(BaseModel):
@@ -83,9 +103,21 @@ class RunBudget(BaseModel):
     created_at: datetime
 
 
+class PeriodBudget(BaseModel):
+    """The current calendar period under a period cap: releases since `start`, plus held."""
+
+    period: str
+    start: datetime
+    cap_epsilon: float
+    spent_epsilon: float
+    reserved_epsilon: float
+    remaining_epsilon: float
+
+
 class BudgetStatus(BaseModel):
     node: str
     delta: float
+    accountant: str = ACCOUNTANT  # which bound every ε here is
     cap_epsilon: float
     spent_epsilon: float
     reserved_epsilon: float
@@ -94,6 +126,7 @@ class BudgetStatus(BaseModel):
     events: int
     runs: list[RunBudget]
     policy: Policy
+    period: PeriodBudget | None = None
 
 
 def _event_hash(fields: dict[str, Any]) -> str:
@@ -248,15 +281,21 @@ class Ledger:
         return [(k[0], k[1], n) for k, n in left.items() if n > 0]
 
     def _committed(
-        self, s: Session, task: str | None = None
+        self, s: Session, task: str | None = None, since: datetime | None = None
     ) -> tuple[list[tuple[float, float, int]], list[tuple[float, float, int]]]:
-        """(spent events, unspent parts of active reservations), optionally for one task."""
+        """(spent events, unspent parts of active reservations), optionally for one task.
+
+        With `since`, only events released from then on count as spent; held parts always
+        count, since they can only be released from now on.
+        """
         events = s.scalars(select(LedgerEvent).order_by(LedgerEvent.seq)).all()
         active = s.scalars(select(Reservation).where(Reservation.status == "active")).all()
         if task is not None:
             events = [e for e in events if e.task == task]
             active = [r for r in active if r.task == task]
         held = [ev for r in active for ev in self._unspent(r, list(events))]
+        if since is not None:
+            events = [e for e in events if e.created_at >= since]
         return _history(events), held
 
     def epsilon(self, task: str | None = None, include_reserved: bool = False) -> float:
@@ -351,6 +390,23 @@ class Ledger:
                     requested=after,
                     remaining=max(cap - now, 0.0),
                 )
+        if policy.period_cap is not None:
+            pc = policy.period_cap
+            start = period_start(pc.period, utcnow())
+            spent, held = self._committed(s, since=start)
+            now = epsilon(spent + held, policy.delta)
+            after = epsilon(spent + held + history, policy.delta)
+            if after > pc.epsilon:
+                raise BudgetRefused(
+                    "period-cap",
+                    f"budget for this {pc.period} (since {start:%Y-%m-%d} UTC) exceeded: the run "
+                    f"needs ε={run_eps:.3f} (this {pc.period}'s cumulative would be {after:.3f}) "
+                    f"but only {max(pc.epsilon - now, 0):.3f} of the {pc.period}ly cap "
+                    f"{pc.epsilon:.3f} remains (δ={policy.delta:g}); "
+                    f"difference {after - pc.epsilon:.3f}",
+                    requested=after,
+                    remaining=max(pc.epsilon - now, 0.0),
+                )
         return run_eps
 
     def _record_refusal(self, run_id: str, task: str, purpose: str, r: BudgetRefused) -> None:
@@ -427,6 +483,7 @@ class Ledger:
             spent, held = self._committed(s)
             events = s.scalars(select(LedgerEvent).order_by(LedgerEvent.seq)).all()
             runs = s.scalars(select(Reservation).order_by(Reservation.id)).all()
+            period = self._period_status(s, policy)
         spent_eps = epsilon(spent, policy.delta)
         committed = epsilon(spent + held, policy.delta)
         tasks = sorted({e.task for e in events})
@@ -458,6 +515,24 @@ class Ledger:
             events=len(events),
             runs=run_rows,
             policy=policy,
+            period=period,
+        )
+
+    def _period_status(self, s: Session, policy: Policy) -> PeriodBudget | None:
+        if policy.period_cap is None:
+            return None
+        pc = policy.period_cap
+        start = period_start(pc.period, utcnow())
+        spent, held = self._committed(s, since=start)
+        spent_eps = epsilon(spent, policy.delta)
+        committed = epsilon(spent + held, policy.delta)
+        return PeriodBudget(
+            period=pc.period,
+            start=start,
+            cap_epsilon=pc.epsilon,
+            spent_epsilon=spent_eps,
+            reserved_epsilon=max(committed - spent_eps, 0.0),
+            remaining_epsilon=max(pc.epsilon - committed, 0.0),
         )
 
     def refusals(self) -> list[dict[str, Any]]:

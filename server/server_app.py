@@ -285,7 +285,7 @@ def _train_and_publish(
             "delta": settings.delta,
             "epsilon_per_node": epsilon,
             "mechanism": "DP-SGD (Opacus, Poisson sampling) + Gaussian-noised evaluation "
-            "histograms; RDP accountant over each node's ledger",
+            "histograms; min(RDP, PLD) accountant over each node's whole ledger",
             "noise_multiplier": settings.noise_multiplier if settings.target_epsilon <= 0 else None,
             "target_epsilon": settings.target_epsilon or None,
             "eval_noise": settings.eval_noise,

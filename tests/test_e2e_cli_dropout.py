@@ -1,9 +1,11 @@
 """The documented deployment commands, each a real process, and a node that dies mid-run.
 
-`atoll certs create` → `atoll superlink start` → per node `atoll keys node`, `atoll node register`,
-`atoll budget init`, `atoll node start` → `atoll run`. After node-3 has sent its first update it
-is killed; the run must go on with the others, publish, and record the failure — and node-3's
-ledger keeps what it spent (and holds the rest of its reservation until it expires).
+`atoll certs create`, `atoll keys app-signing` → `atoll app-store serve`, `atoll superlink start
+--app-store` → per node `atoll keys node`, `atoll node register`, `atoll budget init`, `atoll node
+start --trusted-entities` → `atoll run --signing-key` (nodes run only the coordinator-signed
+build, fetched through the app store). After node-3 has sent its first update it is killed; the
+run must go on with the others, publish, and record the failure — and node-3's ledger keeps what
+it spent (and holds the rest of its reservation until it expires).
 """
 
 from __future__ import annotations
@@ -53,6 +55,31 @@ def test_cli_deployment_survives_a_node_dying_mid_run(tmp_path: Path) -> None:
 def _run(tmp: Path, procs: list[ManagedProcess]) -> None:
     certs, keys = tmp / "certs", tmp / "keys"
     atoll("certs", "create", "--out", str(certs))
+    atoll("keys", "app-signing", "--out", str(tmp / "app-signing"))
+    store_port = free_port()
+    store = spawn(
+        "app-store",
+        [
+            sys.executable,
+            "-m",
+            "atoll",
+            "app-store",
+            "serve",
+            "--dir",
+            str(tmp / "app-store"),
+            "--port",
+            str(store_port),
+            "--certfile",
+            str(certs / "server.crt"),
+            "--keyfile",
+            str(certs / "server.key"),
+        ],
+        tmp / "app-store.log",
+        flower_env(),
+        cwd=ROOT,
+    )
+    procs.append(store)
+    wait_for_port(store_port, 60, store)
     port = free_port()
     superlink = spawn(
         "superlink",
@@ -68,6 +95,8 @@ def _run(tmp: Path, procs: list[ManagedProcess]) -> None:
             str(tmp / "state.db"),
             "--port",
             str(port),
+            "--app-store",
+            f"https://127.0.0.1:{store_port}",
         ],
         tmp / "superlink.log",
         flower_env(),
@@ -131,6 +160,8 @@ def _run(tmp: Path, procs: list[ManagedProcess]) -> None:
                 str(free_port()),
                 "--home",
                 str(home),
+                "--trusted-entities",
+                str(tmp / "app-signing" / "trusted-entities.yaml"),
             ],
             tmp / f"{part.name}.log",
             flower_env(),
@@ -176,8 +207,18 @@ def _run(tmp: Path, procs: list[ManagedProcess]) -> None:
         "0.05",
         "--set",
         "round-timeout=25",
+        "--signing-key",
+        str(tmp / "app-signing" / "app-signing"),
+        "--app-store-dir",
+        str(tmp / "app-store"),
         timeout=900,
     )
+    assert "signed @atoll/atoll==" in res.stdout + res.stderr
+    assert '"POST /v1/hub/fetch-fab HTTP/1.1" 200' in store.log_text()
+    assert "/v1/fabs/" in store.log_text()
+    for part in parts[:2]:
+        node_log = (tmp / f"{part.name}.log").read_text()
+        assert "Receiving: train" in node_log and "verif" not in node_log.lower()
     watcher.join(5)
     assert killed.is_set(), "node-3 never recorded a release"
     assert "published synthetic-churn v1" in res.stdout + res.stderr

@@ -2,10 +2,13 @@
 nodes that demand signatures, and nothing crosses loopback in plaintext.
 
 One federation on loopback: a TLS SuperLink with node authentication bound to 127.0.0.1, the nginx
-fleet proxy in front of it (deploy/nginx/fleet-proxy.conf), two SuperNodes that dial the proxy and
-train, and a third started with `--trusted-entities` (an Ed25519 key) that must refuse the
-unsigned app. tcpdump records the proxy's and the SuperLink's ports for the whole run; one node's
-data carries a planted canary. A one-round run on small synthetic data keeps this about a minute.
+fleet proxy in front of it (deploy/nginx/fleet-proxy.conf), three SuperNodes that dial the proxy,
+each started with `--trusted-entities`. The first two trust the coordinator's app-signing key and
+run the signed build the SuperLink fetched from Atoll's app store; the third trusts another key and
+must refuse that build (a wrongly signed app). A second submission, the unsigned app straight from
+a local directory, must be refused by every node. tcpdump records the proxy's, the SuperLink's and
+the app store's ports for the signed run; one node's data carries a planted canary. One-round runs
+on small synthetic data keep this about two minutes.
 
 Needs root, nginx and tcpdump (`make system-deps`); without them the tests fail and say so.
 """
@@ -39,7 +42,7 @@ from flwr.supercore.fab import Fab
 from flwr.supercore.primitives.asymmetric_ed25519 import create_message_to_sign, sign_message
 from flwr.supernode.start_client_internal import _verify_fab
 
-from atoll.federation import CONNECTION, LocalFederation, partition_csv
+from atoll.federation import APP_DIR, CONNECTION, LocalFederation, follow_run, partition_csv
 from atoll.processes import (
     ManagedProcess,
     flower_env,
@@ -134,37 +137,53 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Any:
     outputs: list[str] = []
     with fed:
         fed.start_coordinator()
+        assert fed.app_store_url is not None
+        store_port = int(fed.app_store_url.rsplit(":", 1)[1])
         capture = _start_capture(
-            work / "loopback.pcap", [fed.superlink_port, fed.proxy_port], fed.logs / "tcpdump.log"
+            work / "loopback.pcap",
+            [fed.superlink_port, fed.proxy_port, store_port],
+            fed.logs / "tcpdump.log",
         )
         fed.processes["tcpdump"] = capture
         for part in parts[:2]:
             fed.add_node(part.name, part.path, CONTRACT)
-        signed_only = fed.add_node(
+        other_publisher = fed.add_node(
             parts[2].name,
             parts[2].path,
             CONTRACT,
             trusted_entities=_trusted_entities(work / "trusted-entities.yaml"),
         )
         _wait_for_nodes(fed, 3)
-        outcome = fed.run(
-            {
-                "num-server-rounds": 1,
-                "min-nodes": 2,
-                "contract-path": str(CONTRACT),
-                "round-timeout": 120,
-                "seed": SEED,
-            },
-            on_line=outputs.append,
-            timeout=600,
-        )
+        config = {
+            "num-server-rounds": 1,
+            "min-nodes": 2,
+            "contract-path": str(CONTRACT),
+            "round-timeout": 120,
+            "seed": SEED,
+        }
+        outcome = fed.run(config, on_line=outputs.append, timeout=600)
         capture.stop()
+        unsigned_outputs: list[str] = []
+        nodes = [n for n in fed.processes if n.startswith("node:")]
+        log_marks = {n: len(fed.processes[n].log_text()) for n in nodes}
+        unsigned = follow_run(  # what `flwr run .` submits: a FAB without any signature
+            flwr_home=fed.coordinator_home / "flwr",
+            config={**fed.run_defaults(), **config, "round-timeout": 30},
+            work=fed.coordinator_home,
+            log_path=fed.logs / "unsigned-run.log",
+            on_line=unsigned_outputs.append,
+            timeout=300,
+            app=APP_DIR,
+        )
         yield {
             "fed": fed,
             "parts": parts,
             "outcome": outcome,
             "outputs": outputs,
-            "signed_only": signed_only,
+            "unsigned": unsigned,
+            "unsigned_outputs": unsigned_outputs,
+            "log_marks": log_marks,
+            "other_publisher": other_publisher,
             "pcap": work / "loopback.pcap",
             "work": work,
         }
@@ -229,19 +248,48 @@ def test_node_side_client_cannot_list_or_start_runs(run: dict[str, Any]) -> None
     assert '"POST /v1/control/list-runs" 403' in access
 
 
-def test_unsigned_app_is_refused_by_a_node_requiring_signatures(run: dict[str, Any]) -> None:
+def test_nodes_run_the_coordinator_signed_build(run: dict[str, Any]) -> None:
     fed: LocalFederation = run["fed"]
-    signed_only: ManagedProcess = run["signed_only"]
-    log = signed_only.log_text()
-    assert "The FAB could not be verified" in log
-    assert "Receiving: train" not in log  # it never got (or ran) a training task
-    assert "Receiving: train" in fed.processes["node:node-1"].log_text()
+    assert fed.app_signing is not None
+    store_log = fed.processes["app-store"].log_text()
+    assert '"POST /v1/hub/fetch-fab HTTP/1.1" 200' in store_log  # the SuperLink fetched it
+    index = json.loads((fed.app_store_dir / "index.json").read_text())
+    (stored,) = index.values()
+    assert f"/v1/fabs/{stored['fab_hash']}.fab" in store_log
+    for name in ("node-1", "node-2"):
+        proc = fed.processes[f"node:{name}"]
+        args = " ".join(proc.popen.args)  # type: ignore[arg-type]
+        assert f"--trusted-entities {fed.app_signing.trusted_entities}" in args
+        assert "Receiving: train" in proc.log_text()
+        assert "verif" not in proc.log_text()[: run["log_marks"][f"node:{name}"]].lower()
+
+
+def test_wrongly_signed_app_is_refused_by_a_node(run: dict[str, Any]) -> None:
+    """node-3 trusts another publisher: the coordinator-signed build is not signed by it."""
+    fed: LocalFederation = run["fed"]
+    other: ManagedProcess = run["other_publisher"]
+    log = other.log_text()[: run["log_marks"]["node:node-3"]]
+    assert "FAB verification failed" in log
+    assert "Receiving: train" not in other.log_text()  # it never got (or ran) a training task
     joined = "\n".join(run["outputs"])
-    assert re.search(r"did not join: .*FAB could not be verified", joined), joined[-3000:]
+    assert re.search(r"did not join: .*verif", joined, re.IGNORECASE), joined[-3000:]
     with sqlite3.connect(fed.coordinator_home / "registry.db") as conn:
-        (participants,) = conn.execute("SELECT participants FROM model_versions").fetchone()
-    names = {p["name"] for p in json.loads(participants)}
+        rows = conn.execute("SELECT participants FROM model_versions").fetchall()
+    assert len(rows) == 1  # only the signed run published
+    names = {p["name"] for p in json.loads(rows[0][0])}
     assert names == {"node-1", "node-2"}
+
+
+def test_unsigned_app_is_refused_by_every_node(run: dict[str, Any]) -> None:
+    fed: LocalFederation = run["fed"]
+    unsigned = run["unsigned"]
+    joined = "\n".join(run["unsigned_outputs"])
+    assert unsigned.model_version is None, joined[-3000:]
+    assert "ATOLL published" not in joined
+    for name, mark in run["log_marks"].items():
+        after = fed.processes[name].log_text()[mark:]
+        assert "The FAB could not be verified" in after, (name, after[-1500:])
+        assert "Receiving: train" not in after
 
 
 def test_wrongly_signed_or_altered_app_fails_verification() -> None:
