@@ -56,46 +56,47 @@ def _other_entities(tmp_path: Path) -> dict[str, str]:
     return dict(yaml.safe_load(files.trusted_entities.read_text()))
 
 
+@pytest.fixture
+def hub(store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SuperLink's view: its "Hub" is our store (what FLWR_SUPERGRID_API_URL does)."""
+    monkeypatch.setattr(control_handlers, "FLWR_SUPERGRID_API_URL", f"{store_url}/v1")
+
+
+def _fetch(spec: str, fab_hash: str) -> Fab:
+    """What the SuperLink does for `flwr run SPEC`: the FAB and its verification records."""
+    content, verifications, _note = control_handlers._get_remote_fab(None, spec)
+    return Fab(fab_hash, content, verifications)
+
+
+@pytest.mark.usefixtures("hub")
 def test_flower_fetches_and_nodes_accept_the_signed_build(
-    tmp_path: Path,
-    signing: tuple[SigningKey, dict[str, str]],
-    store_url: str,
-    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, signing: tuple[SigningKey, dict[str, str]]
 ) -> None:
     key, entities = signing
     stored = publish_app(APP_DIR, tmp_path / "store", key)
     assert stored.spec == "@atoll/atoll==0.1.0"
-    monkeypatch.setattr(control_handlers, "FLWR_SUPERGRID_API_URL", f"{store_url}/v1")
-    content, verifications, _note = control_handlers._get_remote_fab(None, stored.spec)
-    fab = Fab(stored.fab_hash, content, verifications)
-    assert verifications["valid_license"]  # what a node checks first
+    fab = _fetch(stored.spec, stored.fab_hash)
+    assert fab.verifications["valid_license"]  # what a node checks first
     assert _verify_fab(fab, entities)
     assert not _verify_fab(fab, _other_entities(tmp_path))  # another publisher's node refuses
 
 
+@pytest.mark.usefixtures("hub")
 def test_a_fab_altered_in_the_store_is_refused(
-    tmp_path: Path,
-    signing: tuple[SigningKey, dict[str, str]],
-    store_url: str,
-    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, signing: tuple[SigningKey, dict[str, str]]
 ) -> None:
     key, entities = signing
     stored = publish_app(APP_DIR, tmp_path / "store", key)
     path = tmp_path / "store" / "fabs" / f"{stored.fab_hash}.fab"
     path.write_bytes(path.read_bytes() + b"\0")  # the store is not trusted
-    monkeypatch.setattr(control_handlers, "FLWR_SUPERGRID_API_URL", f"{store_url}/v1")
-    content, verifications, _note = control_handlers._get_remote_fab(None, stored.spec)
-    assert not _verify_fab(Fab(stored.fab_hash, content, verifications), entities)
+    assert not _verify_fab(_fetch(stored.spec, stored.fab_hash), entities)
 
 
+@pytest.mark.usefixtures("hub")
 def test_unknown_apps_and_bad_paths_are_404(
-    tmp_path: Path,
-    signing: tuple[SigningKey, dict[str, str]],
-    store_url: str,
-    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, signing: tuple[SigningKey, dict[str, str]]
 ) -> None:
     publish_app(APP_DIR, tmp_path / "store", signing[0])
-    monkeypatch.setattr(control_handlers, "FLWR_SUPERGRID_API_URL", f"{store_url}/v1")
     with pytest.raises(control_handlers.FlowerError):
         control_handlers._get_remote_fab(None, "@atoll/atoll==9.9.9")
     client = TestClient(create_store_app(tmp_path / "store"))
