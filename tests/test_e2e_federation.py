@@ -298,7 +298,16 @@ def test_every_process_is_stopped(federation) -> None:
     fed: LocalFederation = federation["fed"]
     fed.stop()
     pids = [p.pid for p in fed.processes.values()]
-    assert len(pids) == 7  # superlink, 3 nodes, intruder, broke, api
+    assert set(fed.processes) == {
+        "app-store",
+        "superlink",
+        "node:node-1",
+        "node:node-2",
+        "node:node-3",
+        "node:intruder",
+        "node:broke",
+        "api",
+    }
     for p in fed.processes.values():
         assert not p.alive
     time.sleep(0.5)
