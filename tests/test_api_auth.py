@@ -261,7 +261,7 @@ def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]
     if request.param == "sqlite":
         yield from test_registry._sqlite_url(tmp_path)
     else:
-        yield from test_registry._postgres_url()
+        yield request.getfixturevalue("postgres_url")
 
 
 def test_key_lifecycle_on_sqlite_and_postgresql(backend_url: str) -> None:

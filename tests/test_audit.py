@@ -2,7 +2,7 @@
 update digests and the node/coordinator cross-check.
 
 Tampering is done the way an intruder with database access would: raw SQL on the table. The
-PostgreSQL variant needs the server CI starts (ATOLL_TEST_PG_URL, default below); if it is
+PostgreSQL variant needs the server CI starts (ATOLL_TEST_PG_URL, default in conftest.py); if it is
 unreachable these tests FAIL on purpose — a skipped database test proves nothing.
 """
 
@@ -12,13 +12,11 @@ import json
 import os
 import stat
 import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psycopg
 import pytest
 import torch
 from alembic.autogenerate import compare_metadata
@@ -26,7 +24,6 @@ from alembic.migration import MigrationContext
 from flwr.app import ArrayRecord
 from flwr.common import serde
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
 from atoll.cli_audit import audit_app
@@ -59,7 +56,6 @@ from privacy.audit_models import AuditEntryRow
 from privacy.models import PrivacyBase
 from privacy.store import open_privacy_db
 
-PG_URL = os.environ.get("ATOLL_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 LOG = "coordinator"
 CANARY = "canary-7Q2xZ"  # stands in for a feature value or customer id
 
@@ -67,33 +63,12 @@ CANARY = "canary-7Q2xZ"  # stands in for a feature value or customer id
 # ---- backends ----------------------------------------------------------------------------------
 
 
-def _postgres_url() -> Iterator[str]:
-    base = make_url(PG_URL)
-    admin = base.set(drivername="postgresql").render_as_string(hide_password=False)
-    try:
-        conn = psycopg.connect(admin, autocommit=True, connect_timeout=5)
-    except psycopg.OperationalError as exc:
-        pytest.fail(
-            f"PostgreSQL at {base.render_as_string(hide_password=True)} is unreachable "
-            f"({type(exc).__name__}); start it or set ATOLL_TEST_PG_URL — this test never skips"
-        )
-    schema = f"atoll_audit_{uuid.uuid4().hex[:12]}"
-    with conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-        try:
-            yield base.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
-                hide_password=False
-            )
-        finally:
-            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
-
-
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'audit.db'}"
     else:
-        yield from _postgres_url()
+        yield request.getfixturevalue("postgres_url")
 
 
 @pytest.fixture

@@ -1,26 +1,22 @@
 """Model registry on SQLite and PostgreSQL: versioning, cards, integrity, migrations.
 
-The PostgreSQL variant needs the server CI starts (ATOLL_TEST_PG_URL, default below). If it is
-unreachable the tests FAIL on purpose: a silently skipped database test proves nothing.
+The PostgreSQL variant needs the server CI starts (ATOLL_TEST_PG_URL, default in conftest.py). If
+it is unreachable the tests FAIL on purpose: a silently skipped database test proves nothing.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import threading
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC
 from pathlib import Path
 
-import psycopg
 import pytest
 import torch
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy.engine import make_url
 
 from common.contract import Contract, parse_contract
 from common.db import default_registry_url
@@ -28,8 +24,6 @@ from common.encoding import Encoder
 from common.model import build_model, load_model, weights_to_bytes
 from server.registry import ModelCard, ModelNotFound, Registry, RegistryError
 from server.registry_models import Base
-
-PG_URL = os.environ.get("ATOLL_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
 def small_contract() -> Contract:
@@ -87,31 +81,12 @@ def _sqlite_url(tmp_path: Path) -> Iterator[str]:
     yield default_registry_url(tmp_path / "nested" / "home")
 
 
-def _postgres_url() -> Iterator[str]:
-    base = make_url(PG_URL)
-    admin = base.set(drivername="postgresql").render_as_string(hide_password=False)
-    try:
-        conn = psycopg.connect(admin, autocommit=True, connect_timeout=5)
-    except psycopg.OperationalError as exc:
-        pytest.fail(
-            f"PostgreSQL at {base.render_as_string(hide_password=True)} is unreachable "
-            f"({type(exc).__name__}); start it or set ATOLL_TEST_PG_URL — this test never skips"
-        )
-    schema = f"atoll_test_{uuid.uuid4().hex[:12]}"
-    with conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-        try:
-            yield base.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
-                hide_password=False
-            )
-        finally:
-            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
-
-
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def registry_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    gen = _sqlite_url(tmp_path) if request.param == "sqlite" else _postgres_url()
-    yield from gen
+    if request.param == "sqlite":
+        yield from _sqlite_url(tmp_path)
+    else:
+        yield request.getfixturevalue("postgres_url")
 
 
 @pytest.fixture
