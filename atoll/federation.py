@@ -37,7 +37,7 @@ from atoll.proxy import ProxySettings, start_proxy
 from privacy.ledger import Ledger, Policy
 from server.api.audit_trail import key_change_recorder, operator_log
 from server.api.auth import ApiKeyStore
-from server.app_store import SigningKey, publish_app
+from server.app_store import SigningKey, StoredApp, publish_app
 
 DEFAULT_POLICY = Policy(cap_epsilon=10.0, delta=1e-5)  # the demo's per-node budget
 APP_DIR = Path(__file__).resolve().parents[1]  # the Flower app (this repo's pyproject.toml)
@@ -113,6 +113,7 @@ class LocalFederation:
         self.tls: pki.TlsFiles | None = None
         self.app_signing: pki.AppSigningFiles | None = None
         self.app_store_url: str | None = None
+        self.last_app: StoredApp | None = None  # the signed build the last run submitted
 
     # -- lifecycle -------------------------------------------------------------------------
     def __enter__(self) -> LocalFederation:
@@ -250,9 +251,10 @@ class LocalFederation:
         cfg = {**self.run_defaults(), **config}
         app: Path | str = APP_DIR
         if self.app_signing is not None:
-            app = publish_app(
+            self.last_app = publish_app(
                 APP_DIR, self.app_store_dir, SigningKey.load(self.app_signing.private_key)
-            ).spec
+            )
+            app = self.last_app.spec
         return follow_run(
             flwr_home=self.coordinator_home / "flwr",
             config=cfg,

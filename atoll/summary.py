@@ -63,9 +63,22 @@ def build_summary(
             "docs": f"{api_url}/docs",
             "predict": f"{api_url}/models/{card.name}/predict",
         },
+        "app": _app(fed),
         "registry": fed.registry_url,
         "workdir": str(fed.workdir),
         "machine": {"python": platform.python_version(), "platform": platform.platform()},
+    }
+
+
+def _app(fed: LocalFederation) -> dict[str, Any]:
+    """Which code the nodes ran: the signed build (its hash is what node owners can pin)."""
+    if fed.last_app is None:
+        return {"signed": False}
+    return {
+        "signed": True,
+        "spec": fed.last_app.spec,
+        "fab_sha256": fed.last_app.fab_hash,
+        "signed_by": [v.public_key_id for v in fed.last_app.verifications],
     }
 
 
@@ -92,4 +105,10 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
         f"δ={summary['privacy']['delta']}",
     )
     console.print(table)
+    app = summary["app"]
+    if app["signed"]:
+        console.print(
+            f"nodes ran {app['spec']} signed by {', '.join(app['signed_by'])} "
+            f"(FAB sha256 {app['fab_sha256'][:16]}…)"
+        )
     console.print(f"API: {summary['api']['url']}  (docs {summary['api']['docs']})")
