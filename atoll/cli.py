@@ -24,10 +24,10 @@ from atoll.cli_audit import audit_app
 from atoll.cli_budget import budget_app
 from atoll.cli_keys import keys_app as apikey_app
 from atoll.processes import (
-    app_store_env,
     flower_env,
     register_node,
     superlink_argv,
+    superlink_env,
     supernode_argv,
     write_connection,
 )
@@ -175,10 +175,7 @@ def superlink_start(
     argv = superlink_argv(
         tls=tls, port=port, state_db=state.resolve(), node_auth=node_auth, host=host
     )
-    env = flower_env()
-    if app_store:
-        env.update(app_store_env(app_store, tls.ca_cert))
-    os.execve(argv[0], argv, env)
+    os.execve(argv[0], argv, superlink_env(app_store, tls.ca_cert))
 
 
 @node_app.command("register")

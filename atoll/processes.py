@@ -145,17 +145,19 @@ def start_superlink(
     app_store: str | None = None,
 ) -> ManagedProcess:
     argv = superlink_argv(tls=tls, port=port, state_db=state_db, node_auth=node_auth, host=host)
-    env = flower_env()
-    if app_store is not None:
-        env.update(app_store_env(app_store, tls.ca_cert))
-    proc = spawn("superlink", argv, log_path, env)
+    proc = spawn("superlink", argv, log_path, superlink_env(app_store, tls.ca_cert))
     wait_for_port(port, timeout=60, proc=proc)
     return proc
 
 
-def app_store_env(url: str, ca_cert: Path) -> dict[str, str]:
-    """Point a SuperLink's app fetches ("the Hub") at Atoll's app store (server/app_store.py)."""
-    return {"FLWR_SUPERGRID_API_URL": f"{url.rstrip('/')}/v1", "REQUESTS_CA_BUNDLE": str(ca_cert)}
+def superlink_env(app_store: str | None, ca_cert: Path) -> dict[str, str]:
+    """The SuperLink's environment; with `app_store`, its app fetches ("the Hub") go to Atoll's
+    app store (server/app_store.py) over HTTPS trusting the federation's CA."""
+    env = flower_env()
+    if app_store:
+        env["FLWR_SUPERGRID_API_URL"] = f"{app_store.rstrip('/')}/v1"
+        env["REQUESTS_CA_BUNDLE"] = str(ca_cert)
+    return env
 
 
 def app_store_argv(

@@ -376,9 +376,7 @@ class Ledger:
         if task in policy.task_caps:
             caps.append((task, policy.task_caps[task]))
         for scope, cap in caps:
-            spent, held = self._committed(s, scope)
-            now = epsilon(spent + held, policy.delta)
-            after = epsilon(spent + held + history, policy.delta)
+            now, after = self._projected(s, history, policy.delta, task=scope)
             if after > cap:
                 where = f"task '{scope}'" if scope else "this node"
                 raise BudgetRefused(
@@ -393,9 +391,7 @@ class Ledger:
         if policy.period_cap is not None:
             pc = policy.period_cap
             start = period_start(pc.period, utcnow())
-            spent, held = self._committed(s, since=start)
-            now = epsilon(spent + held, policy.delta)
-            after = epsilon(spent + held + history, policy.delta)
+            now, after = self._projected(s, history, policy.delta, since=start)
             if after > pc.epsilon:
                 raise BudgetRefused(
                     "period-cap",
@@ -408,6 +404,18 @@ class Ledger:
                     remaining=max(pc.epsilon - now, 0.0),
                 )
         return run_eps
+
+    def _projected(
+        self,
+        s: Session,
+        history: list[tuple[float, float, int]],
+        delta: float,
+        task: str | None = None,
+        since: datetime | None = None,
+    ) -> tuple[float, float]:
+        """ε committed in one scope (spent + held) now, and after adding `history`."""
+        spent, held = self._committed(s, task, since)
+        return epsilon(spent + held, delta), epsilon(spent + held + history, delta)
 
     def _record_refusal(self, run_id: str, task: str, purpose: str, r: BudgetRefused) -> None:
         with self._write() as s:

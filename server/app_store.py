@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import Response
 from flwr.cli.build import build_fab_from_disk
+from flwr.common.config import get_metadata_from_config
 from flwr.supercore.primitives.asymmetric_ed25519 import create_message_to_sign
 from pydantic import BaseModel
 
@@ -66,9 +67,7 @@ class SigningKey:
     def load(cls, path: Path) -> SigningKey:
         key = serialization.load_ssh_private_key(path.read_bytes(), password=None)
         if not isinstance(key, ed25519.Ed25519PrivateKey):
-            raise ValueError(
-                f"{path}: not an Ed25519 key; make one with `atoll keys app-signing`"
-            )
+            raise ValueError(f"{path}: not an Ed25519 key; make one with `atoll keys app-signing`")
         return cls(key_id=key_id(key.public_key()), private_key=key)
 
 
@@ -86,9 +85,9 @@ def trusted_entities_yaml(public_key: ed25519.Ed25519PublicKey) -> str:
     return f'{key_id(public_key)}: "{openssh} atoll-app-signing"\n'
 
 
-def sign_fab(fab: bytes, key: SigningKey, signed_at: int | None = None) -> Verification:
+def sign_fab(fab: bytes, key: SigningKey) -> Verification:
     """Sign exactly what a SuperNode verifies: signed_at ‖ sha256(FAB)."""
-    at = int(time.time()) if signed_at is None else signed_at
+    at = int(time.time())
     sig = key.private_key.sign(create_message_to_sign(hashlib.sha256(fab).digest(), at))
     encoded = base64.urlsafe_b64encode(sig).decode().rstrip("=")
     return Verification(public_key_id=key.key_id, signature=encoded, signed_at=at)
@@ -138,11 +137,10 @@ class AppStore:
 
 def publish_app(app_dir: Path, store_dir: Path, key: SigningKey) -> StoredApp:
     """Build the app in `app_dir` exactly as `flwr run` would, sign it, put it in the store."""
-    meta = tomllib.loads((app_dir / "pyproject.toml").read_text())
-    app_id = f"{meta['tool']['flwr']['app']['publisher']}/{meta['project']['name']}"
-    return AppStore(store_dir).publish(
-        build_fab_from_disk(app_dir), app_id, meta["project"]["version"], key
+    app_id, version = get_metadata_from_config(
+        tomllib.loads((app_dir / "pyproject.toml").read_text())
     )
+    return AppStore(store_dir).publish(build_fab_from_disk(app_dir), app_id, version, key)
 
 
 class FetchFabRequest(BaseModel):
