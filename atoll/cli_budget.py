@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
@@ -31,6 +32,15 @@ PeriodCapOpt = Annotated[
 ]
 
 
+def _name_epsilon(option: str, expected: str, item: str) -> tuple[str, float]:
+    """`NAME=EPSILON` from a CLI option, or a usage error naming the option and the form."""
+    name, _, value = item.partition("=")
+    try:
+        return name, float(value)
+    except ValueError:
+        raise typer.BadParameter(f"{option} expects {expected}, got '{item}'") from None
+
+
 def _policy(
     cap: float,
     delta: float,
@@ -40,29 +50,26 @@ def _policy(
     purposes: list[str] | None,
     period_cap: str | None = None,
 ) -> Policy:
+    caps = dict(_name_epsilon("--task-cap", "TASK=EPSILON", item) for item in task_cap or [])
     period = None
     if period_cap:
-        name, _, value = period_cap.partition("=")
-        if name not in ("month", "quarter", "year") or not value:
-            raise typer.BadParameter(
-                f"--period-cap expects month|quarter|year=EPSILON, got '{period_cap}'"
-            )
-        period = PeriodCap(period=name, epsilon=float(value))  # type: ignore[arg-type]
-    caps = {}
-    for item in task_cap or []:
-        name, _, value = item.partition("=")
-        if not value:
-            raise typer.BadParameter(f"--task-cap expects TASK=EPSILON, got '{item}'")
-        caps[name] = float(value)
-    return Policy(
-        cap_epsilon=cap,
-        delta=delta,
-        max_run_epsilon=max_run,
-        task_caps=caps,
-        allowed_tasks=tasks or None,
-        allowed_purposes=purposes or ["training", "evaluation"],
-        period_cap=period,
-    )
+        expected = "month|quarter|year=EPSILON"
+        name, eps = _name_epsilon("--period-cap", expected, period_cap)
+        if name not in ("month", "quarter", "year"):
+            raise typer.BadParameter(f"--period-cap expects {expected}, got '{period_cap}'")
+        period = {"period": name, "epsilon": eps}
+    try:
+        return Policy(
+            cap_epsilon=cap,
+            delta=delta,
+            max_run_epsilon=max_run,
+            task_caps=caps,
+            allowed_tasks=tasks or None,
+            allowed_purposes=purposes or ["training", "evaluation"],
+            period_cap=PeriodCap.model_validate(period) if period else None,
+        )
+    except ValidationError as err:  # e.g. a cap <= 0: say which field, not a traceback
+        raise typer.BadParameter(str(err)) from None
 
 
 def _open(state_dir: Path) -> Ledger:

@@ -41,3 +41,19 @@ def test_a_malformed_period_cap_is_refused_with_the_expected_form(tmp_path: Path
     assert res.exit_code == 2
     assert "month|quarter|year=EPSILON" in res.output
     assert not (tmp_path / "s" / "node-privacy.db").exists()  # nothing half-created
+
+
+def test_non_numeric_or_non_positive_caps_get_a_usage_error_not_a_traceback(
+    tmp_path: Path,
+) -> None:
+    base = ["budget", "init", "--state-dir", str(tmp_path / "s"), "--node-name", "n", "--cap", "8"]
+    for extra, expected in (
+        (["--period-cap", "month=lots"], "month|quarter|year=EPSILON"),
+        (["--task-cap", "churn=lots"], "TASK=EPSILON"),
+        (["--period-cap", "month=-1"], "greater than 0"),
+    ):
+        res = runner.invoke(app, [*base, *extra])
+        assert res.exit_code == 2, (extra, res.output)
+        assert expected in " ".join(res.output.split()), (extra, res.output)
+        assert res.exception is None or isinstance(res.exception, SystemExit)
+    assert not (tmp_path / "s" / "node-privacy.db").exists()
