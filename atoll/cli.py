@@ -6,7 +6,6 @@ Sub-commands wrap the real Flower processes; nothing here trains or scores by it
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -17,20 +16,20 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from atoll import pki
 from atoll.cli_audit import audit_app
 from atoll.cli_budget import budget_app
 from atoll.cli_keys import keys_app as apikey_app
+from atoll.cli_node import node_app
 from atoll.processes import (
-    flower_env,
-    register_node,
     superlink_argv,
     superlink_env,
-    supernode_argv,
     write_connection,
 )
+from common.run_config import MODEL_KINDS, STRATEGY_NAMES, RunConfig
 
 app = typer.Typer(
     help="Atoll: federated churn & propensity models with DP, over Flower.",
@@ -39,9 +38,6 @@ app = typer.Typer(
 )
 certs_app = typer.Typer(help="TLS certificates for the coordinator.", no_args_is_help=True)
 keys_app = typer.Typer(help="Node authentication keys.", no_args_is_help=True)
-node_app = typer.Typer(
-    help="Run and register SuperNodes (one per data silo).", no_args_is_help=True
-)
 superlink_app = typer.Typer(help="Run the coordinator's SuperLink.", no_args_is_help=True)
 app_store_app = typer.Typer(
     help="Serve coordinator-signed app builds to the SuperLink.", no_args_is_help=True
@@ -71,6 +67,29 @@ CoordinatorHome = Annotated[Path, typer.Option(help="Coordinator's flwr CLI home
 def _fail(message: str) -> None:
     console.print(f"[bold red]error:[/] {message}")
     raise typer.Exit(2)
+
+
+# ---- run-config options ----------------------------------------------------------------------
+# An option that sets a run-config key defaults to None, "the app's default": the CLI leaves it out
+# of the run config and the app's own default applies (common/run_config.py, the one place each
+# default is written). The help still shows that default.
+def _app_default(field: str, help: str = "") -> Any:
+    """A typer option for RunConfig field `field`, unset by default."""
+    shown = escape(f"[default: the app's, {RunConfig.model_fields[field].default}]")  # not markup
+    return typer.Option(help=f"{help} {shown}" if help else shown, show_default=False)
+
+
+def build_run_config(options: dict[str, Any], sets: list[str] | None = None) -> dict[str, Any]:
+    """The run config the CLI submits: `options` by RunConfig field name, only those given (None:
+    not given, the app's default applies), then each `--set KEY=VALUE` (KEY a run-config key)."""
+    config = {RunConfig.key(name): value for name, value in options.items() if value is not None}
+    keys = RunConfig.defaults()
+    for item in sets or []:
+        key, _, value = item.partition("=")
+        if key not in keys:
+            _fail(f"--set {item}: '{key}' is not a run-config key ({', '.join(keys)})")
+        config[key] = _parse_value(value)
+    return config
 
 
 # ---- certificates and keys -------------------------------------------------------------------
@@ -178,81 +197,6 @@ def superlink_start(
     os.execve(argv[0], argv, superlink_env(app_store, tls.ca_cert))
 
 
-@node_app.command("register")
-def node_register(
-    public_key: Annotated[Path, typer.Argument(help="The node's NAME.pub")],
-    name: Annotated[str, typer.Option(help="Name shown in model cards")],
-    superlink: SuperLinkAddr = "127.0.0.1:9093",
-    ca: CaCert = Path("deploy/certs/ca.crt"),
-    flwr_home: CoordinatorHome = Path("runs/coordinator-flwr"),
-    registry: Annotated[
-        str,
-        typer.Option(
-            help="Coordinator database (the admin audit log)", envvar="ATOLL_REGISTRY_URL"
-        ),
-    ] = "sqlite:///runs/registry.db",
-) -> None:
-    """Admit a node's public key to the federation (run on the coordinator)."""
-    write_connection(flwr_home.resolve(), "atoll", superlink, ca.resolve())
-    from server.api.audit_trail import operator_log
-
-    log = operator_log(registry)
-    details = {"name": name, "public_key_sha256": _fingerprint(public_key)}
-    log.append("operator", "node.registered", f"node:{name}", details)  # before it happens
-    register_node(flwr_home.resolve(), "atoll", public_key.resolve(), name)
-    console.print(f"registered node '{name}' (recorded in the admin audit log)")
-
-
-def _fingerprint(public_key: Path) -> str:
-    return hashlib.sha256(public_key.read_bytes().split()[1]).hexdigest()
-
-
-@node_app.command("start")
-def node_start(
-    name: Annotated[str, typer.Option(help="This node's name")],
-    data: Annotated[str, typer.Option(help="CSV/Parquet path or SQLAlchemy URL of the local data")],
-    contract: Annotated[Path, typer.Option(help="This node's copy of the data contract")],
-    key: Annotated[Path, typer.Option(help="Private key from `atoll keys node`")],
-    superlink: SuperLinkAddr = "127.0.0.1:9093",
-    ca: CaCert = Path("deploy/certs/ca.crt"),
-    table: str = "",
-    query: str = "",
-    port: Annotated[int, typer.Option(help="Local port for the node's app runtime")] = 9094,
-    home: Annotated[Path, typer.Option(help="Node's state directory")] = Path("runs/node"),
-    trusted_entities: Annotated[
-        Path | None,
-        typer.Option(
-            help="Run only apps signed by these keys (the coordinator's trusted-entities.yaml)"
-        ),
-    ] = None,
-) -> None:
-    """Start a SuperNode on this silo's data (foreground). Data never leaves this process tree."""
-    config: dict[str, str | int | float | bool] = {
-        "node-name": name,
-        "data": data if "://" in data else str(Path(data).resolve()),
-        "contract": str(contract.resolve()),
-        "state-dir": str((home / "state").resolve()),
-    }
-    if table:
-        config["table"] = table
-    if query:
-        config["query"] = query
-    argv = supernode_argv(
-        superlink=superlink,
-        ca_cert=ca.resolve(),
-        private_key=key.resolve(),
-        node_config=config,
-        port=port,
-        trusted_entities=trusted_entities.resolve() if trusted_entities else None,
-    )
-    if trusted_entities is None:
-        console.print(
-            "[yellow]warning:[/] no --trusted-entities: this node runs any app the SuperLink sends"
-        )
-    home.mkdir(parents=True, exist_ok=True)
-    os.execve(argv[0], argv, flower_env(home.resolve() / "flwr"))
-
-
 # ---- contract --------------------------------------------------------------------------------
 @contract_app.command("check")
 def contract_check(
@@ -330,15 +274,14 @@ def _progress_runner(fed: Any, config: dict[str, Any]) -> Any:
         TimeElapsedColumn(),
         console=console,
     ) as progress:
-        task = progress.add_task("waiting for nodes", total=config["num-server-rounds"])
+        rounds = config.get(RunConfig.key("rounds"), RunConfig.default("rounds"))
+        task = progress.add_task("waiting for nodes", total=rounds)
 
         def on_line(line: str) -> None:
             if r := round_of(line):
                 progress.update(task, completed=r[0] - 1, description=f"round {r[0]}/{r[1]}")
             elif "ATOLL published" in line:
-                progress.update(
-                    task, completed=config["num-server-rounds"], description="published"
-                )
+                progress.update(task, completed=rounds, description="published")
             elif "ERROR" in line or "did not join" in line:
                 progress.console.print(f"[yellow]{line.strip()}[/]")
 
@@ -355,13 +298,13 @@ def run_cmd(
     audit_key: Annotated[Path, typer.Option(help="Coordinator's audit signing key")] = Path(
         "runs/coordinator-audit/coordinator.pem"
     ),
-    rounds: int = 5,
-    strategy: str = "fedavg",
-    model: str = "logreg",
-    noise_multiplier: float = 1.0,
-    target_epsilon: float = 0.0,
-    sample_rate: float = 0.02,
-    min_nodes: int = 2,
+    rounds: Annotated[int | None, _app_default("rounds")] = None,
+    strategy: Annotated[str | None, _app_default("strategy")] = None,
+    model: Annotated[str | None, _app_default("model")] = None,
+    noise_multiplier: Annotated[float | None, _app_default("noise_multiplier")] = None,
+    target_epsilon: Annotated[float | None, _app_default("target_epsilon")] = None,
+    sample_rate: Annotated[float | None, _app_default("sample_rate")] = None,
+    min_nodes: Annotated[int | None, _app_default("min_nodes")] = None,
     signing_key: Annotated[
         Path | None,
         typer.Option(help="App-signing key (`atoll keys app-signing`): submit a signed build"),
@@ -384,21 +327,21 @@ def run_cmd(
         app_ref = stored.spec
         console.print(f"signed {stored.spec} (FAB sha256 {stored.fab_hash[:16]}…)")
     write_connection(flwr_home, "atoll", superlink, ca.resolve())
-    config: dict[str, Any] = {
-        "num-server-rounds": rounds,
-        "strategy": strategy,
-        "model": model,
-        "noise-multiplier": noise_multiplier,
-        "target-epsilon": target_epsilon,
-        "sample-rate": sample_rate,
-        "min-nodes": min_nodes,
-        "contract-path": str(contract),
-        "registry-url": registry,
-        "audit-key": str(audit_key.resolve()),
-    }
-    for item in set_ or []:
-        key, _, value = item.partition("=")
-        config[key] = _parse_value(value)
+    config = build_run_config(
+        {
+            "rounds": rounds,
+            "strategy": strategy,
+            "model": model,
+            "noise_multiplier": noise_multiplier,
+            "target_epsilon": target_epsilon,
+            "sample_rate": sample_rate,
+            "min_nodes": min_nodes,
+            "contract_path": str(contract),
+            "registry_url": registry,
+            "audit_key": str(audit_key.resolve()),
+        },
+        set_,
+    )
 
     class _Submit:
         def run(self, cfg: dict[str, Any], on_line: Any) -> Any:
@@ -441,24 +384,26 @@ def federate(
         str, typer.Option(help="Column whose values define the silos")
     ] = "Contract",
     nodes: Annotated[int, typer.Option(help="Number of SuperNodes (values are grouped)")] = 3,
-    rounds: int = 5,
-    strategy: Annotated[
-        str, typer.Option(help="fedavg | fedprox | fedmedian | fedtrimmedavg")
-    ] = "fedavg",
-    model: Annotated[str, typer.Option(help="logreg | mlp")] = "logreg",
-    noise_multiplier: float = 1.0,
+    rounds: Annotated[int | None, _app_default("rounds")] = None,
+    strategy: Annotated[str | None, _app_default("strategy", " | ".join(STRATEGY_NAMES))] = None,
+    model: Annotated[str | None, _app_default("model", " | ".join(MODEL_KINDS))] = None,
+    noise_multiplier: Annotated[float | None, _app_default("noise_multiplier")] = None,
     target_epsilon: Annotated[
-        float, typer.Option(help="> 0: nodes calibrate noise to spend at most this")
-    ] = 0.0,
-    local_epochs: int = 1,
+        float | None,
+        _app_default("target_epsilon", "> 0: nodes calibrate noise to spend at most this"),
+    ] = None,
+    local_epochs: Annotated[int | None, _app_default("local_epochs")] = None,
     sample_rate: Annotated[
-        float, typer.Option(help="Poisson sampling rate per DP-SGD step")
-    ] = 0.02,
-    learning_rate: float = 0.5,
+        float | None, _app_default("sample_rate", "Poisson sampling rate per DP-SGD step")
+    ] = None,
+    learning_rate: Annotated[float | None, _app_default("learning_rate")] = None,
     eval_noise: Annotated[
-        float, typer.Option(help="σ of the noise on evaluation histograms (0: no evaluation)")
+        float | None,
+        _app_default("eval_noise", "σ of the noise on evaluation histograms (0: no evaluation)"),
+    ] = None,
+    node_cap: Annotated[
+        float, typer.Option(help=f"Each node's cumulative ε cap (δ={RunConfig.default('delta')})")
     ] = 10.0,
-    node_cap: Annotated[float, typer.Option(help="Each node's cumulative ε cap (δ=1e-5)")] = 10.0,
     id_from_row: Annotated[bool, typer.Option(help="Data has no id column: number rows")] = False,
     workdir: Annotated[
         Path, typer.Option(help="Certs, keys, state, logs and registry go here (recreated)")
@@ -483,17 +428,19 @@ def federate(
         json_out=json_out,
         serve_api=serve_api,
         api_port=api_port,
-        config={
-            "num-server-rounds": rounds,
-            "strategy": strategy,
-            "model": model,
-            "noise-multiplier": noise_multiplier,
-            "target-epsilon": target_epsilon,
-            "local-epochs": local_epochs,
-            "sample-rate": sample_rate,
-            "learning-rate": learning_rate,
-            "eval-noise": eval_noise,
-        },
+        config=build_run_config(
+            {
+                "rounds": rounds,
+                "strategy": strategy,
+                "model": model,
+                "noise_multiplier": noise_multiplier,
+                "target_epsilon": target_epsilon,
+                "local_epochs": local_epochs,
+                "sample_rate": sample_rate,
+                "learning_rate": learning_rate,
+                "eval_noise": eval_noise,
+            }
+        ),
     )
 
 
@@ -544,7 +491,7 @@ def run_federation(
         parts = partition_csv(data, partition_by, nodes, fed.workdir / "silos")
         fed.start_coordinator()
         console.print(f"SuperLink (TLS, node auth) at {fed.address}")
-        policy = Policy(cap_epsilon=node_cap, delta=1e-5)
+        policy = Policy(cap_epsilon=node_cap, delta=RunConfig.default("delta"))
         extra: dict[str, Any] = {"id-from-row": True} if id_from_row else {}
         for part in parts:
             fed.add_node(part.name, part.path, contract, policy=policy, **extra)
@@ -578,10 +525,11 @@ def run_federation(
 def demo(
     workdir: Path = Path("runs/demo"),
     serve_api: Annotated[bool, typer.Option("--serve/--no-serve")] = True,
-    rounds: int = 5,
+    rounds: Annotated[int | None, _app_default("rounds")] = None,
 ) -> None:
-    """The main job: Telco churn data in 3 silos (by contract type), 5 DP rounds, publish, serve."""
-    config = {"num-server-rounds": rounds, "strategy": "fedavg", "model": "logreg"}
+    """The main job: Telco churn data in 3 silos (by contract type), DP FedAvg rounds, publish,
+    serve."""
+    config = build_run_config({"rounds": rounds})
     if TELCO.exists():
         data, contract, partition_by, nodes = TELCO, "telco_churn.yaml", "Contract", 3
     else:

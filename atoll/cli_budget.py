@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from privacy.ledger import Ledger, LedgerUnavailable, PeriodCap, Policy
+from privacy.audit import AuditError
+from privacy.ledger import Ledger, LedgerUnavailable, PeriodCap, Policy, RequestLimits
 
 budget_app = typer.Typer(
     help="Privacy budgets: node ledgers and the federation view.", no_args_is_help=True
@@ -20,6 +24,7 @@ console = Console()
 
 StateDir = Annotated[Path, typer.Option(help="The node's state directory (holds its ledger)")]
 Cap = Annotated[float, typer.Option(help="Cap on cumulative ε over everything")]
+Delta = Annotated[float, typer.Option(help="δ at which every ε is computed and capped")]
 MaxRun = Annotated[float | None, typer.Option(help="Most ε one run may take")]
 TaskCaps = Annotated[list[str] | None, typer.Option(help="TASK=EPSILON (repeat)")]
 Tasks = Annotated[list[str] | None, typer.Option(help="Allowed task (repeat; default any)")]
@@ -30,6 +35,74 @@ PeriodCapOpt = Annotated[
         help="Also cap ε per UTC calendar period: PERIOD=EPSILON, PERIOD month|quarter|year"
     ),
 ]
+_D = RequestLimits()  # the defaults, shown in --help
+MaxWeightNorm = Annotated[
+    float | None,
+    typer.Option(
+        help=f"Largest L2 norm of incoming global weights [default {_D.max_weight_norm:g}]"
+    ),
+]
+MinExpectedBatch = Annotated[
+    float | None,
+    typer.Option(
+        help=f"Smallest expected batch, rows × sample rate [default {_D.min_expected_batch:g}]"
+    ),
+]
+MaxLocalEpochs = Annotated[
+    int | None,
+    typer.Option(help=f"Most local epochs per round [default {_D.max_local_epochs}]"),
+]
+MaxTotalRounds = Annotated[
+    int | None,
+    typer.Option(help=f"Most rounds one run may announce [default {_D.max_total_rounds}]"),
+]
+MaxEvalBins = Annotated[
+    int | None,
+    typer.Option(help=f"Most bins of an evaluation histogram [default {_D.max_eval_bins}]"),
+]
+MinNoise = Annotated[
+    float | None,
+    typer.Option(
+        help="Smallest noise multiplier, DP-SGD and evaluation alike "
+        f"[default {_D.min_noise_multiplier:g}]"
+    ),
+]
+AllowedModels = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--allowed-model",
+        help=f"Model this node agrees to train (repeat) [default {', '.join(_D.allowed_models)}]",
+    ),
+]
+
+# Which option set each policy field (so a bad value is reported by the name the owner typed).
+_OPTIONS = {
+    "cap_epsilon": "--cap",
+    "delta": "--delta",
+    "max_run_epsilon": "--max-run",
+    "task_caps": "--task-cap",
+    "allowed_tasks": "--task",
+    "allowed_purposes": "--purpose",
+    "period_cap": "--period-cap",
+    "epsilon": "--period-cap",
+    "max_weight_norm": "--max-weight-norm",
+    "min_expected_batch": "--min-expected-batch",
+    "max_local_epochs": "--max-local-epochs",
+    "max_total_rounds": "--max-total-rounds",
+    "max_eval_bins": "--max-eval-bins",
+    "min_noise_multiplier": "--min-noise",
+    "allowed_models": "--allowed-model",
+}
+
+
+def _usage_error(err: ValidationError) -> typer.BadParameter:
+    """One line per bad value: the option, what is wrong, what was given."""
+    lines = []
+    for e in err.errors():
+        named = [_OPTIONS[str(part)] for part in e["loc"] if str(part) in _OPTIONS]
+        option = named[-1] if named else ".".join(str(p) for p in e["loc"])
+        lines.append(f"{option}: {e['msg']} (got {e.get('input')!r})")
+    return typer.BadParameter("; ".join(lines))
 
 
 def _name_epsilon(option: str, expected: str, item: str) -> tuple[str, float]:
@@ -48,7 +121,8 @@ def _policy(
     task_cap: list[str] | None,
     tasks: list[str] | None,
     purposes: list[str] | None,
-    period_cap: str | None = None,
+    period_cap: str | None,
+    limits: dict[str, object],
 ) -> Policy:
     caps = dict(_name_epsilon("--task-cap", "TASK=EPSILON", item) for item in task_cap or [])
     period = None
@@ -67,17 +141,53 @@ def _policy(
             allowed_tasks=tasks or None,
             allowed_purposes=purposes or ["training", "evaluation"],
             period_cap=PeriodCap.model_validate(period) if period else None,
+            limits=RequestLimits.model_validate({k: v for k, v in limits.items() if v is not None}),
         )
-    except ValidationError as err:  # e.g. a cap <= 0: say which field, not a traceback
-        raise typer.BadParameter(str(err)) from None
+    except ValidationError as err:  # e.g. a cap <= 0: say which option, not a traceback
+        raise _usage_error(err) from None
 
 
-def _open(state_dir: Path) -> Ledger:
+def _limits(
+    max_weight_norm: float | None,
+    min_expected_batch: float | None,
+    max_local_epochs: int | None,
+    max_total_rounds: int | None,
+    max_eval_bins: int | None,
+    min_noise: float | None,
+    allowed_model: list[str] | None,
+) -> dict[str, object]:
+    return {
+        "max_weight_norm": max_weight_norm,
+        "min_expected_batch": min_expected_batch,
+        "max_local_epochs": max_local_epochs,
+        "max_total_rounds": max_total_rounds,
+        "max_eval_bins": max_eval_bins,
+        "min_noise_multiplier": min_noise,
+        "allowed_models": tuple(allowed_model) if allowed_model else None,
+    }
+
+
+@contextmanager
+def _ledger_errors(what: str = "ledger unavailable") -> Iterator[None]:
+    """A broken or missing ledger (or audit log) is a clear message and exit 2, no traceback."""
     try:
-        return Ledger(state_dir)
+        yield
     except LedgerUnavailable as err:
-        console.print(f"[bold red]ledger unavailable:[/] {err}")
+        console.print(f"[bold red]{what}:[/] {escape(str(err))}")
         raise typer.Exit(2) from None
+    except AuditError as err:
+        console.print(f"[bold red]audit log:[/] {escape(str(err))}")
+        raise typer.Exit(2) from None
+
+
+def _describe_limits(limits: RequestLimits) -> str:
+    return (
+        f"weight L2 norm ≤ {limits.max_weight_norm:g}, expected batch ≥ "
+        f"{limits.min_expected_batch:g}, local epochs ≤ {limits.max_local_epochs}, total rounds "
+        f"≤ {limits.max_total_rounds}, evaluation bins ≤ {limits.max_eval_bins}, noise "
+        f"multiplier ≥ {limits.min_noise_multiplier:g}, models: "
+        f"{', '.join(limits.allowed_models) or 'none'}"
+    )
 
 
 @budget_app.command("init")
@@ -85,48 +195,83 @@ def init(
     state_dir: StateDir,
     node_name: Annotated[str, typer.Option(help="This node's name")],
     cap: Cap,
-    delta: float = 1e-5,
+    delta: Delta = 1e-5,
     max_run: MaxRun = None,
     task_cap: TaskCaps = None,
     task: Tasks = None,
     purpose: Purposes = None,
     period_cap: PeriodCapOpt = None,
+    max_weight_norm: MaxWeightNorm = None,
+    min_expected_batch: MinExpectedBatch = None,
+    max_local_epochs: MaxLocalEpochs = None,
+    max_total_rounds: MaxTotalRounds = None,
+    max_eval_bins: MaxEvalBins = None,
+    min_noise: MinNoise = None,
+    allowed_model: AllowedModels = None,
 ) -> None:
     """Create this node's ledger with the owner's policy (refuses to reset an existing one)."""
-    policy = _policy(cap, delta, max_run, task_cap, task, purpose, period_cap)
-    try:
-        ledger = Ledger.initialize(state_dir, node_name, policy)
-        ledger.audit_log().append(
-            "operator",
-            "policy.changed",
-            f"node:{node_name}",
-            {"policy": policy.model_dump(), "initial": True},
-        )
-    except LedgerUnavailable as err:
-        console.print(f"[bold red]refused:[/] {err}")
-        raise typer.Exit(2) from None
-    console.print(f"ledger created in {state_dir.resolve()} (cap ε={cap} at δ={delta})")
+    limits = _limits(
+        max_weight_norm,
+        min_expected_batch,
+        max_local_epochs,
+        max_total_rounds,
+        max_eval_bins,
+        min_noise,
+        allowed_model,
+    )
+    policy = _policy(cap, delta, max_run, task_cap, task, purpose, period_cap, limits)
+    with _ledger_errors("refused"):
+        Ledger.initialize(state_dir, node_name, policy).close_db()
+    console.print(
+        f"ledger created in {escape(str(state_dir.resolve()))} (cap ε={cap} at δ={delta})"
+    )
+    console.print(f"request limits: {_describe_limits(policy.limits)}")
+    console.print(
+        "back up the whole state directory: ledger.key and ledger.anchor.json are needed "
+        "with the database, and none of them can be re-created"
+    )
 
 
 @budget_app.command("policy")
 def set_policy(
     state_dir: StateDir,
     cap: Cap,
-    delta: float = 1e-5,
+    delta: Delta = 1e-5,
     max_run: MaxRun = None,
     task_cap: TaskCaps = None,
     task: Tasks = None,
     purpose: Purposes = None,
     period_cap: PeriodCapOpt = None,
+    max_weight_norm: MaxWeightNorm = None,
+    min_expected_batch: MinExpectedBatch = None,
+    max_local_epochs: MaxLocalEpochs = None,
+    max_total_rounds: MaxTotalRounds = None,
+    max_eval_bins: MaxEvalBins = None,
+    min_noise: MinNoise = None,
+    allowed_model: AllowedModels = None,
 ) -> None:
-    """Set a new policy on this node (kept as a new version; the coordinator cannot do this)."""
-    ledger = _open(state_dir)
-    policy = _policy(cap, delta, max_run, task_cap, task, purpose, period_cap)
-    ledger.set_policy(policy)
-    ledger.audit_log().append(
-        "operator", "policy.changed", f"node:{ledger.node_name}", {"policy": policy.model_dump()}
+    """Replace this node's policy (options not given take their defaults; the coordinator cannot).
+
+    The new policy is journalled in the ledger and recorded in the node's audit log.
+    """
+    limits = _limits(
+        max_weight_norm,
+        min_expected_batch,
+        max_local_epochs,
+        max_total_rounds,
+        max_eval_bins,
+        min_noise,
+        allowed_model,
     )
-    console.print("policy updated (recorded in the node's audit log)")
+    policy = _policy(cap, delta, max_run, task_cap, task, purpose, period_cap, limits)
+    with _ledger_errors():
+        ledger = Ledger(state_dir)
+        try:
+            ledger.set_policy(policy)
+        finally:
+            ledger.close_db()
+    console.print("policy updated (journalled in the ledger and recorded in the node's audit log)")
+    console.print(f"request limits: {_describe_limits(policy.limits)}")
 
 
 @budget_app.command("show")
@@ -134,16 +279,25 @@ def show(
     state_dir: StateDir,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
 ) -> None:
-    """This node's budget: spent, reserved, cap, remaining, and ε per run (from its ledger)."""
-    status = _open(state_dir).status()
+    """This node's budget: spent, reserved, cap, remaining, limits, and ε per run (its ledger)."""
+    with _ledger_errors():
+        ledger = Ledger(state_dir)
+        try:
+            status = ledger.status()
+        finally:
+            ledger.close_db()
     if as_json:
         typer.echo(status.model_dump_json(indent=2))
         return
     console.print(
-        f"node [bold]{status.node}[/]: spent ε={status.spent_epsilon:.3f}, reserved "
+        f"node [bold]{escape(status.node)}[/]: spent ε={status.spent_epsilon:.3f}, reserved "
         f"{status.reserved_epsilon:.3f}, cap {status.cap_epsilon:.3f}, remaining "
         f"{status.remaining_epsilon:.3f} (δ={status.delta:g}; {status.events} releases; "
         f"accountant {status.accountant})"
+    )
+    console.print(
+        f"ε (at δ={status.delta:g}) covers every release this node makes: "
+        f"{'; '.join(status.covers)}; analytics queries are not offered yet"
     )
     if status.period is not None:
         p = status.period
@@ -152,6 +306,18 @@ def show(
             f"reserved {p.reserved_epsilon:.3f}, cap {p.cap_epsilon:.3f}, "
             f"remaining {p.remaining_epsilon:.3f}"
         )
+    policy = status.policy
+    max_run = "none" if policy.max_run_epsilon is None else f"{policy.max_run_epsilon:g}"
+    caps = ", ".join(f"{t}={e:g}" for t, e in policy.task_caps.items()) or "none"
+    tasks = ", ".join(policy.allowed_tasks) if policy.allowed_tasks is not None else "any"
+    purposes = ", ".join(policy.allowed_purposes)
+    console.print(
+        escape(
+            f"policy: most ε per run {max_run}; task caps {caps}; tasks {tasks}; "
+            f"purposes {purposes}"
+        )
+    )
+    console.print(f"request limits: {_describe_limits(policy.limits)}")
     table = Table("run", "task", "status", "planned ε", "spent ε", "started")
     for r in status.runs:
         table.add_row(
@@ -168,13 +334,18 @@ def show(
 @budget_app.command("refusals")
 def refusals(state_dir: StateDir) -> None:
     """Explain every request this node refused: what was asked, what remained, why."""
-    rows = _open(state_dir).refusals()
+    with _ledger_errors():
+        ledger = Ledger(state_dir)
+        try:
+            rows = ledger.refusals()
+        finally:
+            ledger.close_db()
     if not rows:
         console.print("no refusals")
     for r in rows:
         console.print(
-            f"[bold]{r['at']}[/] run {r['run_id']} ({r['task']}, {r['purpose']}): "
-            f"[yellow]{r['code']}[/] — {r['message']}"
+            f"[bold]{r['at']}[/] run {escape(r['run_id'])} ({r['task']}, {r['purpose']}): "
+            f"[yellow]{r['code']}[/] — {escape(r['message'])}"
         )
 
 

@@ -26,6 +26,7 @@ from atoll.processes import (
     register_node,
     spawn,
     start_app_store,
+    start_runtime,
     start_superlink,
     start_supernode,
     submit_run,
@@ -34,10 +35,14 @@ from atoll.processes import (
     write_connection,
 )
 from atoll.proxy import ProxySettings, start_proxy
+from client.runtime.config import NodeConfig
+from common.wire import RUNTIME_SOCKET
 from privacy.ledger import Ledger, Policy
+from privacy.limits import RequestLimits
 from server.api.audit_trail import key_change_recorder, operator_log
 from server.api.auth import ApiKeyStore
 from server.app_store import SigningKey, StoredApp, publish_app
+from server.node_names import NodeNames
 
 DEFAULT_POLICY = Policy(cap_epsilon=10.0, delta=1e-5)  # the demo's per-node budget
 APP_DIR = Path(__file__).resolve().parents[1]  # the Flower app (this repo's pyproject.toml)
@@ -186,19 +191,37 @@ class LocalFederation:
         register: bool = True,
         policy: Policy | None = DEFAULT_POLICY,
         trusted_entities: Path | None | Literal["coordinator"] = "coordinator",
-        **config: Any,
+        limits: RequestLimits | None = None,
+        **data_config: Any,
     ) -> ManagedProcess:
-        """Create the node's key and budget ledger, register the key (unless told not to), start.
+        """Set up a node as its owner would, then start its runtime and its SuperNode.
 
-        `policy=None` leaves the node without a ledger (it will refuse to train). By default the
-        node runs only apps signed by this coordinator's key (when `signed_apps`); pass another
-        trusted-entities file, or None to run whatever app the SuperLink sends.
+        The owner's side: a node.toml (data source, contract, state), a budget ledger with
+        `policy` (`policy=None` leaves none: the runtime will not start), then `atoll node
+        runtime`. The SuperNode gets only the runtime's socket. Its key is registered with the
+        coordinator unless `register=False`. By default the node runs only apps signed by this
+        coordinator's key (when `signed_apps`). `data_config` holds [data] keys of node.toml
+        (e.g. `id-from-row=True`). Returns the SuperNode; see processes["runtime:NAME"].
         """
         if trusted_entities == "coordinator":
             trusted_entities = self.app_signing.trusted_entities if self.app_signing else None
         assert self.tls is not None, "start_coordinator() first"
         home = self.workdir / "nodes" / name
+        home.mkdir(parents=True, exist_ok=True)
+        node_cfg = NodeConfig.model_validate(
+            {
+                "name": name,
+                "contract": str(contract.resolve()),
+                "state-dir": str(home / "state"),
+                "socket": str(home / "runtime.sock"),
+                "data": {"source": str(data), **data_config},
+            }
+        )
+        config_path = home / "node.toml"
+        config_path.write_text(node_cfg.to_toml())
         if policy is not None:
+            if limits is not None:
+                policy = policy.model_copy(update={"limits": limits})
             Ledger.initialize(home / "state", name, policy).close_db()
         key = None
         if self.node_auth:
@@ -211,20 +234,23 @@ class LocalFederation:
                     f"node:{name}",
                     {"name": name, "public_key_sha256": fingerprint},
                 )
-                register_node(self.coordinator_home / "flwr", CONNECTION, pub, name)
-        node_config = {
-            "node-name": name,
-            "data": str(data),
-            "contract": str(contract.resolve()),
-            "state-dir": str(home / "state"),
-            **config,
-        }
+                node_id = register_node(self.coordinator_home / "flwr", CONNECTION, pub, name)
+                names = NodeNames(self.registry_url)
+                names.add(node_id, name, fingerprint)
+                names.close()
+        if policy is not None:
+            self.processes[f"runtime:{name}"] = start_runtime(
+                name=name,
+                config=config_path,
+                socket_path=node_cfg.socket,
+                log_path=self.logs / f"runtime-{name}.log",
+            )
         proc = start_supernode(
             name=name,
             superlink=self.node_address,
             ca_cert=self.tls.ca_cert,
             private_key=key,
-            node_config=node_config,
+            node_config={RUNTIME_SOCKET: f"unix:{node_cfg.socket}"},
             port=free_port(),
             flwr_home=home / "flwr",
             log_path=self.logs / f"{name}.log",

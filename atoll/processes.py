@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -269,14 +270,43 @@ def flwr_cli(
     )
 
 
-def register_node(flwr_home: Path, connection: str, public_key: Path, name: str) -> None:
+def register_node(flwr_home: Path, connection: str, public_key: Path, name: str) -> int:
+    """Admit `public_key` under `name`; returns the node id the SuperLink assigned."""
     res = flwr_cli(
         ["supernode", "register", str(public_key), connection, "--name", name], flwr_home
     )
-    if res.returncode != 0:
+    found = re.search(r"SuperNode (\d+) registered", res.stdout + res.stderr)
+    if res.returncode != 0 or found is None:
         raise RuntimeError(
             f"registering node '{name}' failed: {res.stdout[-500:]} {res.stderr[-500:]}"
         )
+    return int(found[1])
+
+
+def runtime_argv(config: Path) -> list[str]:
+    """`atoll node runtime`: the owner's process that alone reads the node's data."""
+    return [sys.executable, "-m", "atoll", "node", "runtime", "--config", str(config)]
+
+
+def start_runtime(
+    *, name: str, config: Path, socket_path: Path, log_path: Path, timeout: float = 120
+) -> ManagedProcess:
+    """Start a node runtime and wait until its socket accepts connections."""
+    proc = spawn(f"runtime-{name}", runtime_argv(config), log_path, flower_env())
+    deadline = time.monotonic() + timeout
+    while True:
+        if not proc.alive:
+            raise RuntimeError(
+                f"node runtime '{name}' exited with code {proc.returncode}; see {log_path}"
+            )
+        if socket_path.exists():
+            with socket.socket(socket.AF_UNIX) as s:
+                if s.connect_ex(str(socket_path)) == 0:
+                    return proc
+        if time.monotonic() > deadline:
+            proc.stop()
+            raise TimeoutError(f"node runtime '{name}' did not listen within {timeout:.0f} s")
+        time.sleep(0.1)
 
 
 def submit_run(

@@ -1,6 +1,10 @@
-"""Local training with Opacus DP-SGD (Poisson sampling) and local evaluation.
+"""Local training with DP-SGD (Opacus per-sample gradients, Poisson sampling) and DP evaluation.
 
-Only called after the node has decided the run is allowed; returns weights and aggregates only.
+Both are total functions of the coordinator's weights: for every weight vector (NaN, ±inf, huge)
+and every data set (zero rows included) they return normally, with finite values whose form —
+tensor names and shapes, step count, histogram length — never depends on the data. Otherwise an
+exception or a NaN would be a release the ledger never accounted (a crafted model can make one
+appear exactly when some record satisfies a predicate). What leaves is only the DP release itself.
 """
 
 from __future__ import annotations
@@ -8,45 +12,73 @@ from __future__ import annotations
 import math
 import secrets
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from opacus import PrivacyEngine
+import torch.nn.functional as F
+from opacus import GradSampleModule
+from opacus.optimizers import DPOptimizer
 from torch import nn
-from torch.utils.data import DataLoader, Sampler, TensorDataset
 
-from common.metrics import histogram_metrics, score_histogram
+from common.metrics import score_histogram
 from common.model import predict_logits
-from privacy.dp import PlannedEvent, calibrate_run_noise, plan_run, steps_per_epoch
+from privacy.dp import (
+    PlannedEvent,
+    calibrate_run_noise,
+    effective_sample_rate,
+    plan_run,
+    steps_per_epoch,
+)
+
+# |logit| bound: sigmoid(30) rounds to 1 in float32, so bounding changes no sane prediction, and
+# beyond it only overflow (inf, then NaN) lives.
+LOGIT_BOUND = 30.0
 
 
 @dataclass(frozen=True)
 class DPTrainConfig:
-    """What a run asks of each node (from the run config); the node's ledger decides if it may."""
+    """What a run asks of each node, every field from the run config.
 
-    epochs: int = 1
-    sample_rate: float = 0.02  # Poisson sampling rate q: expected batch = q × rows
-    learning_rate: float = 0.5
-    max_grad_norm: float = 1.0
-    noise_multiplier: float = 1.0
-    target_epsilon: float = 0.0  # > 0: derive the noise so the whole run spends at most this
-    delta: float = 1e-5
-    total_rounds: int = 1  # rounds in the whole run: plans and target ε cover all of them
-    eval_noise: float = 10.0  # σ of the Gaussian noise on evaluation histograms (0: no eval)
-    eval_bins: int = 20
-    proximal_mu: float = 0.0
+    No defaults on purpose: the run config is the one source of run defaults, and a node that
+    filled a gap itself would do something the coordinator did not ask for (and the owner did not
+    admit).
+    """
+
+    epochs: int
+    sample_rate: float  # Poisson sampling rate q: expected batch = q × rows
+    learning_rate: float
+    max_grad_norm: float
+    noise_multiplier: float
+    target_epsilon: float  # > 0: derive the noise so the whole run spends at most this
+    delta: float
+    total_rounds: int  # rounds in the whole run: plans and target ε cover all of them
+    eval_noise: float  # σ of the Gaussian noise on evaluation histograms (0: no evaluation)
+    eval_bins: int
+    proximal_mu: float
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainResult:
+    """A round's release: the noised weights and the mechanism that produced them (no data)."""
+
     state: dict[str, torch.Tensor]
-    num_examples: int
-    train_loss: float
     noise_multiplier: float
     sample_rate: float
     steps: int
+
+
+@dataclass(frozen=True)
+class EvalRelease:
+    """All an evaluation releases: score histograms of positives and negatives, each noised.
+
+    Left unclipped (noise can make a bin negative) so the coordinator's pooled sum stays
+    unbiased; AUC, log loss and the like are the coordinator's post-processing of the pooled sums.
+    """
+
+    hist_pos: list[float]
+    hist_neg: list[float]
 
 
 def noise_multiplier(cfg: DPTrainConfig) -> float:
@@ -74,76 +106,153 @@ def plan(cfg: DPTrainConfig) -> list[PlannedEvent]:
     )
 
 
-class _Steps(Sampler[list[int]]):
-    """A stand-in batch sampler of length k: Opacus derives q = 1/len(loader) from it."""
+def release_of(cfg: DPTrainConfig, sigma: float) -> tuple[float, float, int]:
+    """(noise multiplier, sample rate, steps) one round of `train_dp` releases — without data.
 
-    def __init__(self, k: int) -> None:
-        self.k = k
+    The caller charges exactly this to the ledger before training; `train_dp` then takes exactly
+    these steps at exactly this rate, whatever the data holds.
+    """
+    if not (math.isfinite(sigma) and sigma > 0):
+        raise ValueError(f"the training noise multiplier must be finite and > 0, got {sigma!r}")
+    if cfg.epochs < 0:
+        raise ValueError(f"epochs must be >= 0, got {cfg.epochs}")
+    q = effective_sample_rate(cfg.sample_rate)
+    return float(sigma), q, cfg.epochs * steps_per_epoch(cfg.sample_rate)
 
-    def __len__(self) -> int:
-        return self.k
 
-    def __iter__(self) -> Iterator[list[int]]:
-        return iter([[0]] * self.k)
+def _check_optimiser(cfg: DPTrainConfig) -> None:
+    """Settings the update needs; all data-independent, so refusing them reveals nothing."""
+    if not (math.isfinite(cfg.max_grad_norm) and cfg.max_grad_norm > 0):
+        raise ValueError(f"max_grad_norm must be finite and > 0, got {cfg.max_grad_norm!r}")
+    if not (math.isfinite(cfg.learning_rate) and cfg.learning_rate >= 0):
+        raise ValueError(f"learning_rate must be finite and >= 0, got {cfg.learning_rate!r}")
+    if not (math.isfinite(cfg.proximal_mu) and cfg.proximal_mu >= 0):
+        raise ValueError(f"proximal_mu must be finite and >= 0, got {cfg.proximal_mu!r}")
 
 
 def train_dp(
-    model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: DPTrainConfig, sigma: float
+    model: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    cfg: DPTrainConfig,
+    sigma: float,
+    *,
+    generator_seed: int | None = None,
+    public_rows: int | None = None,
 ) -> TrainResult:
-    """One round of DP-SGD with Poisson sampling at exactly q = 1/k, k = round(1/sample_rate)."""
-    n = len(x)
-    if n == 0:
-        raise ValueError("no training rows")
-    # DP noise must be unpredictable to the coordinator: never seed it from the run config.
-    torch.manual_seed(secrets.randbits(63))
-    k = steps_per_epoch(cfg.sample_rate)
-    start = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    data = TensorDataset(
-        torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y.astype(np.float32))
+    """One round of DP-SGD: exactly `release_of(cfg, sigma)` steps, Poisson rate q = 1/k.
+
+    `x` is (rows, features), any number of rows including none (then every batch is empty and
+    each step releases noise only). Sampling and noise come from a generator seeded by
+    `generator_seed` (tests) or by the OS — never by anything the coordinator sends. `model` is
+    trained in place; the released state is also returned.
+
+    `public_rows` sets the averaging denominator max(1, ⌊q × rows⌋). Give the node's public size
+    bucket: without it the actual row count is used (as Opacus does), and the scale of the
+    released update then depends on how many rows the node holds.
+    """
+    sigma, q, steps = release_of(cfg, sigma)
+    _check_optimiser(cfg)
+    gen = torch.Generator().manual_seed(
+        secrets.randbits(63) if generator_seed is None else generator_seed
     )
-    loader = DataLoader(data, batch_sampler=_Steps(k))  # Opacus replaces the sampler
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.learning_rate)
-    criterion = nn.BCEWithLogitsLoss()
-    model.train()  # Opacus refuses modules in eval mode
+    xs = torch.as_tensor(np.asarray(x, dtype=np.float32))
+    ys = torch.as_tensor(np.asarray(y, dtype=np.float32)).reshape(-1)
+    _zero_non_finite(model.state_dict().values())  # the caller refuses these: defence in depth
+    anchor = {name: p.detach().clone() for name, p in model.named_parameters()}
+    rows = len(xs) if public_rows is None else public_rows
     with warnings.catch_warnings():
         # Opacus warns about its non-cryptographic RNG (see README) and torch about hooks
         warnings.simplefilter("ignore")
-        engine = PrivacyEngine(accountant="rdp")  # accounting is the ledger's job, not this one
-        dp_model, dp_opt, dp_loader = engine.make_private(
-            module=model,
-            optimizer=optimizer,
-            data_loader=loader,
+        dp_model = GradSampleModule(model, loss_reduction="sum")
+        optimizer = DPOptimizer(
+            torch.optim.SGD(model.parameters(), lr=cfg.learning_rate),
             noise_multiplier=sigma,
             max_grad_norm=cfg.max_grad_norm,
-            poisson_sampling=True,
+            expected_batch_size=max(1, int(rows * q)),
+            loss_reduction="mean",  # Σ clipped + noise, divided by the expected batch
+            generator=gen,
         )
-        losses: list[float] = []
-        steps = 0
-        dp_model.train()
-        for _ in range(cfg.epochs):
-            for xb, yb in dp_loader:
-                dp_opt.zero_grad()
-                out = dp_model(xb).squeeze(-1)
-                if len(xb) == 0:  # Poisson drew nobody: still a step (noise only), as accounted
-                    loss = out.sum() * 0.0
-                else:
-                    loss = criterion(out, yb)
-                    losses.append(float(loss.detach()))
-                loss.backward()
-                dp_opt.step()
-                steps += 1
+        try:
+            dp_model.train()  # Opacus records activations only in training mode
+            for _ in range(steps):
+                _dp_step(dp_model, optimizer, xs, ys, q, gen)
                 if cfg.proximal_mu > 0:
-                    _proximal_step(model, start, cfg.learning_rate * cfg.proximal_mu)
-    dp_model.remove_hooks()  # leave `model` a plain module again (reusable)
-    (sigma_used, q_used, _steps) = engine.accountant.history[-1] if steps else (sigma, 1 / k, 0)
-    return TrainResult(
-        state={k_: v.detach().clone() for k_, v in model.state_dict().items()},
-        num_examples=n,
-        train_loss=float(np.mean(losses)) if losses else math.nan,
-        noise_multiplier=float(sigma_used),
-        sample_rate=float(q_used),
-        steps=steps,
-    )
+                    _proximal_step(model, anchor, cfg.learning_rate * cfg.proximal_mu)
+                # post-processing of the noised update, so free: keeps the next step finite
+                _zero_non_finite(model.parameters())
+        finally:
+            dp_model.cleanup()  # leave `model` a plain module again (reusable)
+            _forget_gradients(model)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    _zero_non_finite(state.values())
+    return TrainResult(state=state, noise_multiplier=sigma, sample_rate=q, steps=steps)
+
+
+def _dp_step(
+    dp_model: GradSampleModule,
+    optimizer: DPOptimizer,
+    xs: torch.Tensor,
+    ys: torch.Tensor,
+    q: float,
+    gen: torch.Generator,
+) -> None:
+    """One DP-SGD step on a Poisson batch (each row in independently with probability q).
+
+    An empty batch is still a step: zero per-sample gradients, then noise — as accounted.
+    """
+    chosen = torch.rand(len(xs), generator=gen) < q
+    optimizer.zero_grad()
+    logits = bounded_logits(dp_model(xs[chosen]).reshape(-1))
+    loss = F.binary_cross_entropy_with_logits(logits, ys[chosen], reduction="sum")
+    loss.backward()
+    drop_non_finite_samples(optimizer.params)
+    optimizer.step()
+
+
+def bounded_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Logits in [-LOGIT_BOUND, LOGIT_BOUND], NaN as 0: the loss is finite for any weights.
+
+    nan_to_num and clamp pass no gradient through replaced or clamped entries, which is right:
+    those are saturated, and their gradient would be 0 × ∞ anyway.
+    """
+    logits = torch.nan_to_num(logits, nan=0.0, posinf=LOGIT_BOUND, neginf=-LOGIT_BOUND)
+    return logits.clamp(-LOGIT_BOUND, LOGIT_BOUND)
+
+
+@torch.no_grad()
+def drop_non_finite_samples(params: Iterable[torch.Tensor]) -> None:
+    """Zero, in every parameter, the per-sample gradient of each sample non-finite in any one.
+
+    Clipping cannot bound a NaN (its norm is NaN, and so is the clipped gradient), so a crafted
+    model could make the update NaN exactly when some record is sampled. A zeroed sample has norm
+    0 ≤ C; finite samples are clipped by the optimizer as usual, so every sample's contribution
+    stays within C — the sensitivity the ledger accounts — for every weight vector.
+    """
+    samples = [g for p in params if isinstance(g := getattr(p, "grad_sample", None), torch.Tensor)]
+    if not samples:
+        return
+    bad = torch.zeros(len(samples[0]), dtype=torch.bool)
+    for g in samples:
+        bad |= ~torch.isfinite(g.flatten(1)).all(dim=1)
+    for g in samples:
+        g[bad] = 0.0
+
+
+def _forget_gradients(model: nn.Module) -> None:
+    """Drop what the optimizer leaves on the parameters: the last clipped sum is un-noised."""
+    model.zero_grad(set_to_none=True)
+    for p in model.parameters():
+        if hasattr(p, "summed_grad"):
+            del p.summed_grad
+
+
+@torch.no_grad()
+def _zero_non_finite(tensors: Iterable[torch.Tensor]) -> None:
+    """Replace NaN and ±inf by 0 in place."""
+    for t in tensors:
+        if t.is_floating_point():
+            t.masked_fill_(~torch.isfinite(t), 0.0)
 
 
 @torch.no_grad()
@@ -160,22 +269,39 @@ def _proximal_step(model: nn.Module, anchor: dict[str, torch.Tensor], rate: floa
 
 
 def evaluate(
-    model: nn.Module, x: np.ndarray, y: np.ndarray, noise: float, bins: int
-) -> dict[str, float | list[float]]:
-    """Release only Gaussian-noised score histograms (L2 sensitivity 1) and what follows from them.
+    model: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    noise: float,
+    bins: int,
+    *,
+    rng: np.random.Generator | None = None,
+) -> EvalRelease:
+    """Release only Gaussian-noised score histograms (L2 sensitivity 1).
 
     One customer changes one bin of one histogram by one, so N(0, noise²) per bin is a Gaussian
     mechanism with noise multiplier `noise` — accounted in the ledger like a DP-SGD step at q=1.
+    Any weights and any rows (none included) give two finite histograms of `bins` bins. `rng`
+    is for tests; by default the noise comes from the OS, never from anything the coordinator
+    sends.
     """
-    logits = predict_logits(model, x)
-    p = 1.0 / (1.0 + np.exp(-logits))
-    pos, neg = score_histogram(y, p, bins=bins)
-    rng = np.random.default_rng(secrets.randbits(128))  # unpredictable noise, never seeded
-    noisy_pos = pos + rng.normal(0, noise, bins) if noise > 0 else pos.astype(float)
-    noisy_neg = neg + rng.normal(0, noise, bins) if noise > 0 else neg.astype(float)
-    # Histograms leave unclipped so the coordinator's pooled sum stays unbiased;
-    # histogram_metrics clips at 0 for this node's own numbers.
-    out: dict[str, float | list[float]] = dict(histogram_metrics(noisy_pos, noisy_neg))
-    out["hist-pos"] = [float(v) for v in noisy_pos]
-    out["hist-neg"] = [float(v) for v in noisy_neg]
-    return out
+    if not (math.isfinite(noise) and noise > 0):
+        raise ValueError(f"evaluation noise must be finite and > 0, got {noise!r}")
+    if bins < 1:
+        raise ValueError(f"bins must be >= 1, got {bins}")
+    gen = rng if rng is not None else np.random.default_rng(secrets.randbits(128))
+    p = _probabilities(predict_logits(model, x))
+    # labels were validated on load; binarising keeps this total whatever they hold
+    labels = (np.asarray(y, dtype=np.float64).reshape(-1) >= 0.5).astype(np.float64)
+    pos, neg = score_histogram(labels, p, bins=bins)
+    return EvalRelease(
+        hist_pos=[float(v) for v in pos + gen.normal(0.0, noise, bins)],
+        hist_neg=[float(v) for v in neg + gen.normal(0.0, noise, bins)],
+    )
+
+
+def _probabilities(logits: np.ndarray) -> np.ndarray:
+    """Sigmoid of bounded logits: a NaN logit scores 0.5, ±inf the bound."""
+    z = np.nan_to_num(np.asarray(logits, dtype=np.float64).reshape(-1), nan=0.0)
+    z = np.clip(z, -LOGIT_BOUND, LOGIT_BOUND)
+    return 1.0 / (1.0 + np.exp(-z))

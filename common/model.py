@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import io
-from typing import Literal
 
 import numpy as np
 import torch
 from torch import nn
 
-ModelKind = Literal["logreg", "mlp"]
-MODEL_KINDS: tuple[str, ...] = ("logreg", "mlp")
+# the names are defined with the run config (light: no torch); imported here for this module's users
+from common.run_config import MODEL_KINDS as MODEL_KINDS
+from common.run_config import ModelKind as ModelKind
 
 
 def build_model(kind: str, n_features: int, hidden: int = 32) -> nn.Module:

@@ -1,87 +1,38 @@
-"""Tables of a node's privacy-budget ledger (in the node's own database).
+"""Tables of a node's privacy-budget ledger, and the owner's policy (light: no DP libraries).
 
-`ledger_events` is append-only and hash-chained: each DP release the node made, as a mechanism
-event. Reservations hold budget for a whole run before any data is read; refusals are kept too.
+`ledger_journal` is the ledger: one append-only, HMAC-chained entry per mutation (see
+`privacy.journal`); everything else a node knows — the policy in force, reservations, releases,
+refusals — is replayed from it (`privacy.ledger.state`). `privacy_spend_reports` is the
+coordinator's view (not part of a node's ledger). The older `ledger_*` tables of migration p001
+stay in the schema unused, so a database that still holds an old-format ledger can be recognised
+(and refused) instead of misread.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Literal
 
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Float, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from common.db import UTCDateTime, utcnow
+from privacy.limits import RequestLimits
 from privacy.models import PrivacyBase
 
 
-class LedgerMeta(PrivacyBase):
-    """One row: which ledger this is (matched against the anchor file beside the database)."""
+class JournalRow(PrivacyBase):
+    """One authenticated journal entry; `mac` chains it to the previous one (`prev_mac`)."""
 
-    __tablename__ = "ledger_meta"
-    ledger_id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    node_name: Mapped[str] = mapped_column(String(100))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-
-
-class PolicyVersion(PrivacyBase):
-    """The data owner's budget policy; append-only, the newest row is in force."""
-
-    __tablename__ = "ledger_policies"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    policy: Mapped[dict[str, Any]] = mapped_column()
-    set_by: Mapped[str] = mapped_column(String(100))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-
-
-class Reservation(PrivacyBase):
-    """Budget held for one run: the projected events of the whole run, checked before data."""
-
-    __tablename__ = "ledger_reservations"
-    __table_args__ = (UniqueConstraint("run_id"),)
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    run_id: Mapped[str] = mapped_column(String(64))
-    task: Mapped[str] = mapped_column(String(32))
-    purpose: Mapped[str] = mapped_column(String(32))
-    planned: Mapped[list[Any]] = mapped_column()  # [[noise, rate, steps, purpose], ...]
-    planned_epsilon: Mapped[float] = mapped_column(Float)
-    status: Mapped[str] = mapped_column(String(16))  # active | closed
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
-
-
-class LedgerEvent(PrivacyBase):
-    """One DP release (a round's DP-SGD steps, or a noised evaluation)."""
-
-    __tablename__ = "ledger_events"
-    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
-    run_id: Mapped[str] = mapped_column(String(64))
-    round: Mapped[int] = mapped_column(Integer)
-    task: Mapped[str] = mapped_column(String(32))
-    purpose: Mapped[str] = mapped_column(String(32))
-    mechanism: Mapped[str] = mapped_column(String(32))  # sampled_gaussian
-    noise_multiplier: Mapped[float] = mapped_column(Float)
-    sample_rate: Mapped[float] = mapped_column(Float)
-    steps: Mapped[int] = mapped_column(Integer)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-    prev_hash: Mapped[str] = mapped_column(String(64))
-    hash: Mapped[str] = mapped_column(String(64))
-
-
-class Refusal(PrivacyBase):
-    """A request the node refused, with the numbers that decided it."""
-
-    __tablename__ = "ledger_refusals"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    run_id: Mapped[str] = mapped_column(String(64))
-    task: Mapped[str] = mapped_column(String(32))
-    purpose: Mapped[str] = mapped_column(String(32))
-    code: Mapped[str] = mapped_column(String(32))
-    requested_epsilon: Mapped[float | None] = mapped_column(Float, nullable=True)
-    remaining_epsilon: Mapped[float | None] = mapped_column(Float, nullable=True)
-    message: Mapped[str] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    __tablename__ = "ledger_journal"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    kind: Mapped[str] = mapped_column(String(32))
+    run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    payload: Mapped[str] = mapped_column(Text)  # canonical JSON, exactly as authenticated
+    created_at: Mapped[str] = mapped_column(String(27))  # fixed-width UTC text, authenticated
+    prev_mac: Mapped[str] = mapped_column(String(64))
+    mac: Mapped[str] = mapped_column(String(64))
 
 
 class SpendReport(PrivacyBase):
@@ -100,3 +51,43 @@ class SpendReport(PrivacyBase):
     delta: Mapped[float | None] = mapped_column(Float, nullable=True)
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+# ---- the owner's policy -------------------------------------------------------------------------
+
+
+class PeriodCap(BaseModel):
+    """A cap on ε spent within one UTC calendar period: it limits the pace, not the total."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    period: Literal["month", "quarter", "year"]
+    epsilon: float = Field(gt=0, description="Most ε the releases of one period may compose to")
+
+
+def period_start(period: str, now: datetime) -> datetime:
+    """Start (UTC midnight) of the calendar month, quarter or year that contains `now`."""
+    now = now.astimezone(UTC)
+    month = {"month": now.month, "quarter": 3 * ((now.month - 1) // 3) + 1, "year": 1}[period]
+    return datetime(now.year, month, 1, tzinfo=UTC)
+
+
+class Policy(BaseModel):
+    """Set by the data owner on the node; nothing the coordinator sends can change it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cap_epsilon: float = Field(gt=0, description="Cap on cumulative ε over everything, at delta")
+    delta: float = Field(1e-5, gt=0, lt=1)
+    max_run_epsilon: float | None = Field(None, gt=0, description="Most one run may take")
+    task_caps: dict[str, float] = Field(default_factory=dict, description="Per-task ε caps")
+    allowed_tasks: list[str] | None = Field(None, description="None: any task in the contract")
+    allowed_purposes: list[str] = Field(default_factory=lambda: ["training", "evaluation"])
+    reservation_hours: float = Field(24.0, gt=0, description="Unfinished runs release after this")
+    period_cap: PeriodCap | None = Field(
+        None, description="Also cap ε per UTC calendar period (pace); the overall cap still binds"
+    )
+    limits: RequestLimits = Field(
+        default_factory=RequestLimits,
+        description="What one coordinator request may ask of this node, checked before data",
+    )

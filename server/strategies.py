@@ -13,6 +13,10 @@ from typing import Any
 from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import FedAvg, FedMedian, FedProx, FedTrimmedAvg
 
+from common import wire
+from common.protos.atoll.node.v1 import runtime_pb2 as pb
+from common.run_config import STRATEGY_NAMES as STRATEGY_NAMES  # this registry's keys (tested)
+
 STRATEGIES: dict[str, type[FedAvg]] = {
     "fedavg": FedAvg,
     "fedprox": FedProx,
@@ -24,30 +28,29 @@ STRATEGIES: dict[str, type[FedAvg]] = {
 OnReply = Callable[[int, str, Message], None]  # (round, "train" | "evaluate", reply)
 
 
-def _per_node(
-    replies: Iterable[Message],
-) -> tuple[list[Message], dict[int, dict[str, Any]], list[int]]:
-    replies = list(replies)
-    ok: dict[int, dict[str, Any]] = {}
-    failed: list[int] = []
+def _split(replies: Iterable[Message]) -> tuple[list[Message], dict[int, str]]:
+    """(answers, {node: refusal}) — a refusal or error never reaches aggregation."""
+    answers: list[Message] = []
+    refused: dict[int, str] = {}
     for msg in replies:
         node = msg.metadata.src_node_id
-        if msg.has_error():
-            failed.append(node)
-        elif "metrics" in msg.content:
-            ok[node] = dict(msg.content["metrics"])
-    return replies, ok, failed
+        refusal = wire.refusal_of(msg)
+        if refusal is not None:
+            refused[node] = f"[{refusal.code}] {refusal.message}"
+        else:
+            answers.append(msg)
+    return answers, refused
 
 
 class RecordingMixin:
-    """Keeps `train[round][node_id]`, `evaluate[round][node_id]` and failures per round."""
+    """Keeps each node's release per round (typed by the wire module) and refusals per round."""
 
     on_reply: OnReply | None = None  # e.g. the coordinator's audit log; may raise to abort
 
     def _init_recording(self) -> None:
-        self.train_by_node: dict[int, dict[int, dict[str, Any]]] = defaultdict(dict)
-        self.eval_by_node: dict[int, dict[int, dict[str, Any]]] = defaultdict(dict)
-        self.failures: dict[int, list[int]] = defaultdict(list)
+        self.train_by_node: dict[int, dict[int, pb.Trained]] = defaultdict(dict)
+        self.eval_by_node: dict[int, dict[int, pb.Evaluated]] = defaultdict(dict)
+        self.failures: dict[int, dict[int, str]] = defaultdict(dict)
 
     def _notify(self, server_round: int, kind: str, replies: list[Message]) -> None:
         if self.on_reply is not None:
@@ -57,20 +60,36 @@ class RecordingMixin:
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies, ok, failed = _per_node(replies)
+        replies = list(replies)
         self._notify(server_round, "train", replies)
-        self.train_by_node[server_round] = ok
-        self.failures[server_round] += failed
-        return super().aggregate_train(server_round, replies)  # type: ignore[misc]
+        answers, refused = _split(replies)
+        kept: list[Message] = []
+        for msg in answers:
+            trained = wire.trained_of(msg)
+            if isinstance(trained, pb.Refusal):
+                refused[msg.metadata.src_node_id] = f"[{trained.code}] {trained.message}"
+            else:
+                self.train_by_node[server_round][msg.metadata.src_node_id] = trained
+                kept.append(msg)
+        self.failures[server_round].update(refused)
+        return super().aggregate_train(server_round, kept)  # type: ignore[misc]
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
-        replies, ok, failed = _per_node(replies)
+        replies = list(replies)
         self._notify(server_round, "evaluate", replies)
-        self.eval_by_node[server_round] = ok
-        self.failures[server_round] += failed
-        return super().aggregate_evaluate(server_round, replies)  # type: ignore[misc]
+        answers, refused = _split(replies)
+        kept: list[Message] = []
+        for msg in answers:
+            evaluated = wire.evaluated_of(msg)
+            if isinstance(evaluated, pb.Refusal):
+                refused[msg.metadata.src_node_id] = f"[{evaluated.code}] {evaluated.message}"
+            else:
+                self.eval_by_node[server_round][msg.metadata.src_node_id] = evaluated
+                kept.append(msg)
+        self.failures[server_round].update(refused)
+        return super().aggregate_evaluate(server_round, kept)  # type: ignore[misc]
 
 
 def make_strategy(
@@ -96,6 +115,9 @@ def make_strategy(
         "min_evaluate_nodes": 1,
         "min_available_nodes": 1,
         "fraction_evaluate": 1.0 if evaluate else 0.0,
+        "arrayrecord_key": wire.ARRAYS,
+        "configrecord_key": wire.CONFIG,
+        "weighted_by_key": wire.NUM_EXAMPLES,
     }
     if key == "fedprox":
         kwargs["proximal_mu"] = proximal_mu

@@ -1,15 +1,53 @@
-"""Local DP-SGD: exact Poisson rate, what is released per round, FedProx, DP evaluation."""
+"""Local DP-SGD and DP evaluation: exact releases, totality under hostile weights, FedProx."""
 
 from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from opacus import GradSampleModule
+from opacus.optimizers import DPOptimizer
+from torch import nn
 
-from client.training import DPTrainConfig, evaluate, noise_multiplier, plan, train_dp
+from client.training import (
+    DPTrainConfig,
+    EvalRelease,
+    TrainResult,
+    bounded_logits,
+    drop_non_finite_samples,
+    evaluate,
+    noise_multiplier,
+    plan,
+    release_of,
+    train_dp,
+)
 from common.metrics import binary_metrics
 from common.model import build_model
 from privacy.dp import epsilon
+
+_BASE: dict[str, Any] = {
+    "epochs": 1,
+    "sample_rate": 0.05,
+    "learning_rate": 0.5,
+    "max_grad_norm": 1.0,
+    "noise_multiplier": 1.0,
+    "target_epsilon": 0.0,
+    "delta": 1e-5,
+    "total_rounds": 1,
+    "eval_noise": 10.0,
+    "eval_bins": 20,
+    "proximal_mu": 0.0,
+}
+HOSTILE = (math.inf, -math.inf, math.nan, 1e30, 3e38)  # 3e38: finite, but overflows in forward
+
+
+def _cfg(**overrides: Any) -> DPTrainConfig:
+    return DPTrainConfig(**{**_BASE, **overrides})
 
 
 def _data(n: int = 2000, d: int = 6, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -19,38 +57,121 @@ def _data(n: int = 2000, d: int = 6, seed: int = 0) -> tuple[np.ndarray, np.ndar
     return x, y
 
 
-def test_one_round_runs_exactly_the_planned_steps_at_the_planned_rate() -> None:
+def _filled(kind: str, value: float, everywhere: bool) -> nn.Module:
+    """A model with `value` in every weight, or in one entry of each tensor."""
+    model = build_model(kind, 6)
+    with torch.no_grad():
+        for p in model.parameters():
+            if everywhere:
+                p.fill_(value)
+            else:
+                p.view(-1)[0] = value
+    return model
+
+
+def _linear(model: nn.Module, i: int) -> nn.Linear:
+    layer = list(model.children())[i]
+    assert isinstance(layer, nn.Linear)
+    return layer
+
+
+def _oracle_mlp(threshold: float, out_weight: float) -> nn.Module:
+    """Hidden unit 0 is relu(x0 − t); the output is out_weight × that unit.
+
+    With an infinite out_weight the logit is NaN exactly for records with x0 <= t (∞ × 0).
+    """
+    model = build_model("mlp", 6)
+    first, last = _linear(model, 0), _linear(model, 2)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        first.weight[0, 0] = 1.0
+        first.bias[0] = -threshold
+        last.weight[0, 0] = out_weight
+    return model
+
+
+def _finite_state(result: TrainResult) -> bool:
+    return all(bool(torch.isfinite(v).all()) for v in result.state.values())
+
+
+def _finite_release(release: EvalRelease, bins: int) -> bool:
+    hists = (release.hist_pos, release.hist_neg)
+    return all(len(h) == bins and bool(np.isfinite(h).all()) for h in hists)
+
+
+# --- what a round releases -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rate", [0.03, 1 / 93])  # Opacus's own sampler takes 92 steps at 1/93
+def test_one_round_releases_exactly_what_release_of_promised(rate: float) -> None:
     x, y = _data()
-    cfg = DPTrainConfig(sample_rate=0.03, epochs=2, total_rounds=3)
-    result = train_dp(build_model("logreg", 6), x, y, cfg, noise_multiplier(cfg))
-    first = plan(cfg)[0]
-    assert result.sample_rate == pytest.approx(first.sample_rate) == pytest.approx(1 / 33)
-    assert result.steps == first.steps == 2 * 33
-    assert result.noise_multiplier == 1.0 and result.num_examples == 2000
-    assert np.isfinite(result.train_loss)
+    cfg = _cfg(sample_rate=rate, epochs=2, total_rounds=3)
+    sigma = noise_multiplier(cfg)
+    promised = release_of(cfg, sigma)
+    result = train_dp(build_model("logreg", 6), x, y, cfg, sigma, generator_seed=0)
+    assert (result.noise_multiplier, result.sample_rate, result.steps) == promised
+    assert promised == tuple(plan(cfg)[0][:3])
+    k = round(1 / rate)
+    assert promised == (1.0, 1 / k, 2 * k)
+
+
+def test_release_of_needs_no_data_and_refuses_what_is_not_dp() -> None:
+    assert release_of(_cfg(sample_rate=0.1, epochs=3), 2.0) == (2.0, 0.1, 30)
+    for sigma in (0.0, -1.0, math.inf, math.nan):
+        with pytest.raises(ValueError):
+            release_of(_cfg(), sigma)
+    with pytest.raises(ValueError):
+        release_of(_cfg(sample_rate=0.0), 1.0)
+
+
+def test_nothing_but_the_noised_weights_depends_on_the_data() -> None:
+    assert {f.name for f in dataclasses.fields(TrainResult)} == {
+        "state",
+        "noise_multiplier",
+        "sample_rate",
+        "steps",
+    }
+    assert {f.name for f in dataclasses.fields(EvalRelease)} == {"hist_pos", "hist_neg"}
+
+
+def test_the_node_invents_no_run_defaults() -> None:
+    missing = dataclasses.MISSING
+    for f in dataclasses.fields(DPTrainConfig):
+        assert f.default is missing and f.default_factory is missing, f.name
+    assert set(_BASE) == {f.name for f in dataclasses.fields(DPTrainConfig)}
+
+
+# --- learning and noise ----------------------------------------------------------------------
 
 
 def test_training_learns_despite_noise() -> None:
     x, y = _data(4000)
     model = build_model("logreg", 6)
-    cfg = DPTrainConfig(sample_rate=0.02, epochs=3, learning_rate=1.0, total_rounds=1)
+    cfg = _cfg(sample_rate=0.02, epochs=3, learning_rate=1.0)
     for _ in range(3):
         model.load_state_dict(train_dp(model, x, y, cfg, 1.0).state)
     p = torch.sigmoid(model(torch.from_numpy(x)).squeeze(-1)).detach().numpy()
     assert binary_metrics(y, p)["roc_auc"] > 0.85
 
 
-def test_noise_is_not_reproducible_from_the_run_config() -> None:
-    """The coordinator knows the seed of the run: the DP noise must not depend on it."""
+def _train_from(start: dict[str, torch.Tensor], seed: int | None) -> torch.Tensor:
     x, y = _data(500)
-    cfg = DPTrainConfig(sample_rate=0.1, total_rounds=1)
+    model = build_model("logreg", 6)
+    model.load_state_dict(start)
+    return train_dp(model, x, y, _cfg(sample_rate=0.1), 1.0, generator_seed=seed).state["0.weight"]
+
+
+def test_noise_is_not_reproducible_from_the_run_config() -> None:
+    """The coordinator knows the seed of the run: by default the DP noise comes from the OS."""
     start = build_model("logreg", 6).state_dict()
-    a, b = build_model("logreg", 6), build_model("logreg", 6)
-    a.load_state_dict(start)
-    b.load_state_dict(start)
-    wa = train_dp(a, x, y, cfg, 1.0).state["0.weight"]
-    wb = train_dp(b, x, y, cfg, 1.0).state["0.weight"]
-    assert not torch.allclose(wa, wb)
+    assert not torch.allclose(_train_from(start, None), _train_from(start, None))
+
+
+def test_a_generator_seed_makes_training_reproducible() -> None:
+    start = build_model("logreg", 6).state_dict()
+    assert torch.equal(_train_from(start, 7), _train_from(start, 7))
+    assert not torch.allclose(_train_from(start, 7), _train_from(start, 8))
 
 
 def test_fedprox_pulls_towards_the_global_model() -> None:
@@ -58,28 +179,199 @@ def test_fedprox_pulls_towards_the_global_model() -> None:
     start = build_model("logreg", 6).state_dict()
     drift = {}
     for mu in (0.0, 5.0):
-        torch.manual_seed(0)
         model = build_model("logreg", 6)
         model.load_state_dict(start)
-        cfg = DPTrainConfig(sample_rate=0.05, epochs=3, proximal_mu=mu, total_rounds=1)
-        state = train_dp(model, x, y, cfg, 0.5).state
+        cfg = _cfg(sample_rate=0.05, epochs=3, proximal_mu=mu)
+        state = train_dp(model, x, y, cfg, 0.5, generator_seed=0).state
         drift[mu] = float(sum((state[k] - start[k]).norm() for k in start))
     assert drift[5.0] < 0.7 * drift[0.0]
 
 
-def test_evaluation_releases_only_noised_histograms() -> None:
-    x, y = _data(800)
-    model = build_model("logreg", 6)
-    out = evaluate(model, x, y, noise=10.0, bins=20)
-    assert len(out["hist-pos"]) == 20 and len(out["hist-neg"]) == 20
-    exact_pos = int(y.sum())
-    assert sum(out["hist-pos"]) != exact_pos  # noised (a tie has probability ~0)
-    assert abs(sum(out["hist-pos"]) - exact_pos) < 6 * 10 * np.sqrt(20)
-    assert set(out) >= {"roc_auc", "log_loss", "n", "positives"}
-
-
 def test_target_epsilon_covers_training_and_evaluation() -> None:
-    cfg = DPTrainConfig(target_epsilon=2.0, sample_rate=0.02, total_rounds=4, eval_noise=10.0)
+    cfg = _cfg(target_epsilon=2.0, sample_rate=0.02, total_rounds=4, eval_noise=10.0)
     spent = epsilon([p[:3] for p in plan(cfg)], cfg.delta)
     assert 1.8 <= spent <= 2.0
     assert {p.purpose for p in plan(cfg)} == {"training", "evaluation"}
+
+
+# --- totality under hostile weights and any data ---------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["logreg", "mlp"])
+@pytest.mark.parametrize("value", HOSTILE)
+@pytest.mark.parametrize("everywhere", [True, False])
+def test_hostile_weights_give_finite_releases(kind: str, value: float, everywhere: bool) -> None:
+    x, y = _data(300)
+    cfg = _cfg(sample_rate=0.1)
+    result = train_dp(_filled(kind, value, everywhere), x, y, cfg, 1.0, generator_seed=0)
+    assert _finite_state(result) and result.steps == release_of(cfg, 1.0)[2]
+    release = evaluate(
+        _filled(kind, value, everywhere), x, y, 5.0, 12, rng=np.random.default_rng(0)
+    )
+    assert _finite_release(release, 12)
+
+
+def test_non_finite_incoming_weights_are_replaced_by_zeros() -> None:
+    model = _filled("logreg", math.nan, everywhere=False)
+    x, y = _data(200)
+    state = train_dp(model, x, y, _cfg(learning_rate=0.0), 1.0, generator_seed=0).state
+    assert float(state["0.weight"].view(-1)[0]) == 0.0 and float(state["0.bias"][0]) == 0.0
+    assert all(bool(torch.isfinite(v).all()) for v in state.values())
+
+
+@pytest.mark.parametrize("out_weight", [math.inf, 1e30, 3e38])
+def test_the_nan_threshold_oracle_learns_nothing_from_the_release_form(out_weight: float) -> None:
+    """Two data sets differing only in one record with x0 <= t: the same form, finite both times."""
+    t = 0.5
+    x, y = _data(400)
+    above = x[:, 0] > t
+    x_without, y_without = x[above], y[above]
+    x_with = np.concatenate([x_without, np.full((1, 6), 0.1, dtype=np.float32)])
+    y_with = np.concatenate([y_without, np.ones(1, dtype=np.float32)])
+    cfg = _cfg(sample_rate=0.1, epochs=2)
+    releases = []
+    for xs, ys in ((x_without, y_without), (x_with, y_with)):
+        ev = evaluate(_oracle_mlp(t, out_weight), xs, ys, 5.0, 10, rng=np.random.default_rng(1))
+        assert _finite_release(ev, 10)
+        tr = train_dp(_oracle_mlp(t, out_weight), xs, ys, cfg, 1.0, generator_seed=1)
+        assert _finite_state(tr)
+        releases.append((tr.steps, {k: v.shape for k, v in tr.state.items()}))
+    assert releases[0] == releases[1]
+
+
+def test_zero_rows_train_noise_only_steps_and_evaluate_to_noise() -> None:
+    x, y = _data(0)
+    cfg = _cfg(sample_rate=0.1, epochs=2)
+    model = build_model("mlp", 6)
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    result = train_dp(model, x, y, cfg, 1.0, generator_seed=0)
+    assert (result.noise_multiplier, result.sample_rate, result.steps) == release_of(cfg, 1.0)
+    assert {k: v.shape for k, v in result.state.items()} == shapes and _finite_state(result)
+    release = evaluate(model, x, y, 2.0, 8, rng=np.random.default_rng(0))
+    assert _finite_release(release, 8)
+    noise = np.random.default_rng(0)  # all-zero histograms plus exactly the noise
+    assert release.hist_pos == pytest.approx(noise.normal(0.0, 2.0, 8))
+    assert release.hist_neg == pytest.approx(noise.normal(0.0, 2.0, 8))
+
+
+@pytest.mark.parametrize("kind", ["logreg", "mlp"])
+def test_one_row_trains_and_evaluates(kind: str) -> None:
+    x, y = _data(1)
+    cfg = _cfg(sample_rate=0.5)
+    result = train_dp(build_model(kind, 6), x, y, cfg, 1.0, generator_seed=0)
+    assert _finite_state(result) and result.steps == 2
+    assert _finite_release(evaluate(build_model(kind, 6), x, y, 1.0, 5), 5)
+
+
+def _noise_scale(rows: int, public_rows: int | None) -> float:
+    """Spread of the released update when every gradient is 0 (logits saturated): noise alone."""
+    model = build_model("mlp", 6)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        _linear(model, 2).bias[0] = 1e6
+    x, y = _data(rows)
+    cfg = _cfg(sample_rate=0.1)
+    state = train_dp(model, x, y, cfg, 1.0, generator_seed=3, public_rows=public_rows).state
+    moved = torch.cat([v.flatten() for k, v in state.items() if k != "2.bias"])
+    return float(moved.std())
+
+
+def test_public_rows_keep_the_update_scale_independent_of_the_row_count() -> None:
+    fixed = [_noise_scale(rows, public_rows=1000) for rows in (0, 1000)]
+    assert 0.75 < fixed[0] / fixed[1] < 1.33
+    # without it the denominator is q × actual rows: the noise scale tells how many rows
+    assert _noise_scale(0, None) > 30 * _noise_scale(1000, None)
+
+
+# --- the sensitivity bound -------------------------------------------------------------------
+
+
+def _clipped_norms(grad_samples: list[torch.Tensor], c: float) -> torch.Tensor:
+    """Per-sample norms after Opacus's flat clipping (its formula, recomputed here)."""
+    norms = torch.stack([g.flatten(1).norm(2, dim=1) for g in grad_samples], dim=1).norm(2, dim=1)
+    factor = (c / (norms + 1e-6)).clamp(max=1.0)
+    return factor * norms
+
+
+@pytest.mark.filterwarnings("ignore:Full backward hook")
+def test_dropping_non_finite_samples_bounds_every_clipped_gradient() -> None:
+    """Huge finite weights overflow to inf activations: some per-sample gradients are NaN."""
+    x, y = _data(64)
+    model = _filled("mlp", 3e38, everywhere=False)
+    with torch.no_grad():
+        _linear(model, 0).weight[:, :] = 3e38  # every hidden unit overflows for every record
+        _linear(model, 2).weight[0, 1] = -1.0  # inf − inf in the output: NaN logits and gradients
+    gsm = GradSampleModule(model, loss_reduction="sum")
+    logits = gsm(torch.from_numpy(x)).reshape(-1)
+    loss = nn.functional.binary_cross_entropy_with_logits(
+        bounded_logits(logits), torch.from_numpy(y), reduction="sum"
+    )
+    loss.backward()
+    samples: list[torch.Tensor] = [p.grad_sample for p in model.parameters()]  # type: ignore[attr-defined]
+    assert any(not bool(torch.isfinite(g).all()) for g in samples)  # the attack is live
+    finite_before = torch.stack([torch.isfinite(g.flatten(1)).all(1) for g in samples]).all(0)
+    kept = [g[finite_before].clone() for g in samples]
+    drop_non_finite_samples(model.parameters())
+    assert all(bool(torch.isfinite(g).all()) for g in samples)
+    assert all(torch.equal(g[finite_before], k) for g, k in zip(samples, kept, strict=True))
+    assert all(bool((g[~finite_before] == 0).all()) for g in samples)
+    assert bool((_clipped_norms(samples, 1.0) <= 1.0 + 1e-5).all())
+    gsm.cleanup()
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+def test_in_training_every_clipped_per_sample_gradient_is_within_c(
+    value: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Spy on the optimizer's clipping inside train_dp: finite inputs, norms ≤ C, every step."""
+    c = 0.7
+    seen: list[int] = []
+    original: Callable[[DPOptimizer], None] = DPOptimizer.clip_and_accumulate
+
+    def spy(self: DPOptimizer) -> None:
+        samples = self.grad_samples
+        assert all(bool(torch.isfinite(g).all()) for g in samples)
+        if len(samples[0]):
+            assert bool((_clipped_norms(samples, c) <= c * (1 + 1e-5)).all())
+        seen.append(len(samples[0]))
+        original(self)
+
+    monkeypatch.setattr(DPOptimizer, "clip_and_accumulate", spy)
+    model = _filled("mlp", value, everywhere=False)
+    with torch.no_grad():
+        _linear(model, 0).weight[:, :] = 3e38 if math.isfinite(value) else value
+    x, y = _data(200)
+    cfg = _cfg(sample_rate=0.1, max_grad_norm=c)
+    result = train_dp(model, x, y, cfg, 1.0, generator_seed=0)
+    assert len(seen) == result.steps == 10 and sum(seen) > 0 and _finite_state(result)
+
+
+# --- evaluation ------------------------------------------------------------------------------
+
+
+def test_evaluation_releases_only_noised_histograms() -> None:
+    x, y = _data(800)
+    out = evaluate(build_model("logreg", 6), x, y, noise=10.0, bins=20)
+    assert len(out.hist_pos) == 20 and len(out.hist_neg) == 20
+    exact_pos = int(y.sum())
+    assert sum(out.hist_pos) != exact_pos  # noised (a tie has probability ~0)
+    assert abs(sum(out.hist_pos) - exact_pos) < 6 * 10 * np.sqrt(20)
+
+
+def test_evaluation_noise_comes_from_the_injected_generator_or_the_os() -> None:
+    x, y = _data(300)
+    model = build_model("logreg", 6)
+
+    def run(rng: np.random.Generator | None) -> EvalRelease:
+        return evaluate(model, x, y, 3.0, 10, rng=rng)
+
+    assert run(np.random.default_rng(5)) == run(np.random.default_rng(5))
+    assert run(None) != run(None)
+
+
+@pytest.mark.parametrize("noise", [0.0, -1.0, math.inf, math.nan])
+def test_evaluation_never_releases_exact_counts(noise: float) -> None:
+    x, y = _data(10)
+    with pytest.raises(ValueError):
+        evaluate(build_model("logreg", 6), x, y, noise, 10)

@@ -1,0 +1,330 @@
+"""The node runtime's decisions: one method per request of protos/atoll/node/v1/runtime.proto.
+
+Every request follows one order:
+  ledger intact? → audit "request.received" → settings and weights against the owner's limits
+  → budget reservation for the whole run → data (cached) → the release charged to the ledger
+  → the DP computation → audit "reply.sent" → reply.
+A refusal before the charge names the check it failed and depends only on the request, the
+owner's contract and policy, and public facts. After the charge, any failure — whatever the
+weights or data — returns the one constant refusal `FAILED`, and the charge stays.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+
+from client.node import NodeData, NodeError, owner_contract
+from client.runtime.admission import (
+    RunRequest,
+    admit_batch,
+    admit_noise,
+    admit_settings,
+    admit_weights,
+    refuse,
+)
+from client.runtime.config import NodeConfig, bucket_of, parse_bucket
+from client.runtime.data_cache import DataCache
+from client.training import DPTrainConfig, evaluate, noise_multiplier, plan, release_of, train_dp
+from common import wire
+from common.protos.atoll.node.v1 import runtime_pb2 as pb
+from privacy.audit import AuditWriteError, digest_arrays, json_number
+from privacy.ledger import BudgetRefused, Ledger, LedgerUnavailable
+
+log = logging.getLogger("atoll.runtime")
+FAILED = pb.Refusal(
+    code="failed", message="the node could not complete this request; it stays charged"
+)
+INTERNAL = pb.Refusal(code="internal", message="the node hit an internal error; see its log")
+R = TypeVar("R")
+
+
+class NodeService:
+    """Holds the owner's contract, ledger, audit log and data; decides each request."""
+
+    def __init__(self, config: NodeConfig, *, seed: int | None = None) -> None:
+        self.config = config
+        self.contract = owner_contract(config.contract)
+        try:
+            self.ledger = Ledger(config.state_dir)
+        except LedgerUnavailable as err:
+            raise NodeError("ledger", str(err)) from None
+        self.audit_log = self.ledger.audit_log()
+        self.data = DataCache(config.data, self.contract)
+        self._runs: dict[str, RunRequest] = {}
+        self._lock = threading.Lock()  # one request at a time: the ledger decides in order
+        self._rng = np.random.default_rng(seed)  # None: OS entropy (production)
+        self.actor = f"node:{config.name}"
+
+    # -- plumbing ----------------------------------------------------------------------------
+    def _audit(self, run_id: str, action: str, **details: object) -> None:
+        try:
+            self.audit_log.append(self.actor, action, f"run:{run_id[:60]}", details)
+        except AuditWriteError as err:
+            raise NodeError("audit", "the node's audit log cannot be written") from err
+
+    @contextmanager
+    def _request(self, caller: pb.Caller, kind: str) -> Iterator[None]:
+        """Serialise, check the ledger, audit the request; refusals stay NodeErrors."""
+        with self._lock:
+            try:
+                self.ledger.verify()
+            except LedgerUnavailable as err:
+                log.error("ledger unavailable: %s", err)
+                raise refuse(
+                    "ledger-unavailable",
+                    "this node's ledger fails its integrity "
+                    "check; it serves nothing until its owner restores it",
+                ) from None
+            self._audit(
+                caller.run_id, "request.received", kind=kind, message=caller.message_id[:80]
+            )
+            yield
+
+    def _answer(
+        self,
+        caller: pb.Caller,
+        kind: str,
+        decide: Callable[[], R],
+        refused: Callable[[pb.Refusal], R],
+    ) -> R:
+        try:
+            with self._request(caller, kind):
+                reply = decide()
+            log.info("%s answered: run=%s", kind, caller.run_id[:40])
+            return reply
+        except NodeError as err:
+            log.warning("%s refused: code=%s", kind, err.code)
+            self._audit_quietly(
+                caller.run_id, "request.refused", kind=kind, code=err.code, reason=err.reason
+            )
+            return refused(pb.Refusal(code=err.code, message=err.reason[:500]))
+        except _Charged:
+            self._audit_quietly(caller.run_id, "request.failed", kind=kind)
+            return refused(FAILED)
+        except Exception as err:  # noqa: BLE001 - a bug must not leak detail either
+            _log_failure(kind, err)
+            self._audit_quietly(caller.run_id, "request.failed", kind=kind)
+            return refused(INTERNAL)
+
+    def _audit_quietly(self, run_id: str, action: str, **details: object) -> None:
+        try:
+            self._audit(run_id, action, **details)
+        except NodeError:
+            log.error("audit write failed for %s", action)
+
+    def _budget(self, run_id: str) -> pb.Budget:
+        status = self.ledger.status()
+        return pb.Budget(
+            epsilon_run=self.ledger.run_epsilon(run_id),
+            epsilon_total=status.spent_epsilon,
+            epsilon_cap=status.cap_epsilon,
+            epsilon_remaining=status.remaining_epsilon,
+            delta=status.delta,
+        )
+
+    def _public_rows(self, data: NodeData) -> int:
+        """The lower end of the node's size bucket: the only size a limit may depend on."""
+        bucket = self.config.size_bucket or bucket_of(len(data.x_train))
+        return parse_bucket(bucket)[0]
+
+    # -- admission: everything before the data ----------------------------------------------
+    def _admit(
+        self, caller: pb.Caller, settings: pb.RunSettings
+    ) -> tuple[RunRequest, DPTrainConfig]:
+        policy = self.ledger.policy()
+        run = admit_settings(settings, self.contract, policy)
+        earlier = self._runs.get(caller.run_id)
+        if earlier is not None and not earlier.same_run_as(run):
+            raise refuse("run-changed", "a run's settings cannot change between its messages")
+        cfg = run.train
+        planned = self.ledger.planned(caller.run_id)
+        if planned is None:
+            sigma = noise_multiplier(cfg)
+            if cfg.target_epsilon > 0:  # calibrated: never below the owner's floor
+                sigma = max(sigma, policy.limits.min_noise_multiplier)
+            cfg = replace(cfg, noise_multiplier=sigma, target_epsilon=0.0)
+            planned = plan(cfg)
+        sigma = next(p.noise_multiplier for p in planned if p.purpose == "training")
+        admit_noise(sigma, policy.limits)
+        try:
+            self.ledger.reserve(caller.run_id, self.contract.task, "training", planned)
+        except BudgetRefused as refusal:
+            raise refuse(f"budget-{refusal.code}", str(refusal)) from None
+        self._runs[caller.run_id] = run
+        return run, replace(cfg, noise_multiplier=sigma, target_epsilon=0.0)
+
+    def _data(self, caller: pb.Caller, cfg: DPTrainConfig) -> NodeData:
+        data = self.data.get(caller.run_id)
+        admit_batch(cfg, self._public_rows(data), self.ledger.policy().limits)
+        return data
+
+    def _charge(
+        self, caller: pb.Caller, rnd: int, purpose: str, release: tuple[float, float, int]
+    ) -> None:
+        try:
+            self.ledger.record(caller.run_id, rnd, purpose, *release)
+        except BudgetRefused as refusal:
+            raise refuse(f"budget-{refusal.code}", str(refusal)) from None
+
+    # -- the four requests ------------------------------------------------------------------
+    def rollcall(self, req: pb.RollCallRequest) -> pb.RollCallReply:
+        def decide() -> pb.RollCallReply:
+            run, cfg = self._admit(req.caller, req.settings)
+            data = self._data(req.caller, cfg)
+            res = next(r for r in self.ledger.status().runs if r.run_id == req.caller.run_id)
+            self._audit(
+                req.caller.run_id,
+                "data.validated",
+                **{k: json_number(v) for k, v in data.report.to_metrics().items()},
+            )
+            joined = pb.Joined(
+                node_name=self.config.name,
+                contract_hash=self.contract.hash,
+                planned_epsilon=res.planned_epsilon,
+                noise_multiplier=cfg.noise_multiplier,
+                size_bucket=self.config.size_bucket or bucket_of(len(data.x_train)),
+                budget=self._budget(req.caller.run_id),
+            )
+            self._audit(
+                req.caller.run_id,
+                "rollcall.answered",
+                planned_epsilon=json_number(res.planned_epsilon),
+            )
+            return pb.RollCallReply(joined=joined)
+
+        return self._answer(req.caller, "rollcall", decide, lambda r: pb.RollCallReply(refusal=r))
+
+    def train(self, req: pb.TrainRequest) -> pb.TrainReply:
+        def decide() -> pb.TrainReply:
+            run, cfg = self._admit(req.caller, req.settings)
+            model = admit_weights(
+                req.weights, run.model, self.contract, self.ledger.policy().limits
+            )
+            data = self._data(req.caller, cfg)
+            release = release_of(cfg, cfg.noise_multiplier)
+            self._charge(req.caller, run.server_round, "training", release)
+            with _charged():
+                seed = int(self._rng.integers(2**63 - 1))
+                result = train_dp(
+                    model,
+                    data.x_train,
+                    data.y_train,
+                    cfg,
+                    cfg.noise_multiplier,
+                    generator_seed=seed,
+                    public_rows=self._public_rows(data),  # the update's scale reveals no count
+                )
+                arrays = {k: v.detach().cpu().numpy() for k, v in result.state.items()}
+                weights = pb.Weights(tensors=[wire.tensor_of(k, v) for k, v in arrays.items()])
+                budget = self._budget(req.caller.run_id)
+                self._audit(
+                    req.caller.run_id,
+                    "reply.sent",
+                    kind="train",
+                    round=run.server_round,
+                    node=self.config.name,
+                    update_sha256=digest_arrays(arrays),
+                    epsilon=json_number(budget.epsilon_run),
+                )
+                return pb.TrainReply(
+                    trained=pb.Trained(
+                        weights=weights,
+                        noise_multiplier=release[0],
+                        sample_rate=release[1],
+                        steps=release[2],
+                        budget=budget,
+                    )
+                )
+
+        return self._answer(req.caller, "train", decide, lambda r: pb.TrainReply(refusal=r))
+
+    def evaluate(self, req: pb.EvaluateRequest) -> pb.EvaluateReply:
+        def decide() -> pb.EvaluateReply:
+            run, cfg = self._admit(req.caller, req.settings)
+            if cfg.eval_noise <= 0:
+                raise refuse(
+                    "evaluation-disabled", "this run asked for no evaluation (eval-noise 0)"
+                )
+            model = admit_weights(
+                req.weights, run.model, self.contract, self.ledger.policy().limits
+            )
+            data = self._data(req.caller, cfg)
+            self._charge(req.caller, run.server_round, "evaluation", (cfg.eval_noise, 1.0, 1))
+            with _charged():
+                rel = evaluate(
+                    model,
+                    data.x_test,
+                    data.y_test,
+                    cfg.eval_noise,
+                    cfg.eval_bins,
+                    rng=np.random.default_rng(int(self._rng.integers(2**63 - 1))),
+                )
+                budget = self._budget(req.caller.run_id)
+                self._audit(
+                    req.caller.run_id,
+                    "reply.sent",
+                    kind="evaluate",
+                    round=run.server_round,
+                    node=self.config.name,
+                    update_sha256=None,
+                    epsilon=json_number(budget.epsilon_run),
+                )
+                return pb.EvaluateReply(
+                    evaluated=pb.Evaluated(
+                        hist_pos=rel.hist_pos,
+                        hist_neg=rel.hist_neg,
+                        noise=cfg.eval_noise,
+                        budget=budget,
+                    )
+                )
+
+        return self._answer(req.caller, "evaluate", decide, lambda r: pb.EvaluateReply(refusal=r))
+
+    def finish(self, req: pb.FinishRequest) -> pb.FinishReply:
+        def decide() -> pb.FinishReply:
+            self.ledger.close(req.caller.run_id)
+            self._runs.pop(req.caller.run_id, None)
+            budget = self._budget(req.caller.run_id)
+            self._audit(
+                req.caller.run_id,
+                "run.finished",
+                epsilon=json_number(budget.epsilon_run),
+                epsilon_total=json_number(budget.epsilon_total),
+            )
+            return pb.FinishReply(finished=pb.Finished(node_name=self.config.name, budget=budget))
+
+        return self._answer(req.caller, "finish", decide, lambda r: pb.FinishReply(refusal=r))
+
+
+class _Charged(Exception):
+    """A failure after the charge: it becomes the constant refusal, never its detail."""
+
+
+@contextmanager
+def _charged() -> Iterator[None]:
+    try:
+        yield
+    except Exception as err:  # noqa: BLE001 - whatever happened, only a constant leaves
+        _log_failure("charged request", err)
+        raise _Charged from None
+
+
+def _log_failure(what: str, err: BaseException) -> None:
+    """Type and place only: an exception's text may quote a value."""
+    frame = traceback.extract_tb(err.__traceback__)[-1]
+    log.error(
+        "%s failed: type=%s at=%s:%s",
+        what,
+        type(err).__name__,
+        Path(frame.filename).name,
+        frame.lineno,
+    )

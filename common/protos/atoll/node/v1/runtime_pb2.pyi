@@ -1,0 +1,203 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Caller(_message.Message):
+    __slots__ = ("run_id", "node_id", "message_id")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    node_id: int
+    message_id: str
+    def __init__(self, run_id: _Optional[str] = ..., node_id: _Optional[int] = ..., message_id: _Optional[str] = ...) -> None: ...
+
+class RunSettings(_message.Message):
+    __slots__ = ("contract_hash", "model", "local_epochs", "sample_rate", "learning_rate", "max_grad_norm", "noise_multiplier", "target_epsilon", "delta", "total_rounds", "eval_noise", "eval_bins", "proximal_mu", "server_round")
+    CONTRACT_HASH_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_EPOCHS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
+    LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
+    MAX_GRAD_NORM_FIELD_NUMBER: _ClassVar[int]
+    NOISE_MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
+    TARGET_EPSILON_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    EVAL_NOISE_FIELD_NUMBER: _ClassVar[int]
+    EVAL_BINS_FIELD_NUMBER: _ClassVar[int]
+    PROXIMAL_MU_FIELD_NUMBER: _ClassVar[int]
+    SERVER_ROUND_FIELD_NUMBER: _ClassVar[int]
+    contract_hash: str
+    model: str
+    local_epochs: int
+    sample_rate: float
+    learning_rate: float
+    max_grad_norm: float
+    noise_multiplier: float
+    target_epsilon: float
+    delta: float
+    total_rounds: int
+    eval_noise: float
+    eval_bins: int
+    proximal_mu: float
+    server_round: int
+    def __init__(self, contract_hash: _Optional[str] = ..., model: _Optional[str] = ..., local_epochs: _Optional[int] = ..., sample_rate: _Optional[float] = ..., learning_rate: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., noise_multiplier: _Optional[float] = ..., target_epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., total_rounds: _Optional[int] = ..., eval_noise: _Optional[float] = ..., eval_bins: _Optional[int] = ..., proximal_mu: _Optional[float] = ..., server_round: _Optional[int] = ...) -> None: ...
+
+class Tensor(_message.Message):
+    __slots__ = ("name", "shape", "data")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    data: bytes
+    def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class Weights(_message.Message):
+    __slots__ = ("tensors",)
+    TENSORS_FIELD_NUMBER: _ClassVar[int]
+    tensors: _containers.RepeatedCompositeFieldContainer[Tensor]
+    def __init__(self, tensors: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ...) -> None: ...
+
+class Refusal(_message.Message):
+    __slots__ = ("code", "message")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    code: str
+    message: str
+    def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class Budget(_message.Message):
+    __slots__ = ("epsilon_run", "epsilon_total", "epsilon_cap", "epsilon_remaining", "delta")
+    EPSILON_RUN_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_CAP_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_REMAINING_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    epsilon_run: float
+    epsilon_total: float
+    epsilon_cap: float
+    epsilon_remaining: float
+    delta: float
+    def __init__(self, epsilon_run: _Optional[float] = ..., epsilon_total: _Optional[float] = ..., epsilon_cap: _Optional[float] = ..., epsilon_remaining: _Optional[float] = ..., delta: _Optional[float] = ...) -> None: ...
+
+class RollCallRequest(_message.Message):
+    __slots__ = ("caller", "settings")
+    CALLER_FIELD_NUMBER: _ClassVar[int]
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    caller: Caller
+    settings: RunSettings
+    def __init__(self, caller: _Optional[_Union[Caller, _Mapping]] = ..., settings: _Optional[_Union[RunSettings, _Mapping]] = ...) -> None: ...
+
+class Joined(_message.Message):
+    __slots__ = ("node_name", "contract_hash", "planned_epsilon", "noise_multiplier", "size_bucket", "budget")
+    NODE_NAME_FIELD_NUMBER: _ClassVar[int]
+    CONTRACT_HASH_FIELD_NUMBER: _ClassVar[int]
+    PLANNED_EPSILON_FIELD_NUMBER: _ClassVar[int]
+    NOISE_MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BUCKET_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_FIELD_NUMBER: _ClassVar[int]
+    node_name: str
+    contract_hash: str
+    planned_epsilon: float
+    noise_multiplier: float
+    size_bucket: str
+    budget: Budget
+    def __init__(self, node_name: _Optional[str] = ..., contract_hash: _Optional[str] = ..., planned_epsilon: _Optional[float] = ..., noise_multiplier: _Optional[float] = ..., size_bucket: _Optional[str] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ...) -> None: ...
+
+class RollCallReply(_message.Message):
+    __slots__ = ("joined", "refusal")
+    JOINED_FIELD_NUMBER: _ClassVar[int]
+    REFUSAL_FIELD_NUMBER: _ClassVar[int]
+    joined: Joined
+    refusal: Refusal
+    def __init__(self, joined: _Optional[_Union[Joined, _Mapping]] = ..., refusal: _Optional[_Union[Refusal, _Mapping]] = ...) -> None: ...
+
+class TrainRequest(_message.Message):
+    __slots__ = ("caller", "settings", "weights")
+    CALLER_FIELD_NUMBER: _ClassVar[int]
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    caller: Caller
+    settings: RunSettings
+    weights: Weights
+    def __init__(self, caller: _Optional[_Union[Caller, _Mapping]] = ..., settings: _Optional[_Union[RunSettings, _Mapping]] = ..., weights: _Optional[_Union[Weights, _Mapping]] = ...) -> None: ...
+
+class Trained(_message.Message):
+    __slots__ = ("weights", "noise_multiplier", "sample_rate", "steps", "budget")
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    NOISE_MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_FIELD_NUMBER: _ClassVar[int]
+    weights: Weights
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    budget: Budget
+    def __init__(self, weights: _Optional[_Union[Weights, _Mapping]] = ..., noise_multiplier: _Optional[float] = ..., sample_rate: _Optional[float] = ..., steps: _Optional[int] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ...) -> None: ...
+
+class TrainReply(_message.Message):
+    __slots__ = ("trained", "refusal")
+    TRAINED_FIELD_NUMBER: _ClassVar[int]
+    REFUSAL_FIELD_NUMBER: _ClassVar[int]
+    trained: Trained
+    refusal: Refusal
+    def __init__(self, trained: _Optional[_Union[Trained, _Mapping]] = ..., refusal: _Optional[_Union[Refusal, _Mapping]] = ...) -> None: ...
+
+class EvaluateRequest(_message.Message):
+    __slots__ = ("caller", "settings", "weights")
+    CALLER_FIELD_NUMBER: _ClassVar[int]
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    caller: Caller
+    settings: RunSettings
+    weights: Weights
+    def __init__(self, caller: _Optional[_Union[Caller, _Mapping]] = ..., settings: _Optional[_Union[RunSettings, _Mapping]] = ..., weights: _Optional[_Union[Weights, _Mapping]] = ...) -> None: ...
+
+class Evaluated(_message.Message):
+    __slots__ = ("hist_pos", "hist_neg", "noise", "budget")
+    HIST_POS_FIELD_NUMBER: _ClassVar[int]
+    HIST_NEG_FIELD_NUMBER: _ClassVar[int]
+    NOISE_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_FIELD_NUMBER: _ClassVar[int]
+    hist_pos: _containers.RepeatedScalarFieldContainer[float]
+    hist_neg: _containers.RepeatedScalarFieldContainer[float]
+    noise: float
+    budget: Budget
+    def __init__(self, hist_pos: _Optional[_Iterable[float]] = ..., hist_neg: _Optional[_Iterable[float]] = ..., noise: _Optional[float] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ...) -> None: ...
+
+class EvaluateReply(_message.Message):
+    __slots__ = ("evaluated", "refusal")
+    EVALUATED_FIELD_NUMBER: _ClassVar[int]
+    REFUSAL_FIELD_NUMBER: _ClassVar[int]
+    evaluated: Evaluated
+    refusal: Refusal
+    def __init__(self, evaluated: _Optional[_Union[Evaluated, _Mapping]] = ..., refusal: _Optional[_Union[Refusal, _Mapping]] = ...) -> None: ...
+
+class FinishRequest(_message.Message):
+    __slots__ = ("caller",)
+    CALLER_FIELD_NUMBER: _ClassVar[int]
+    caller: Caller
+    def __init__(self, caller: _Optional[_Union[Caller, _Mapping]] = ...) -> None: ...
+
+class Finished(_message.Message):
+    __slots__ = ("node_name", "budget")
+    NODE_NAME_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_FIELD_NUMBER: _ClassVar[int]
+    node_name: str
+    budget: Budget
+    def __init__(self, node_name: _Optional[str] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ...) -> None: ...
+
+class FinishReply(_message.Message):
+    __slots__ = ("finished", "refusal")
+    FINISHED_FIELD_NUMBER: _ClassVar[int]
+    REFUSAL_FIELD_NUMBER: _ClassVar[int]
+    finished: Finished
+    refusal: Refusal
+    def __init__(self, finished: _Optional[_Union[Finished, _Mapping]] = ..., refusal: _Optional[_Union[Refusal, _Mapping]] = ...) -> None: ...

@@ -1,0 +1,97 @@
+"""Whether a run's planned releases fit the owner's policy, decided before any data is read.
+
+Checks, in order: allowed purposes and task, the per-run cap, the overall and per-task caps and
+the calendar-period cap — each on the composed ε of everything spent or held plus this run.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from privacy.dp import PlannedEvent, epsilon
+from privacy.ledger.state import History, LedgerState
+from privacy.ledger_models import period_start
+
+
+class BudgetRefused(RuntimeError):
+    """A request would break the owner's policy; carries the numbers that decided it."""
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        requested: float | None = None,
+        remaining: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.requested = requested
+        self.remaining = remaining
+
+
+def check(
+    state: LedgerState, task: str, purpose: str, planned: list[PlannedEvent], at: datetime
+) -> float:
+    """ε of the planned run (at time `at`), or BudgetRefused naming the rule and the numbers."""
+    policy = state.policy
+    purposes = {p.purpose for p in planned} | {purpose}
+    if not purposes <= set(policy.allowed_purposes):
+        bad = ", ".join(sorted(purposes - set(policy.allowed_purposes)))
+        raise BudgetRefused("purpose", f"purpose {bad} is not allowed by this node's policy")
+    if policy.allowed_tasks is not None and task not in policy.allowed_tasks:
+        raise BudgetRefused("task", f"task '{task}' is not allowed by this node's policy")
+    history = [(p.noise_multiplier, p.sample_rate, p.steps) for p in planned]
+    run_eps = epsilon(history, policy.delta)
+    if policy.max_run_epsilon is not None and run_eps > policy.max_run_epsilon:
+        raise BudgetRefused(
+            "run-cap",
+            f"this run would spend ε={run_eps:.3f} but one run may take at most "
+            f"ε={policy.max_run_epsilon:.3f} (δ={policy.delta:g}); "
+            f"difference {run_eps - policy.max_run_epsilon:.3f}",
+            requested=run_eps,
+            remaining=policy.max_run_epsilon,
+        )
+    caps: list[tuple[str | None, float]] = [(None, policy.cap_epsilon)]
+    if task in policy.task_caps:
+        caps.append((task, policy.task_caps[task]))
+    for scope, cap in caps:
+        now, after = projected(state, history, task=scope)
+        if after > cap:
+            where = f"task '{scope}'" if scope else "this node"
+            raise BudgetRefused(
+                "cap",
+                f"budget exceeded for {where}: the run needs ε={run_eps:.3f} "
+                f"(cumulative would be {after:.3f}) but only {max(cap - now, 0):.3f} of "
+                f"the cap {cap:.3f} remains (δ={policy.delta:g}); "
+                f"difference {after - cap:.3f}",
+                requested=after,
+                remaining=max(cap - now, 0.0),
+            )
+    if policy.period_cap is not None:
+        pc = policy.period_cap
+        start = period_start(pc.period, at)
+        now, after = projected(state, history, since=start)
+        if after > pc.epsilon:
+            raise BudgetRefused(
+                "period-cap",
+                f"budget for this {pc.period} (since {start:%Y-%m-%d} UTC) exceeded: the run "
+                f"needs ε={run_eps:.3f} (this {pc.period}'s cumulative would be {after:.3f}) "
+                f"but only {max(pc.epsilon - now, 0):.3f} of the {pc.period}ly cap "
+                f"{pc.epsilon:.3f} remains (δ={policy.delta:g}); "
+                f"difference {after - pc.epsilon:.3f}",
+                requested=after,
+                remaining=max(pc.epsilon - now, 0.0),
+            )
+    return run_eps
+
+
+def projected(
+    state: LedgerState,
+    history: History,
+    task: str | None = None,
+    since: datetime | None = None,
+) -> tuple[float, float]:
+    """ε committed in one scope (spent + held) now, and after adding `history`."""
+    spent, held = state.committed(task, since)
+    delta = state.policy.delta
+    return epsilon(spent + held, delta), epsilon(spent + held + history, delta)

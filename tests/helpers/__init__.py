@@ -1,0 +1,1 @@
+"""Shared test factories (imported as `helpers.*`; test modules never import each other)."""
