@@ -7,7 +7,10 @@ data set into per-department silos for demos and tests.
 
 from __future__ import annotations
 
+import grp
 import hashlib
+import os
+import pwd
 import re
 import sys
 import time
@@ -192,6 +195,7 @@ class LocalFederation:
         policy: Policy | None = DEFAULT_POLICY,
         trusted_entities: Path | None | Literal["coordinator"] = "coordinator",
         limits: RequestLimits | None = None,
+        supernode_user: str | None = None,
         **data_config: Any,
     ) -> ManagedProcess:
         """Set up a node as its owner would, then start its runtime and its SuperNode.
@@ -214,6 +218,7 @@ class LocalFederation:
                 "contract": str(contract.resolve()),
                 "state-dir": str(home / "state"),
                 "socket": str(home / "runtime.sock"),
+                "socket-group": _group_of(supernode_user) if supernode_user else "",
                 "data": {"source": str(data), **data_config},
             }
         )
@@ -226,6 +231,9 @@ class LocalFederation:
         key = None
         if self.node_auth:
             key, pub = pki.create_node_key(home / "keys", "node")
+            if supernode_user is not None:  # the SuperNode's own key, and only that
+                for path in (key.parent, key):
+                    os.chown(path, pwd.getpwnam(supernode_user).pw_uid, -1)
             if register:
                 fingerprint = hashlib.sha256(pub.read_bytes().split()[1]).hexdigest()
                 operator_log(self.registry_url).append(
@@ -255,6 +263,7 @@ class LocalFederation:
             flwr_home=home / "flwr",
             log_path=self.logs / f"{name}.log",
             trusted_entities=trusted_entities,
+            user=supernode_user,
         )
         self.processes[f"node:{name}"] = proc
         return proc
@@ -324,6 +333,10 @@ class LocalFederation:
         self.processes["api"] = proc
         wait_for_port(port, timeout=60, proc=proc)
         return f"{'https' if tls else 'http'}://{host}:{port}"
+
+
+def _group_of(user: str) -> str:
+    return grp.getgrgid(pwd.getpwnam(user).pw_gid).gr_name
 
 
 def follow_run(

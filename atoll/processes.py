@@ -7,7 +7,9 @@ spawned; every process logs to its own file.
 from __future__ import annotations
 
 import contextlib
+import grp
 import os
+import pwd
 import re
 import signal
 import socket
@@ -102,8 +104,14 @@ class ManagedProcess:
 
 
 def spawn(
-    name: str, argv: Sequence[str], log_path: Path, env: dict[str, str], cwd: Path | None = None
+    name: str,
+    argv: Sequence[str],
+    log_path: Path,
+    env: dict[str, str],
+    cwd: Path | None = None,
+    user: str | None = None,
 ) -> ManagedProcess:
+    """Start `argv` in its own session, logging to `log_path`; as `user` if given (needs root)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "ab")  # noqa: SIM115 - owned by ManagedProcess
     popen = subprocess.Popen(
@@ -114,6 +122,9 @@ def spawn(
         env=env,
         cwd=cwd,
         start_new_session=True,
+        user=user,
+        group=grp.getgrgid(pwd.getpwnam(user).pw_gid).gr_name if user else None,
+        extra_groups=[] if user else None,
     )
     return ManagedProcess(name=name, popen=popen, log_path=log_path, _log=log)
 
@@ -221,7 +232,9 @@ def start_supernode(
     flwr_home: Path,
     log_path: Path,
     trusted_entities: Path | None = None,
+    user: str | None = None,
 ) -> ManagedProcess:
+    """A SuperNode; with `user`, it (and every app process it starts) runs as that OS user."""
     argv = supernode_argv(
         superlink=superlink,
         ca_cert=ca_cert,
@@ -232,7 +245,12 @@ def start_supernode(
         max_retries=3,
     )
     flwr_home.mkdir(parents=True, exist_ok=True)
-    return spawn(f"supernode-{name}", argv, log_path, flower_env(flwr_home))
+    env = flower_env(flwr_home)
+    if user is not None:
+        env["HOME"] = str(flwr_home)
+        for path in [flwr_home, *flwr_home.rglob("*")]:
+            os.chown(path, pwd.getpwnam(user).pw_uid, -1)
+    return spawn(f"supernode-{name}", argv, log_path, env, cwd=flwr_home, user=user)
 
 
 def toml_value(v: str | int | float | bool) -> str:

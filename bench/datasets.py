@@ -19,7 +19,7 @@ import numpy as np
 from atoll.federation import Partition, partition_csv
 from bench.common import BANK, CONTRACTS, TELCO, WORK
 from client.data_source import ensure_id, read_records
-from client.node import NodeSettings, load_node_data
+from client.node import load_node_data
 from common.contract import Contract, load_contract
 
 
@@ -92,10 +92,7 @@ def load_silos(name: str, workdir: Path | None = None) -> SiloData:
     parts: list[Partition] = partition_csv(full, spec.partition_by, spec.nodes, work)
     silos = []
     for part in parts:
-        settings = NodeSettings.model_validate(
-            {"node-name": part.name, "data": str(part.path), "contract": str(spec.contract)}
-        )
-        data = load_node_data(settings, contract)
+        data = load_node_data(str(part.path), contract)  # as the runtime's DataCache loads it
         silos.append(
             Silo(
                 name=part.name,

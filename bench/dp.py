@@ -1,54 +1,59 @@
 """One round of a node's local training through the project's own `client.training` code.
 
-The training API is evolving (batch size → Poisson sample rate, accounting moving to the node's
-ledger); this adapter detects which one is installed so the benchmarks always call the real
-`train_dp` rather than a copy:
+The benchmarks call the real `train_dp` exactly as the node runtime does (`client/runtime/
+service.py`): a full `DPTrainConfig` (no defaults: every value comes from `common.run_config.
+RunConfig`'s defaults unless a benchmark varies it), the training noise σ from
+`client.training.noise_multiplier(cfg)` (calibrated per node over the whole planned run when a
+target ε is given, noised evaluation releases included, and then raised to the owner's floor as
+the runtime does), and `public_rows` = the lower end of the node's public size bucket (the
+runtime never lets the update's scale depend on the exact row count). ε is the composition of
+every release the node made so far (`privacy.dp.epsilon`, min(RDP, PLD), as the node's ledger).
 
-- "history" API: `DPTrainConfig(batch_size=...)`, `train_dp(model, x, y, cfg, history)` returns
-  the run's history and ε (noise calibrated with `noise_for`);
-- "ledger" API: `DPTrainConfig(sample_rate=...)`, `train_dp(model, x, y, cfg, sigma)` with
-  `sigma = noise_multiplier(cfg)` (calibrated over the whole planned run, noised evaluation
-  releases included); ε is the composition of every release the node made so far.
+Unlike the runtime, which draws its generator seeds from the OS, the benchmarks pass a seed
+(`generator_seed`) so that a run with the same seeds is a replay.
 """
 
 from __future__ import annotations
 
-import inspect
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
 
 import numpy as np
 from torch import nn
 
+from atoll.federation import DEFAULT_POLICY
 from client import training
-from client.training import DPTrainConfig, train_dp
+from client.runtime.config import bucket_of, parse_bucket
+from client.training import DPTrainConfig, TrainResult, train_dp
+from common.run_config import RunConfig
 
-_FIELDS = {f.name for f in fields(DPTrainConfig)}
-API = "ledger" if "sample_rate" in _FIELDS else "history"
+# The owner's policy of every node the benchmarks start: its limits set the noise floor applied
+# to a calibrated σ, as the node runtime applies it.
+NODE_POLICY = DEFAULT_POLICY
+
+
+def _default(key: str) -> float:
+    return float(RunConfig.default(key))
 
 
 @dataclass(frozen=True)
 class LocalHyper:
-    """Local-training hyperparameters shared by DP and non-DP runs."""
+    """Local-training hyperparameters shared by DP and non-DP runs (run-config defaults)."""
 
-    epochs: int = 1
-    batch_size: int = 64  # history API
-    sample_rate: float = 0.02  # ledger API (expected batch = q × rows)
-    learning_rate: float = 0.5
-    max_grad_norm: float = 1.0
-    delta: float = 1e-5
-    eval_noise: float = 0.0  # ledger API: noised evaluation releases per round (0: none)
+    epochs: int = int(RunConfig.default("local-epochs"))
+    sample_rate: float = _default("sample-rate")  # Poisson rate q: expected batch = q × rows
+    learning_rate: float = _default("learning-rate")
+    max_grad_norm: float = _default("max-grad-norm")
+    delta: float = _default("delta")
+    # noised evaluation releases per round (0: none — the in-process runs evaluate centrally)
+    eval_noise: float = 0.0
+    eval_bins: int = int(RunConfig.default("eval-bins"))
+    proximal_mu: float = _default("proximal-mu")
 
     def describe(self) -> str:
-        batching = (
-            f"Poisson sample rate {self.sample_rate}"
-            if API == "ledger"
-            else f"batch {self.batch_size} (Poisson, q = batch/rows)"
-        )
         return (
-            f"{self.epochs} local epoch(s), {batching}, learning rate {self.learning_rate}, "
-            f"clipping {self.max_grad_norm}, δ {self.delta}"
+            f"{self.epochs} local epoch(s), Poisson sample rate {self.sample_rate}, learning rate "
+            f"{self.learning_rate}, clipping {self.max_grad_norm}, δ {self.delta}"
         )
 
 
@@ -56,55 +61,62 @@ def make_config(
     hyper: LocalHyper,
     *,
     target_epsilon: float = 0.0,
-    noise_multiplier: float = 1.0,
+    noise_multiplier: float | None = None,
     total_rounds: int = 1,
-    seed: int = 0,
     epochs: int | None = None,
 ) -> DPTrainConfig:
-    """A DPTrainConfig for whichever training API is installed."""
-    kwargs: dict[str, Any] = {
-        "epochs": hyper.epochs if epochs is None else epochs,
-        "learning_rate": hyper.learning_rate,
-        "max_grad_norm": hyper.max_grad_norm,
-        "noise_multiplier": noise_multiplier,
-        "target_epsilon": target_epsilon,
-        "delta": hyper.delta,
-        "total_rounds": total_rounds,
-        "seed": seed,
-        "eval_noise": hyper.eval_noise,
-    }
-    if "sample_rate" in _FIELDS:
-        kwargs["sample_rate"] = hyper.sample_rate
-    if "batch_size" in _FIELDS:
-        kwargs["batch_size"] = hyper.batch_size
-    return DPTrainConfig(**{k: v for k, v in kwargs.items() if k in _FIELDS})
+    """The full `DPTrainConfig` a node builds from the run's settings (see admission.py)."""
+    return DPTrainConfig(
+        epochs=hyper.epochs if epochs is None else epochs,
+        sample_rate=hyper.sample_rate,
+        learning_rate=hyper.learning_rate,
+        max_grad_norm=hyper.max_grad_norm,
+        noise_multiplier=(
+            _default("noise-multiplier") if noise_multiplier is None else noise_multiplier
+        ),
+        target_epsilon=target_epsilon,
+        delta=hyper.delta,
+        total_rounds=total_rounds,
+        eval_noise=hyper.eval_noise,
+        eval_bins=hyper.eval_bins,
+        proximal_mu=hyper.proximal_mu,
+    )
 
 
 def plain_batch_size(cfg: DPTrainConfig, n_rows: int) -> int:
     """The non-private batch size matching a config: the DP run's expected batch."""
-    if hasattr(cfg, "batch_size"):
-        return int(cfg.batch_size)
     return max(1, round(float(cfg.sample_rate) * n_rows))
 
 
-_train_dp_any: Any = train_dp  # called with whichever signature the installed API has
+def public_rows(n_rows: int) -> int:
+    """What the runtime passes as `public_rows`: the lower end of the node's size bucket."""
+    return parse_bucket(bucket_of(n_rows))[0]
 
 
 @lru_cache(maxsize=256)
-def _calibrated(cfg: DPTrainConfig) -> float:
-    return float(training.noise_multiplier(cfg))
-
-
 def node_noise(cfg: DPTrainConfig) -> float:
-    """`client.training.noise_multiplier(cfg)`, cached: it depends on the config alone and its
-    calibration takes seconds (the seed, if any, does not enter it)."""
-    key = replace(cfg, **{"seed": 0}) if "seed" in _FIELDS else cfg
-    return _calibrated(key)
+    """The σ a node trains with: `client.training.noise_multiplier(cfg)`, floored like the runtime.
+
+    Cached: it depends on the config alone and its calibration takes seconds.
+    """
+    sigma = float(training.noise_multiplier(cfg))
+    if cfg.target_epsilon > 0:  # calibrated: never below the owner's floor (service._admit)
+        sigma = max(sigma, NODE_POLICY.limits.min_noise_multiplier)
+    return sigma
+
+
+def train_round_dp(
+    model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: DPTrainConfig, seed: int | None
+) -> TrainResult:
+    """One round of DP-SGD in place, exactly as the node runtime calls `train_dp`."""
+    return train_dp(
+        model, x, y, cfg, node_noise(cfg), generator_seed=seed, public_rows=public_rows(len(x))
+    )
 
 
 @dataclass
 class NodeAccount:
-    """One node's DP state across the rounds of a run (what the node keeps between rounds)."""
+    """One node's DP state across the rounds of a run (what the node's ledger keeps)."""
 
     history: list[tuple[float, float, int]] = field(default_factory=list)
     epsilon: float = 0.0
@@ -112,25 +124,21 @@ class NodeAccount:
     steps: int = 0
 
     def train_round(
-        self, model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: DPTrainConfig
+        self,
+        model: nn.Module,
+        x: np.ndarray,
+        y: np.ndarray,
+        cfg: DPTrainConfig,
+        seed: int | None = None,
     ) -> float:
         """One round of DP-SGD in place with the node's code; returns ε spent so far."""
-        params = inspect.signature(train_dp).parameters
-        result: Any
-        if "history" in params:
-            result = _train_dp_any(model, x, y, cfg, history=self.history)
-            self.history = list(result.history)
-            self.epsilon = float(result.epsilon)
-        else:
-            from privacy.dp import epsilon
+        from privacy.dp import epsilon
 
-            sigma = node_noise(cfg)
-            result = train_dp(model, x, y, cfg, sigma)
-            self.history.append((result.noise_multiplier, result.sample_rate, result.steps))
-            eval_noise = float(getattr(cfg, "eval_noise", 0.0))
-            if eval_noise > 0:  # the node also releases one noised evaluation per round
-                self.history.append((eval_noise, 1.0, 1))
-            self.epsilon = epsilon(self.history, cfg.delta)
+        result = train_round_dp(model, x, y, cfg, seed)
+        self.history.append((result.noise_multiplier, result.sample_rate, result.steps))
+        if cfg.eval_noise > 0:  # the node also releases one noised evaluation per round
+            self.history.append((cfg.eval_noise, 1.0, 1))
+        self.epsilon = epsilon(self.history, cfg.delta)
         self.noise_multiplier = float(result.noise_multiplier)
         self.steps += int(result.steps)
         return self.epsilon

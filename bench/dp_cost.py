@@ -6,8 +6,9 @@
 For each data set (pooled training rows of Telco and of bank marketing), model (`logreg`, `mlp`)
 and expected batch size (64, 256), a fresh subprocess loads the data and trains:
 
-- private: the node's own `client.training.train_dp` (Opacus, per-sample gradients, clipping,
-  Poisson sampling, noise multiplier fixed at 1.0) — one call = one round with its set-up;
+- private: the node's own `client.training.train_dp`, called as the node runtime calls it
+  (Opacus, per-sample gradients, clipping, Poisson sampling, the run config's default fixed noise
+  multiplier, `public_rows` = the size bucket's lower end) — one call = one round with its set-up;
 - non-private: plain SGD (`bench.plain.train_plain`) with the same model, data and batch size.
 
 Reported per configuration: seconds per 1-epoch round (median of `--repeats` calls after a
@@ -39,6 +40,7 @@ from bench.common import (
     wait_for_quiet,
     write_results,
 )
+from common.run_config import RunConfig
 
 
 def maxrss_mib() -> float:
@@ -52,7 +54,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     from bench.datasets import load_silos
-    from bench.dp import API, LocalHyper, NodeAccount, make_config
+    from bench.dp import LocalHyper, make_config, train_round_dp
     from bench.plain import train_plain
     from common.model import build_model
 
@@ -62,16 +64,16 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     x, y = data.pooled_train()
     n = len(x)
     batch = int(spec["batch"])
-    hyper = LocalHyper(batch_size=batch, sample_rate=batch / n)
+    hyper = LocalHyper(sample_rate=batch / n)
     rss_loaded = maxrss_mib()
 
     def one_call(epochs: int, seed: int) -> float:
         torch.manual_seed(seed)
         model = build_model(spec["model"], data.n_features)
-        cfg = make_config(hyper, noise_multiplier=1.0, seed=seed, epochs=epochs)
+        cfg = make_config(hyper, epochs=epochs)  # fixed noise: the run config's default
         t0 = time.perf_counter()
         if spec["private"]:
-            NodeAccount().train_round(model, x, y, cfg)
+            train_round_dp(model, x, y, cfg, seed)  # training only (accounting is the ledger's)
         else:
             train_plain(model, x, y, cfg, seed)
         return time.perf_counter() - t0
@@ -87,7 +89,6 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     marginal = statistics.median((t3 - t1) / 2 for t1, t3 in zip(rounds, threes, strict=True))
     return {
         **spec,
-        "training_api": API,
         "rows": n,
         "features": data.n_features,
         "sample_rate": hyper.sample_rate,
@@ -177,8 +178,10 @@ def markdown(meta: dict[str, Any], pairs: list[dict[str, Any]]) -> str:
         [
             "# Cost of DP-SGD: private vs non-private training, same model, data and batch",
             "",
-            "Private = the node's `client.training.train_dp` (Opacus per-sample gradients, "
-            "clipping at 1.0, Poisson sampling, noise multiplier 1.0); non-private = plain SGD "
+            "Private = the node's `client.training.train_dp` as the node runtime calls it "
+            f"(Opacus per-sample gradients, clipping at {RunConfig.default('max-grad-norm')}, "
+            "Poisson sampling, noise multiplier "
+            f"{RunConfig.default('noise-multiplier')}); non-private = plain SGD "
             "with the same model, rows and (expected) batch size. 'Round' = one call training "
             "one epoch, set-up included (what a node does per federated round); 'epoch' = marginal "
             "cost of one more epoch, (3-epoch call − 1-epoch call) / 2; both medians over "

@@ -12,12 +12,14 @@ test rows (hash of the id, 20 %) are the same for every method. Methods:
   plain SGD;
 - local-only: each silo trains alone (same rounds × epochs, with and without DP), evaluated on
   its own test rows and on the global test set;
-- federated: FedAvg *in process* — the nodes' own `client.training.train_dp` (Opacus DP-SGD, noise
-  calibrated per node so the whole run spends at most ε at δ) or plain SGD without DP, and the
-  same weighted average as Flower's FedAvg (weights = training examples). It is the same training
-  code without the network. One configuration also runs on the real deployment engine
-  (`atoll.federation.LocalFederation`: TLS SuperLink, authenticated SuperNodes) with the same
-  seeds, and the published model is compared with the in-process one.
+- federated: FedAvg *in process* — the nodes' own `client.training.train_dp` called as the node
+  runtime calls it (Opacus DP-SGD, noise calibrated per node so the whole run spends at most ε at
+  δ, floored at the owner's minimum; the update scaled by the node's public size bucket) or plain
+  SGD without DP, and Flower's FedAvg average with the weights the nodes send (`num-examples` =
+  1.0: equal weights, no exact count leaves a node). It is the same training code without the
+  network. One configuration also runs on the real deployment engine
+  (`atoll.federation.LocalFederation`: TLS SuperLink, authenticated SuperNodes, node runtimes)
+  with the same seeds, and the published model is compared with the in-process one.
 
 Metrics: ROC AUC, PR AUC, log loss, Brier, lift in the top decile (`common.metrics`), per node and
 global, mean ± std over seeds. Writes bench/results/quality.{json,md}, quality_privacy_utility.png
@@ -52,11 +54,12 @@ from bench.common import (
     write_results,
 )
 from bench.datasets import DATASETS, SiloData, load_silos
-from bench.dp import API, LocalHyper, NodeAccount, make_config
+from bench.dp import LocalHyper, NodeAccount, make_config
 from bench.plain import predict_proba, train_plain
 from client.training import DPTrainConfig
 from common.metrics import binary_metrics
 from common.model import build_model
+from common.run_config import MODEL_KINDS, RunConfig
 
 METRICS = ("roc_auc", "pr_auc", "log_loss", "brier", "lift_top_decile")
 NON_DP = "none"  # privacy level of runs without DP
@@ -64,25 +67,26 @@ NON_DP = "none"  # privacy level of runs without DP
 
 @dataclass(frozen=True)
 class Hyper:
-    """The run configuration shared by every torch method (the app's defaults)."""
+    """The run configuration shared by every torch method (the app's defaults, RunConfig)."""
 
-    model: str = "logreg"
-    rounds: int = 5
+    model: str = RunConfig.default("model")
+    rounds: int = RunConfig.default("num-server-rounds")
     local: LocalHyper = LocalHyper()
 
-    def train_config(self, epsilon: float | None, seed: int, rnd: int) -> DPTrainConfig:
-        """What a node receives in round `rnd` (seeded only where the training API seeds)."""
-        return make_config(
-            self.local,
-            target_epsilon=epsilon or 0.0,
-            total_rounds=self.rounds,
-            seed=round_seed(seed, rnd),
-        )
+    def train_config(self, epsilon: float | None) -> DPTrainConfig:
+        """What a node trains with in every round of the run (the same in each round)."""
+        return make_config(self.local, target_epsilon=epsilon or 0.0, total_rounds=self.rounds)
 
 
 def round_seed(seed: int, rnd: int) -> int:
-    """The per-round seed rule of client.client_app (plain SGD shuffling uses it too)."""
+    """The benchmark's per-round seed (plain SGD shuffling; DP generators add the node)."""
     return seed * 1000 + rnd
+
+
+def dp_seed(seed: int, rnd: int, node: int) -> int:
+    """A node's DP generator seed in round `rnd`: distinct per node, or the nodes' noise would be
+    identical (the runtime draws it from the OS; the benchmark seeds it to be replayable)."""
+    return round_seed(seed, rnd) * 1000 + node
 
 
 # ---- training ---------------------------------------------------------------------------------
@@ -96,12 +100,13 @@ def local_round(
     account: NodeAccount,
     private: bool,
     seed: int,
+    generator_seed: int,
 ) -> float:
     """One node's round in place: DP-SGD (the node's code) or plain SGD; returns ε so far."""
     if not private:
         train_plain(model, x, y, cfg, seed)
         return 0.0
-    return account.train_round(model, x, y, cfg)
+    return account.train_round(model, x, y, cfg, seed=generator_seed)
 
 
 def init_model(hyper: Hyper, n_features: int, seed: int) -> nn.Module:
@@ -117,14 +122,13 @@ def fedavg(
     global_model = init_model(hyper, data.n_features, seed)
     accounts = {s.name: NodeAccount() for s in data.silos}
     spent: dict[str, float] = {}
-    total = sum(len(s.x_train) for s in data.silos)
+    cfg = hyper.train_config(epsilon)
     for rnd in range(1, hyper.rounds + 1):
         start = {k: v.detach().clone() for k, v in global_model.state_dict().items()}
         agg: dict[str, np.ndarray] = {}
-        for silo in data.silos:
+        for i, silo in enumerate(data.silos):
             local = build_model(hyper.model, data.n_features)
             local.load_state_dict(start)
-            cfg = hyper.train_config(epsilon, seed, rnd)
             spent[silo.name] = local_round(
                 local,
                 silo.x_train,
@@ -133,8 +137,10 @@ def fedavg(
                 accounts[silo.name],
                 epsilon is not None,
                 round_seed(seed, rnd),
+                dp_seed(seed, rnd, i),
             )
-            weight = len(silo.x_train) / total  # Flower FedAvg: weighted by num-examples
+            # Flower FedAvg weights by num-examples, which every node sends as 1.0
+            weight = 1.0 / len(data.silos)
             for k, v in local.state_dict().items():
                 arr = v.detach().numpy() * weight
                 agg[k] = arr if k not in agg else agg[k] + arr
@@ -150,11 +156,17 @@ def local_only(
     model = init_model(hyper, data.n_features, seed)
     account = NodeAccount()
     eps = 0.0
+    cfg = hyper.train_config(epsilon)
     for rnd in range(1, hyper.rounds + 1):
-        cfg = hyper.train_config(epsilon, seed, rnd)
-        private = epsilon is not None
         eps = local_round(
-            model, silo.x_train, silo.y_train, cfg, account, private, round_seed(seed, rnd)
+            model,
+            silo.x_train,
+            silo.y_train,
+            cfg,
+            account,
+            epsilon is not None,
+            round_seed(seed, rnd),
+            dp_seed(seed, rnd, index),
         )
     return model, eps
 
@@ -163,7 +175,7 @@ def centralized_torch(data: SiloData, hyper: Hyper, seed: int) -> nn.Module:
     """Our model on pooled training rows, plain SGD for rounds × local epochs."""
     x, y = data.pooled_train()
     model = init_model(hyper, data.n_features, seed)
-    cfg = replace(hyper.train_config(None, seed, 1), epochs=hyper.rounds * hyper.local.epochs)
+    cfg = replace(hyper.train_config(None), epochs=hyper.rounds * hyper.local.epochs)
     train_plain(model, x, y, cfg, round_seed(seed, 1))
     return model
 
@@ -275,47 +287,37 @@ def torch_runs(
 # ---- the deployed check -----------------------------------------------------------------------
 
 
-def app_config_keys() -> set[str]:
-    """Keys the Flower app accepts in its run config (pyproject [tool.flwr.app.config])."""
-    import tomllib
-
-    from bench.common import REPO
-
-    with open(REPO / "pyproject.toml", "rb") as fh:
-        return set(tomllib.load(fh)["tool"]["flwr"]["app"]["config"])
-
-
 def deployed_run_config(data: SiloData, hyper: Hyper, epsilon: float, seed: int) -> dict[str, Any]:
-    """The run config equivalent to `fedavg(data, hyper, epsilon, seed)` (known keys only)."""
+    """The run config equivalent to `fedavg(data, hyper, epsilon, seed)` (validated by RunConfig).
+
+    Every training setting is given explicitly (the bench's values, RunConfig defaults unless a
+    flag changed them), so the deployed nodes train exactly what the in-process runs train.
+    """
     h = hyper.local
-    wanted: dict[str, Any] = {
+    config: dict[str, Any] = {
         "num-server-rounds": hyper.rounds,
         "strategy": "fedavg",
         "model": hyper.model,
         "local-epochs": h.epochs,
-        "batch-size": h.batch_size,
         "sample-rate": h.sample_rate,
         "learning-rate": h.learning_rate,
         "max-grad-norm": h.max_grad_norm,
         "target-epsilon": epsilon,
         "delta": h.delta,
+        "eval-noise": h.eval_noise,
+        "eval-bins": h.eval_bins,
+        "proximal-mu": h.proximal_mu,
         "min-nodes": len(data.silos),
         "seed": seed,
         "contract-path": str(data.spec.contract),
         "model-name": f"bench-{data.spec.name}",
     }
-    keys = app_config_keys()
-    return {k: v for k, v in wanted.items() if k in keys}
-
-
-def app_default(key: str, fallback: float) -> float:
-    """The Flower app's default for run-config `key` (pyproject), or `fallback`."""
-    import tomllib
-
-    from bench.common import REPO
-
-    with open(REPO / "pyproject.toml", "rb") as fh:
-        return float(tomllib.load(fh)["tool"]["flwr"]["app"]["config"].get(key, fallback))
+    # RunConfig is what the ServerApp validates: a key it does not know would be ignored silently.
+    unknown = set(config) - set(RunConfig.defaults())
+    if unknown:
+        raise ValueError(f"not run-config keys: {', '.join(sorted(unknown))}")
+    RunConfig.from_run_config({**config, "registry-url": "sqlite://"})
+    return config
 
 
 def deployed_check(
@@ -332,7 +334,7 @@ def deployed_check(
     from common.model import load_model
     from server.registry import Registry
 
-    eval_noise = app_default("eval-noise", 0.0) if "eval_noise" in _cfg_fields() else 0.0
+    eval_noise = float(RunConfig.default("eval-noise"))  # the app's default, as `make demo`
     hyper = replace(hyper, local=replace(hyper.local, eval_noise=eval_noise))
     workdir = WORK / f"quality-deployed-{data.spec.name}"
     shutil.rmtree(workdir, ignore_errors=True)
@@ -364,7 +366,6 @@ def deployed_check(
         "seed": seed,
         "rounds": hyper.rounds,
         "eval_noise": eval_noise,
-        "training_api": API,
         "run_config": run_config,
         "deployed_run_seconds": round(outcome.seconds, 1),
         "deployed_total_seconds_incl_startup": round(wall, 1),
@@ -375,12 +376,6 @@ def deployed_check(
         "in_process_runs": in_runs,
         "logs": str(fed.logs),
     }
-
-
-def _cfg_fields() -> set[str]:
-    from dataclasses import fields
-
-    return {f.name for f in fields(DPTrainConfig)}
 
 
 # ---- summaries --------------------------------------------------------------------------------
@@ -576,8 +571,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--epsilons", nargs="+", type=float, default=[0.5, 1.0, 3.0, 8.0])
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--model", default="logreg", choices=["logreg", "mlp"])
+    p.add_argument("--rounds", type=int, default=RunConfig.default("num-server-rounds"))
+    p.add_argument("--model", default=RunConfig.default("model"), choices=list(MODEL_KINDS))
     p.add_argument("--deployed-epsilon", type=float, default=3.0)
     p.add_argument("--deployed-dataset", default="telco", choices=list(DATASETS))
     p.add_argument("--no-deployed", action="store_true", help="skip the deployment-engine run")
@@ -623,14 +618,15 @@ def run_grid(args: argparse.Namespace, hyper: Hyper) -> None:
         "meta": meta,
         "config": {
             **asdict(hyper),
-            "training_api": API,
             "epsilons": args.epsilons,
             "test_fraction": 0.2,
             "split": "client.split.split_mask on ids (salt atoll-split-v1)",
         },
         "method_notes": {
-            "federated": "FedAvg in process: the nodes' client.training.train_dp (DP) or plain "
-            "SGD (no DP) and Flower FedAvg's weighted average; same training code, no network",
+            "federated": "FedAvg in process: the nodes' client.training.train_dp called as the "
+            "node runtime calls it (DP) or plain SGD (no DP), averaged with equal weights as "
+            "Flower FedAvg does with the nodes' num-examples = 1.0; same training code, no "
+            "network",
             "local-only": "each silo alone, same rounds x epochs and per-node budget",
             "central-torch": "build_model on pooled training rows, plain SGD, rounds x epochs",
             "central-sklearn-logreg": "LogisticRegression(max_iter=5000) on the encoding",
@@ -667,12 +663,13 @@ def run_grid(args: argparse.Namespace, hyper: Hyper) -> None:
     md[1:1] = [
         "Same test rows for every method (hash of the customer id, 20 %). The federated rows are "
         "FedAvg run *in process* with the nodes' own `train_dp` (Opacus DP-SGD, noise calibrated "
-        "per node so the whole run spends at most ε at δ = 1e-5) and Flower FedAvg's weighted "
-        "average: the same training code without the network (the deployed check, "
-        f"`{args.name}_deployed.md`, runs one configuration on the real deployment engine). "
-        f"Hyperparameters: {hyper.rounds} rounds, {hyper.local.describe()} (training API: "
-        f"{API}); non-DP runs use plain SGD with the same values and the DP run's expected "
-        "batch size.",
+        "per node so the whole run spends at most ε at δ = 1e-5, floored at the owner's minimum "
+        "noise, update scaled by the node's public size bucket) and Flower FedAvg's average with "
+        "equal weights (nodes send num-examples = 1.0): the same training code without the "
+        f"network (the deployed check, `{args.name}_deployed.md`, runs one configuration on the "
+        "real deployment engine). DP generators are seeded per seed, round and node, so a run "
+        f"is a replay. Hyperparameters: {hyper.rounds} rounds, {hyper.local.describe()}; "
+        "non-DP runs use plain SGD with the same values and the DP run's expected batch size.",
         "",
         f"![privacy–utility]({png.name})",
         "",
@@ -723,8 +720,9 @@ def deployed_markdown(check: dict[str, Any], meta: dict[str, Any]) -> str:
             "LocalFederation`: TLS SuperLink with node authentication, one SuperNode per silo, "
             "`flwr run`); the published model is read back from the registry and scored on the "
             f"same test rows as the in-process FedAvg runs of the same configuration ({n} "
-            "repetitions, mean ± std). The nodes seed their DP noise from the OS (not from the "
-            "run config), so the two cannot be bit-identical: the deployed run should fall within "
+            "repetitions, mean ± std). The node runtimes seed their DP noise from the OS (not "
+            "from the run config), so the two cannot be bit-identical: the deployed run should "
+            "fall within "
             "the in-process spread, and ε per node (a function of the configuration alone) should "
             f"match exactly. Evaluation noise per round: {check['eval_noise']} (the app's default, "
             "planned for in both). The deployed run took "

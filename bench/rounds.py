@@ -1,28 +1,38 @@
-"""Round overhead on the real deployment engine: 3, 5 and 10 SuperNodes on loopback with TLS.
+"""Round overhead on the real deployment engine: 3, 5 and 10 nodes on loopback with TLS.
 
-    .venv/bin/python -m bench.rounds            # ~12 min on 2 cores
+    .venv/bin/python -m bench.rounds            # ~15 min on 2 cores
     .venv/bin/python -m bench.rounds --quick    # 3 nodes, default options only
 
-Each configuration starts a fresh `atoll.federation.LocalFederation` (TLS SuperLink with node
-authentication, one SuperNode per silo of `--rows` synthetic rows from `common.synth`), runs
-`--rounds` rounds of FedAvg with DP-SGD (fixed noise multiplier, no ε calibration) and stops
-everything. Flower's logs carry no timestamps, so every line of every process log is stamped when
-it appears (bench/logclock.py, 50 ms polling); the run's `--stream` output is stamped too.
+Each configuration starts a fresh `atoll.federation.LocalFederation` exactly as `make demo` does
+(TLS SuperLink with node authentication, signed app; per node an owner-run node runtime —
+`atoll node runtime`, which alone reads the data and trains — and a SuperNode whose ClientApp is
+the thin relay `client.client_app`), each node holding `--rows` synthetic rows from
+`common.synth`. It runs `--rounds` rounds with the app's default run config (FedAvg, DP-SGD with
+the fixed default noise multiplier, noised evaluation) and stops everything.
 
-Reported per configuration: start-up times, wall time per round, the nodes' own work per round
-(reading and validating data, one DP-SGD round and one evaluation, measured afterwards in this
-process, one node at a time, with the same code and data), the overhead (round minus the slowest
-node's own work), and where each message's time goes on a node (pick-up, `flwr-clientapp`
-process start, imports + work, reply) next to the import times of a fresh interpreter.
-Variants: Flower's default `--isolation subprocess`; `--isolation process` with a long-lived
-`flower-superexec` per node that we start; and the SuperExec's task polling interval lowered
-(FLWR_SUPEREXEC_TASK_POLL_INTERVAL). Writes bench/results/rounds.{json,md,png}.
+Where the time comes from:
+- round wall time: the coordinator's signed audit log (`round.reply` entries, written when the
+  ServerApp aggregates each reply; µs timestamps). Round k ends when the ServerApp aggregates its
+  evaluate replies, round 1 starts when the roll call's `node.joined` entries are written.
+- each node's own work: its own audit log (`request.received` → `reply.sent` of each train and
+  evaluate request, µs timestamps), i.e. everything the runtime does for a request — admission,
+  ledger charge, DP-SGD or the noised evaluation, audit writes — except the ledger integrity check
+  that precedes `request.received` (measured separately, `ledger_verify_s`).
+- where a message goes on a node: Flower's logs carry no timestamps, so every line of every
+  process log is stamped when it appears (bench/logclock.py, 50 ms polling); the run's `--stream`
+  output is stamped too.
+
+Reported per configuration: start-up times, wall time per round, the slowest node's own work per
+round, the overhead (round minus the slowest node's work; median over rounds) and the segments of
+each message next to the import times of a fresh interpreter. Variants: Flower's default
+`--isolation subprocess` ("default": the configuration `make demo` runs); `--isolation process`
+with a long-lived `flower-superexec` per node that we start; and the SuperExec's task polling
+interval lowered (FLWR_SUPEREXEC_TASK_POLL_INTERVAL). Writes bench/results/rounds.{json,md,png}.
 """
 
 from __future__ import annotations
 
 import argparse
-import inspect
 import os
 import re
 import shutil
@@ -30,7 +40,10 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +64,16 @@ from bench.logclock import LogClock, Stamped
 CONTRACT = CONTRACTS / "synthetic.yaml"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _ROUND = re.compile(r"\[ROUND (\d+)/(\d+)\]")
+KINDS = ("train", "evaluate")
+RELAY_IMPORT = "import client.client_app (the relay ClientApp)"
+NODE_WORK_SOURCE = (
+    "node audit logs: request.received -> reply.sent per train/evaluate request "
+    "(ledger integrity check before request.received not included; see ledger_verify_s)"
+)
+ROUND_SOURCE = (
+    "coordinator audit log: last round.reply of kind evaluate per round (round 1 starts at the "
+    "last node.joined entry)"
+)
 
 
 @dataclass(frozen=True)
@@ -62,7 +85,9 @@ class Variant:
 
 
 VARIANTS = {
-    "default": Variant("default", note="Flower defaults: --isolation subprocess"),
+    "default": Variant(
+        "default", note="as `make demo`: Flower defaults (--isolation subprocess), signed app"
+    ),
     "isolation-process": Variant(
         "isolation-process",
         isolation="process",
@@ -97,109 +122,135 @@ def import_costs() -> dict[str, float]:
         "import flwr": time_python("import flwr"),
         "import torch": time_python("import torch"),
         "import torch, opacus, flwr": time_python("import torch, opacus, flwr"),
-        "import client.client_app (the node's app)": time_python("import client.client_app"),
-    }
-
-
-# ---- the nodes' own work, measured in process ------------------------------------------------
-
-
-def node_work_seconds(silo: Path, name: str, state: Path, rounds: int) -> dict[str, float]:
-    """Seconds to load+validate the silo, train one DP round and evaluate, with the node's code."""
-    import warnings
-
-    from bench.dp import LocalHyper, NodeAccount, make_config
-    from client.node import NodeSettings, load_node_data
-    from client.training import evaluate
-    from common.contract import load_contract
-    from common.encoding import Encoder
-    from common.model import build_model
-
-    warnings.filterwarnings("ignore")
-    contract = load_contract(CONTRACT)
-    settings = NodeSettings.model_validate(
-        {"node-name": name, "data": str(silo), "contract": str(CONTRACT), "state-dir": str(state)}
-    )
-    t0 = time.perf_counter()
-    data = load_node_data(settings, contract)
-    t_load = time.perf_counter() - t0
-    model = build_model("logreg", Encoder(contract).n_features)
-    cfg = make_config(LocalHyper(eval_noise=10.0), noise_multiplier=1.0, total_rounds=rounds)
-    t0 = time.perf_counter()
-    NodeAccount().train_round(model, data.x_train, data.y_train, cfg)
-    t_train = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    params = inspect.signature(evaluate).parameters
-    wanted: dict[str, Any] = {"noise": 10.0, "bins": 20, "seed": 0}
-    extra = {k: v for k, v in wanted.items() if k in params}
-    evaluate(model, data.x_test, data.y_test, **extra)  # noised histograms where the API has them
-    t_eval = time.perf_counter() - t0
-    return {
-        "load_s": t_load,
-        "train_s": t_train,
-        "evaluate_s": t_eval,
-        "round_work_s": 2 * t_load + t_train + t_eval,  # train and evaluate each load the data
+        # what each message's `flwr-clientapp` process imports (the node's app before the relay
+        # imported torch, opacus and the node's code: 3.73 s in the previous results)
+        RELAY_IMPORT: time_python("import client.client_app"),
+        # imported once per node, when its owner starts the runtime
+        "import client.runtime.service (the node runtime, once)": time_python(
+            "import client.runtime.service"
+        ),
     }
 
 
 # ---- starting nodes ---------------------------------------------------------------------------
 
 
-def add_node_process_isolation(fed: Any, name: str, data: Path) -> None:
-    """Like LocalFederation.add_node, but `--isolation process` plus our own flower-superexec."""
-    from atoll import pki
-    from atoll.federation import CONNECTION, DEFAULT_POLICY
-    from atoll.processes import (
-        BIN,
-        flower_env,
-        free_port,
-        register_node,
-        spawn,
-        toml_pairs,
-        wait_for_port,
-    )
+@contextmanager
+def process_isolation(fed: Any) -> Iterator[Callable[[str], None]]:
+    """`LocalFederation.add_node` with `--isolation process` and our own `flower-superexec`.
+
+    The SuperNode's command line gets `--isolation process` (add_node is otherwise unchanged:
+    runtime, node.toml, ledger, registration); the returned function starts the node's SuperExec.
+    """
+    import atoll.processes as processes
+
+    original = processes.supernode_argv
+    ports: dict[str, int] = {}
+
+    def argv_with_isolation(**kwargs: Any) -> list[str]:
+        ports["last"] = int(kwargs["port"])
+        return [*original(**kwargs), "--isolation", "process"]
+
+    def start_superexec(name: str) -> None:
+        port = ports.pop("last")
+        node = fed.processes[f"node:{name}"]
+        processes.wait_for_port(port, timeout=60, proc=node)
+        argv = [
+            str(processes.BIN / "flower-superexec"),
+            "--insecure",  # the SuperNode's local Runtime API is plain HTTP on loopback
+            "--runtime-api-address",
+            f"127.0.0.1:{port}",
+        ]
+        env = processes.flower_env(fed.workdir / "nodes" / name / "flwr")
+        fed.processes[f"superexec:{name}"] = processes.spawn(
+            f"superexec-{name}", argv, fed.logs / f"{name}.log", env
+        )
+
+    processes.supernode_argv = argv_with_isolation  # type: ignore[assignment]
+    try:
+        yield start_superexec
+    finally:
+        processes.supernode_argv = original  # type: ignore[assignment]
+
+
+# ---- audit logs: round boundaries and the nodes' own work ------------------------------------
+
+
+def _epoch(ts: datetime) -> float:
+    return ts.timestamp()
+
+
+def coordinator_rounds(registry_url: str, run_id: str | None) -> dict[str, Any]:
+    """Round boundaries from the coordinator's audit log (times in seconds since the epoch)."""
+    from privacy.audit import iter_entries
+
+    joined: list[float] = []
+    replies: dict[tuple[int, str], list[float]] = {}
+    for e in iter_entries(registry_url, "coordinator", subject=f"run:{run_id}" if run_id else None):
+        if e.action == "node.joined":
+            joined.append(_epoch(e.timestamp))
+        elif e.action in ("round.reply", "round.error"):
+            key = (int(e.details["round"]), str(e.details["kind"]))
+            replies.setdefault(key, []).append(_epoch(e.timestamp))
+    rounds = sorted({r for r, _ in replies})
+    # aggregate_* notifies every reply first: the last entry is when the ServerApp aggregated
+    aggregated = {f"{k}:{r}": max(ts) for (r, k), ts in replies.items()}
+    start = max(joined) if joined else None
+    round_s: list[float] = []
+    prev = start
+    for r in rounds:
+        end = aggregated.get(f"evaluate:{r}", aggregated.get(f"train:{r}"))
+        if prev is not None and end is not None:
+            round_s.append(end - prev)
+        prev = end
+    return {"rounds": rounds, "start": start, "aggregated": aggregated, "round_s": round_s}
+
+
+def node_requests(state_dir: Path, name: str) -> list[dict[str, Any]]:
+    """Each train/evaluate request a node's runtime answered, from its own audit log."""
+    from privacy.audit import iter_entries
+    from privacy.ledger import DB_NAME
+
+    out: list[dict[str, Any]] = []
+    open_request: dict[str, Any] | None = None
+    for e in iter_entries(f"sqlite:///{state_dir / DB_NAME}", f"node:{name}"):
+        kind = e.details.get("kind")
+        if e.action == "request.received":
+            open_request = {"kind": kind, "received": _epoch(e.timestamp)}
+        elif open_request is not None and e.action == "reply.sent" and kind == open_request["kind"]:
+            out.append(
+                {**open_request, "round": int(e.details["round"]), "sent": _epoch(e.timestamp)}
+            )
+            open_request = None
+        elif e.action in ("request.refused", "request.failed"):
+            open_request = None
+    return [r for r in out if r["kind"] in KINDS]
+
+
+def ledger_verify_seconds(state_dir: Path, repeats: int = 5) -> float:
+    """Median seconds of the ledger integrity check the runtime runs before each request."""
     from privacy.ledger import Ledger
 
-    home = fed.workdir / "nodes" / name
-    Ledger.initialize(home / "state", name, DEFAULT_POLICY).close_db()
-    key, pub = pki.create_node_key(home / "keys", "node")
-    register_node(fed.coordinator_home / "flwr", CONNECTION, pub, name)
-    node_config: dict[str, str | int | float | bool] = {
-        "node-name": name,
-        "data": str(data),
-        "contract": str(CONTRACT),
-        "state-dir": str(home / "state"),
-    }
-    port = free_port()
-    argv = [
-        str(BIN / "flower-supernode"),
-        "--superlink",
-        fed.node_address,
-        "--root-certificates",
-        str(fed.tls.ca_cert),
-        "--port",
-        str(port),
-        "--node-config",
-        toml_pairs(node_config),
-        "--max-retries",
-        "3",
-        "--auth-supernode-private-key",
-        str(key),
-        "--isolation",
-        "process",
-    ]
-    (home / "flwr").mkdir(parents=True, exist_ok=True)
-    env = flower_env(home / "flwr")
-    log = fed.logs / f"{name}.log"
-    fed.processes[f"node:{name}"] = spawn(f"supernode-{name}", argv, log, env)
-    wait_for_port(port, timeout=60, proc=fed.processes[f"node:{name}"])
-    superexec = [
-        str(BIN / "flower-superexec"),
-        "--insecure",  # the SuperNode's local Runtime API is plain HTTP on loopback
-        "--runtime-api-address",
-        f"127.0.0.1:{port}",
-    ]
-    fed.processes[f"superexec:{name}"] = spawn(f"superexec-{name}", superexec, log, env)
+    ledger = Ledger(state_dir)
+    try:
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            ledger.verify()
+            times.append(time.perf_counter() - t0)
+    finally:
+        ledger.close_db()
+    return statistics.median(times)
+
+
+def node_work_by_round(requests: dict[str, list[dict[str, Any]]]) -> dict[int, dict[str, float]]:
+    """{round: {node: seconds of its train + evaluate work in that round}}."""
+    out: dict[int, dict[str, float]] = {}
+    for node, reqs in requests.items():
+        for r in reqs:
+            per = out.setdefault(r["round"], {})
+            per[node] = per.get(node, 0.0) + (r["sent"] - r["received"])
+    return out
 
 
 # ---- log analysis -----------------------------------------------------------------------------
@@ -210,7 +261,7 @@ def clean(line: str) -> str:
 
 
 def node_messages(lines: list[Stamped], node: str) -> list[dict[str, Any]]:
-    """Per message handled by `node`: the times of its milestones (seconds since the epoch)."""
+    """Per message handled by `node`'s SuperNode: the times its milestones were logged."""
     msgs: list[dict[str, Any]] = []
     cur: dict[str, Any] | None = None
     for s in lines:
@@ -226,8 +277,6 @@ def node_messages(lines: list[Stamped], node: str) -> list[dict[str, Any]]:
             cur["received"] = s.t
         elif "Start `flwr-clientapp` process" in text and "clientapp_started" not in cur:
             cur["clientapp_started"] = s.t
-        elif "Start `ClientApp` Loading" in text and "app_loading" not in cur:
-            cur["app_loading"] = s.t
         elif re.search(r"Sending: \S+ message", text) and "sending" not in cur:
             cur["sending"] = s.t
         elif "Sent successfully" in text and "sent" not in cur:
@@ -254,7 +303,8 @@ def server_events(lines: list[Stamped]) -> list[tuple[float, str]]:
     return out
 
 
-def round_times(events: list[tuple[float, str]], rounds: int) -> list[float]:
+def stream_round_times(events: list[tuple[float, str]], rounds: int) -> list[float]:
+    """Round times as the previous version measured them (stream output arrives in batches)."""
     starts = {e: t for t, e in events}
     out = []
     for k in range(1, rounds + 1):
@@ -265,25 +315,27 @@ def round_times(events: list[tuple[float, str]], rounds: int) -> list[float]:
 
 
 def phase_breakdown(
-    events: list[tuple[float, str]], msgs: dict[str, list[dict[str, Any]]], kind: str
+    events: list[tuple[float, str]],
+    msgs: dict[str, list[dict[str, Any]]],
+    requests: dict[str, list[dict[str, Any]]],
+    aggregated: dict[str, float],
+    kind: str,
 ) -> dict[str, float]:
-    """Median seconds of each segment of `kind` (train/evaluate) messages, over nodes and rounds."""
-    seg: dict[str, list[float]] = {
-        "dispatch_to_node_pickup": [],
-        "message_download": [],
-        "superexec_pickup_process_start_flwr_import": [],
-        "app_import_and_work": [],
-        "reply_upload": [],
-        "last_reply_to_server_aggregate": [],
-        "message_total_on_node": [],
-    }
+    """Median seconds of each segment of `kind` (train/evaluate) messages, over nodes and rounds.
+
+    The k-th `kind` message a SuperNode logs is the k-th `kind` request its runtime answered
+    (both are in order: the runtime decides one request at a time).
+    """
+    seg: dict[str, list[float]] = {key: [] for key, _ in SEGMENTS}
     configures = sorted(t for t, e in events if e == f"configure_{kind}")
-    aggregates = sorted(t for t, e in events if e == f"aggregate_{kind}")
-    for node_msgs in msgs.values():
+    for node, node_msgs in msgs.items():
         mine = [m for m in node_msgs if m["type"] == kind]
+        reqs = [r for r in requests.get(node, []) if r["kind"] == kind]
         for i, m in enumerate(mine):
             if i < len(configures):
                 seg["dispatch_to_node_pickup"].append(m["receiving"] - configures[i])
+            if i < len(reqs):
+                m = {**m, "runtime_received": reqs[i]["received"], "runtime_sent": reqs[i]["sent"]}
             _diff(seg["message_download"], m, "receiving", "received")
             _diff(
                 seg["superexec_pickup_process_start_flwr_import"],
@@ -291,18 +343,21 @@ def phase_breakdown(
                 "received",
                 "clientapp_started",
             )
+            _diff(seg["relay_start_to_runtime"], m, "clientapp_started", "runtime_received")
+            _diff(seg["node_work"], m, "runtime_received", "runtime_sent")
+            _diff(seg["runtime_reply_to_push"], m, "runtime_sent", "sending")
             _diff(seg["app_import_and_work"], m, "clientapp_started", "sending")
             _diff(seg["reply_upload"], m, "sending", "sent")
             _diff(seg["message_total_on_node"], m, "receiving", "sent")
-    for i, t_agg in enumerate(aggregates):
+    for rnd in sorted({int(k.split(":")[1]) for k in aggregated if k.startswith(f"{kind}:")}):
         sent: list[float] = []
         for node_msgs in msgs.values():
             mine = [m for m in node_msgs if m["type"] == kind]
-            if len(mine) > i and "sent" in mine[i]:
-                sent.append(float(mine[i]["sent"]))
+            if len(mine) >= rnd and "sent" in mine[rnd - 1]:
+                sent.append(float(mine[rnd - 1]["sent"]))
         if sent:
-            seg["last_reply_to_server_aggregate"].append(t_agg - max(sent))
-    return {k: round(statistics.median(v), 2) for k, v in seg.items() if v}
+            seg["last_reply_to_server_aggregate"].append(aggregated[f"{kind}:{rnd}"] - max(sent))
+    return {k: round(statistics.median(v), 3) for k, v in seg.items() if v}
 
 
 def _diff(out: list[float], m: dict[str, Any], a: str, b: str) -> None:
@@ -313,42 +368,49 @@ def _diff(out: list[float], m: dict[str, Any], a: str, b: str) -> None:
 # ---- one configuration ------------------------------------------------------------------------
 
 
+def make_silos(directory: Path, n_nodes: int, rows: int) -> list[Path]:
+    directory.mkdir(parents=True)
+    paths = []
+    from common.synth import generate
+
+    for i in range(n_nodes):
+        path = directory / f"node-{i + 1}.csv"
+        generate(rows, seed=i, departments=1, dirty=False).to_csv(path, index=False)
+        paths.append(path)
+    return paths
+
+
 def run_config(n_nodes: int, variant: Variant, rounds: int, rows: int) -> dict[str, Any]:
     """Start a federation of `n_nodes`, run `rounds` rounds, stop it, analyse its logs."""
     from atoll.federation import LocalFederation
-    from common.synth import generate
 
     workdir = WORK / f"rounds-{variant.name}-{n_nodes}"
     shutil.rmtree(workdir, ignore_errors=True)
-    silos = workdir / "silos"
-    silos.mkdir(parents=True)
-    paths = []
-    for i in range(n_nodes):
-        path = silos / f"node-{i + 1}.csv"
-        generate(rows, seed=i, departments=1, dirty=False).to_csv(path, index=False)
-        paths.append(path)
+    paths = make_silos(workdir / "silos", n_nodes, rows)
+    names = [f"node-{i + 1}" for i in range(n_nodes)]
     saved = {k: os.environ.get(k) for k in variant.env}
     os.environ.update(variant.env)
-    t = {}
+    t: dict[str, float] = {}
     try:
         with LocalFederation(workdir / "fed") as fed, LogClock(workdir / "fed" / "logs") as clock:
             t0 = time.monotonic()
             fed.start_coordinator()
             t["superlink_start_s"] = time.monotonic() - t0
             t0 = time.monotonic()
-            for i, path in enumerate(paths):
-                if variant.isolation == "process":
-                    add_node_process_isolation(fed, f"node-{i + 1}", path)
-                else:
-                    fed.add_node(f"node-{i + 1}", path, CONTRACT)
-            t["nodes_start_s"] = time.monotonic() - t0
+            if variant.isolation == "process":
+                with process_isolation(fed) as start_superexec:
+                    for name, path in zip(names, paths, strict=True):
+                        fed.add_node(name, path, CONTRACT)
+                        start_superexec(name)
+            else:
+                for name, path in zip(names, paths, strict=True):
+                    fed.add_node(name, path, CONTRACT)
+            t["nodes_start_s"] = time.monotonic() - t0  # runtimes + SuperNodes
+            # Everything else is the app's default run config (common.run_config.RunConfig).
             config = {
                 "num-server-rounds": rounds,
                 "min-nodes": n_nodes,
                 "contract-path": str(CONTRACT),
-                "model": "logreg",
-                "target-epsilon": 0.0,
-                "noise-multiplier": 1.0,
             }
             outcome = fed.run(config, on_line=lambda ln: clock.mark("stream", ln), timeout=1800)
             t["flwr_run_s"] = outcome.seconds
@@ -356,6 +418,7 @@ def run_config(n_nodes: int, variant: Variant, rounds: int, rows: int) -> dict[s
                 raise RuntimeError(f"run failed (exit {outcome.exit_code}); see {fed.logs}")
             clock.stop()
             lines = clock.snapshot()
+            registry_url, node_home = fed.registry_url, fed.workdir / "nodes"
     finally:
         for k, v in saved.items():
             if v is None:
@@ -365,38 +428,42 @@ def run_config(n_nodes: int, variant: Variant, rounds: int, rows: int) -> dict[s
     (workdir / "stamped.log").write_text(
         "".join(f"{s.t:.3f} {s.source} {clean(s.line)}\n" for s in lines)
     )
-    names = [f"node-{i + 1}" for i in range(n_nodes)]
     events = server_events(lines)
     msgs = {n: node_messages(lines, n) for n in names}
-    per_round = round_times(events, rounds)
-    # One warm-up pass first: one-time costs (lazy imports inside torch/opacus) belong to the
-    # process start, which each message pays anyway and which the import rows measure.
-    node_work_seconds(paths[0], names[0], workdir / "work-state" / "warm-up", rounds)
-    work = [
-        node_work_seconds(p, n, workdir / "work-state" / n, rounds)
-        for p, n in zip(paths, names, strict=True)
-    ]
-    slowest = max(w["round_work_s"] for w in work)
-    total_work = sum(w["round_work_s"] for w in work)
+    coord = coordinator_rounds(registry_url, outcome.run_id)
+    requests = {n: node_requests(node_home / n / "state", n) for n in names}
+    work = node_work_by_round(requests)
+    round_s = coord["round_s"]
+    slowest = [max(work.get(r, {}).values(), default=0.0) for r in coord["rounds"]]
+    overheads = [w - s for w, s in zip(round_s, slowest, strict=False)]
     return {
         "nodes": n_nodes,
         "variant": variant.name,
         "variant_note": variant.note,
         "rows_per_node": rows,
         "rounds": rounds,
+        "run_id": outcome.run_id,
         **{k: round(v, 2) for k, v in t.items()},
-        "round_seconds": [round(x, 2) for x in per_round],
-        "mean_round_s": round(statistics.mean(per_round), 2) if per_round else None,
-        "node_work": work,
-        "slowest_node_work_s": round(slowest, 3),
-        "all_nodes_work_s": round(total_work, 3),
-        "overhead_per_round_s": round(statistics.mean(per_round) - slowest, 2)
-        if per_round
-        else None,
-        "train": phase_breakdown(events, msgs, "train"),
-        "evaluate": phase_breakdown(events, msgs, "evaluate"),
+        "round_s": [round(x, 3) for x in round_s],
+        "median_round_s": round(statistics.median(round_s), 3) if round_s else None,
+        "round_source": ROUND_SOURCE,
+        "round_s_stream": [round(x, 2) for x in stream_round_times(events, rounds)],
+        "slowest_node_work_s": round(statistics.median(slowest), 3) if slowest else None,
+        "slowest_node_work_s_by_round": [round(x, 3) for x in slowest],
+        "node_work_s_by_round": {
+            str(r): {n: round(v, 3) for n, v in sorted(per.items())}
+            for r, per in sorted(work.items())
+        },
+        "node_work_source": NODE_WORK_SOURCE,
+        "ledger_verify_s": round(ledger_verify_seconds(node_home / names[0] / "state"), 4),
+        "overhead_s_by_round": [round(x, 3) for x in overheads],
+        "overhead_s_per_round": round(statistics.median(overheads), 3) if overheads else None,
+        "train": phase_breakdown(events, msgs, requests, coord["aggregated"], "train"),
+        "evaluate": phase_breakdown(events, msgs, requests, coord["aggregated"], "evaluate"),
         "messages_seen": {n: len(m) for n, m in msgs.items()},
+        "requests_answered": {n: len(r) for n, r in requests.items()},
         "stamped_log": str(workdir / "stamped.log"),
+        "logs": str(workdir / "fed" / "logs"),
     }
 
 
@@ -404,12 +471,15 @@ def run_config(n_nodes: int, variant: Variant, rounds: int, rows: int) -> dict[s
 
 
 SEGMENTS = [
-    ("dispatch_to_node_pickup", "server configure → node pulls it"),
+    ("dispatch_to_node_pickup", "server configure → SuperNode pulls it (stream, approx.)"),
     ("message_download", "message download"),
     ("superexec_pickup_process_start_flwr_import", "SuperExec pick-up + process start + flwr"),
-    ("app_import_and_work", "app imports (torch, opacus) + node work + push"),
+    ("relay_start_to_runtime", "relay: app load + import + call reaches the runtime"),
+    ("node_work", "node runtime's own work"),
+    ("runtime_reply_to_push", "runtime reply → relay pushes it to the SuperNode"),
+    ("app_import_and_work", "= relay import + node work + push (old single segment)"),
     ("reply_upload", "reply upload"),
-    ("last_reply_to_server_aggregate", "last reply → server aggregates"),
+    ("last_reply_to_server_aggregate", "last reply sent → server aggregates"),
     ("message_total_on_node", "total on the node"),
 ]
 
@@ -431,9 +501,9 @@ def markdown(meta: dict[str, Any], runs: list[dict[str, Any]], imports: dict[str
             r["nodes"],
             r["superlink_start_s"],
             r["nodes_start_s"],
-            " / ".join(str(x) for x in r["round_seconds"]),
-            f"{r['slowest_node_work_s']:.2f}",
-            r["overhead_per_round_s"],
+            " / ".join(f"{x:.2f}" for x in r["round_s"]),
+            f"{r['slowest_node_work_s']:.3f}",
+            f"{r['overhead_s_per_round']:.2f}",
             r["flwr_run_s"],
         ]
         for r in runs
@@ -444,39 +514,49 @@ def markdown(meta: dict[str, Any], runs: list[dict[str, Any]], imports: dict[str
         for r in runs:
             row.append(f"{r['train'].get(key, '—')} / {r['evaluate'].get(key, '—')}")
         seg_rows.append(row)
+    verify = max(r["ledger_verify_s"] for r in runs)
     return "\n".join(
         [
-            "# Round overhead on the deployment engine (TLS, node auth, loopback)",
+            "# Round overhead on the deployment engine (TLS, node auth, node runtimes, loopback)",
             "",
-            f"Each SuperNode holds {runs[0]['rows_per_node']} synthetic rows; "
-            f"{runs[0]['rounds']} rounds of FedAvg, DP-SGD with a fixed noise multiplier (no ε "
-            "calibration), logreg. A round = train message + evaluate message to every node. "
-            "'Slowest node's work' = reading+validating its data twice, one DP-SGD round and one "
-            "noised evaluation, measured afterwards in this process after a warm-up, one node at a "
-            "time. **This machine has 2 cores**: the nodes' `flwr-clientapp` processes "
-            "(each imports torch and opacus) compete for them, so the overhead grows with nodes "
-            "here faster than on one machine per node.",
+            f"Each node holds {runs[0]['rows_per_node']} synthetic rows; {runs[0]['rounds']} "
+            "rounds with the app's default run config (FedAvg, logreg, DP-SGD with the default "
+            "fixed noise multiplier, noised evaluation). A round = a train message and an "
+            "evaluate message to every node. Each node is an owner-run runtime (`atoll node "
+            "runtime`: data, ledger, DP-SGD; imports torch once) plus a SuperNode whose "
+            "`flwr-clientapp` runs the thin relay `client.client_app` for each message. "
+            "**Round s** comes from the coordinator's audit log (round k ends when the ServerApp "
+            "aggregates its evaluate replies; round 1 starts after the roll call). **Slowest "
+            "node's work** = per round, the largest over nodes of its runtime's train + evaluate "
+            "work, from each node's audit log (`request.received` → `reply.sent`), median over "
+            "rounds; **overhead** = round minus that, median over rounds. The ledger integrity "
+            f"check before each request (≤ {verify * 1000:.0f} ms here, measured afterwards) "
+            "counts as overhead. **This machine has 2 cores**: runtimes, SuperNodes, their "
+            "`flwr-clientapp` processes and the SuperLink all share them.",
             "",
             md_table(head, rows),
             "",
             "Where a message's time goes (median seconds over nodes and rounds, train / evaluate; "
-            "from the time each log line appeared):",
+            "SuperNode events from the time each log line appeared, ~50 ms resolution; runtime "
+            "events from the node's audit log; aggregation from the coordinator's audit log):",
             "",
             md_table(["segment", *(f"{r['variant']} {r['nodes']}" for r in runs)], seg_rows),
             "",
             "Fresh-interpreter costs on this machine (median of 3, measured at the start of "
-            "the run):",
+            "the run). Before the relay, each message's `flwr-clientapp` imported the node's "
+            "whole app (torch, opacus, pandas, the node's code): 3.73 s in the previous results "
+            "on this machine.",
             "",
             md_table(["command", "seconds"], [[k, f"{v:.2f}"] for k, v in imports.items()]),
             "",
-            "Reading: Flower 1.41 starts a new `flwr-clientapp` process for every message, which "
-            "pulls the message and the FAB from its SuperNode, imports the app (torch, opacus, "
-            "the node's code) and exits; SuperNodes poll the SuperLink every 3 s when idle, the "
-            "ServerApp's grid polls for replies every 3 s, and the SuperExec polls for tasks "
-            "every 1 s (`FLWR_SUPEREXEC_TASK_POLL_INTERVAL`). `--isolation process` only moves the "
-            "SuperExec out of the SuperNode: it still launches one `flwr-clientapp` per message "
-            "(Flower's warm executors exist only for the Kubernetes executor), so it does not "
-            "remove the per-message interpreter start. Serialization is negligible here: the "
+            "Reading: Flower 1.41 still starts a new `flwr-clientapp` process for every message, "
+            "which pulls the message and the FAB from its SuperNode, imports the app and exits; "
+            "the app is now the relay (flwr, grpc, the wire stubs), which forwards the message "
+            "to the node's long-lived runtime over a Unix socket. SuperNodes poll the SuperLink "
+            "every 3 s when idle, the ServerApp's grid polls for replies every 3 s, and the "
+            "SuperExec polls for tasks every 1 s (`FLWR_SUPEREXEC_TASK_POLL_INTERVAL`). "
+            "`--isolation process` only moves the SuperExec out of the SuperNode: it still "
+            "launches one `flwr-clientapp` per message. Serialization is negligible here: the "
             "logreg weights are a few hundred bytes (message download/upload rows).",
             "",
             "![rounds](rounds.png)",
@@ -497,9 +577,9 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
         rs = sorted((r for r in runs if r["variant"] == variant), key=lambda r: r["nodes"])
         ax.plot(
             [r["nodes"] for r in rs],
-            [r["mean_round_s"] for r in rs],
+            [r["median_round_s"] for r in rs],
             marker="o",
-            label=f"round wall time ({variant})",
+            label=f"round wall time, median ({variant})",
         )
         ax.plot(
             [r["nodes"] for r in rs],
@@ -508,7 +588,7 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
             linestyle="--",
             label=f"slowest node's own work ({variant})",
         )
-    ax.set_xlabel("SuperNodes (2-core machine)")
+    ax.set_xlabel("nodes (2-core machine)")
     ax.set_ylabel("seconds per round")
     ax.set_title("Deployment engine: round time vs nodes' own work")
     ax.grid(alpha=0.3)
@@ -521,8 +601,14 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--nodes", nargs="+", type=int, default=[3, 5, 10])
-    p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--rows", type=int, default=500, help="synthetic rows per node")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument(
+        "--rows",
+        type=int,
+        default=1000,
+        help="synthetic rows per node (≥ ~650: the nodes' default limits refuse an expected "
+        "batch below 8 rows at their size bucket's lower end)",
+    )
     p.add_argument(
         "--variants",
         nargs="+",
@@ -531,6 +617,7 @@ def main() -> None:
         help="extra variants, run with the smallest node count",
     )
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--name", default="rounds", help="result file stem in bench/results/")
     args = p.parse_args()
     if args.quick:
         args.nodes, args.variants = [3], []
@@ -546,9 +633,11 @@ def main() -> None:
     from bench.common import RESULTS
 
     RESULTS.mkdir(parents=True, exist_ok=True)
-    plot(runs, RESULTS / "rounds.png")
+    plot(runs, RESULTS / f"{args.name}.png")
     write_results(
-        "rounds", {"meta": meta, "imports": imports, "runs": runs}, markdown(meta, runs, imports)
+        args.name,
+        {"meta": meta, "imports": imports, "runs": runs},
+        markdown(meta, runs, imports).replace("(rounds.png)", f"({args.name}.png)"),
     )
 
 

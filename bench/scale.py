@@ -9,7 +9,8 @@ client-resources-num-cpus=1" --run-config ... --stream` with a fresh FLWR_HOME p
 The real node app cannot run in simulation as is (simulated nodes get only `partition-id` /
 `num-partitions` in node_config, no data path, contract or ledger), so bench/sim_app is a small
 app whose ClientApp generates its partition with `common.synth.generate` (seeded by partition id)
-and trains one round with the project's own `client.training.train_dp` (DP-SGD, fixed noise);
+and trains one round with the project's own `client.training.train_dp` (DP-SGD with the run
+config's defaults, `common.run_config.RunConfig`: fixed noise, equal weights as real nodes send);
 its ServerApp runs Flower's FedAvg and stamps the end of every round.
 
 Measured per configuration (nodes × rows per node): wall time of `flwr run`, time to the first
@@ -47,6 +48,7 @@ from bench.common import (
     wait_for_quiet,
     write_results,
 )
+from common.run_config import RunConfig
 
 SIM_APP = REPO / "bench" / "sim_app"
 FLWR = REPO / ".venv" / "bin" / "flwr"
@@ -216,6 +218,9 @@ def run_config(nodes: int, rows: int, rounds: int, timeout: float) -> dict[str, 
 
 
 def markdown(meta: dict[str, Any], runs: list[dict[str, Any]]) -> str:
+    from privacy.dp import steps_per_epoch
+
+    q = float(RunConfig.default("sample-rate"))
     rows = []
     for r in runs:
         rounds = r.get("rounds_detail", [])
@@ -242,8 +247,9 @@ def markdown(meta: dict[str, Any], runs: list[dict[str, Any]]) -> str:
             "`flwr run bench/sim_app local` with `num-supernodes=N client-resources-num-cpus=1`: "
             "on this **2-core** machine Ray runs 2 ClientApps at a time, so a round costs about "
             "(nodes × per-node time) / 2 plus fixed costs. Each simulated node generates its "
-            "synthetic rows and trains one DP-SGD round with the project's `train_dp` (Poisson "
-            "sample rate 0.02 → 50 steps per epoch whatever the rows, fixed noise 1.0). "
+            "synthetic rows and trains one DP-SGD round with the project's `train_dp` (the run "
+            f"config's defaults: Poisson sample rate {q:g} → {steps_per_epoch(q)} steps per epoch "
+            f"whatever the rows, fixed noise {RunConfig.default('noise-multiplier'):g}). "
             "Round 1 also pays for Ray starting its workers (each imports torch); later rounds "
             "show the steady cost. Memory = sum over every process of the run (SuperLink, "
             "simulation driver, Ray processes and workers): RSS counts shared libraries "

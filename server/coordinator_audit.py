@@ -12,6 +12,7 @@ from typing import Any, cast
 
 from flwr.app import Message, MetricRecord, MetricRecordValues
 
+from common import wire
 from privacy.audit import AuditLog, AuditSigner, digest_arrays, json_number
 
 LOG_ID = "coordinator"
@@ -48,24 +49,29 @@ class CoordinatorAudit:
         return path
 
     def reply(self, server_round: int, kind: str, msg: Message) -> None:
-        """One reply as received: who sent it, the digest of its update, examples and ε."""
+        """One reply as received: who sent it (the SuperLink's node id), its update digest, ε."""
         node = msg.metadata.src_node_id
         name = self.names.get(node, f"node-id:{node}")
-        if msg.has_error():
+        refusal = wire.refusal_of(msg)
+        if refusal is not None:
             self(
-                "round.error",
+                "round.refused",
                 run=self.run_id,
                 round=server_round,
                 node=name,
                 kind=kind,
                 node_id=node,
-                reason=(msg.error.reason or f"error code {msg.error.code} (no reason)")[:500],
+                code=refusal.code[:64],
+                reason=refusal.message[:500],
             )
             return
         metrics: dict[str, MetricRecordValues] = (
-            dict(cast(MetricRecord, msg.content["metrics"])) if "metrics" in msg.content else {}
+            dict(cast(MetricRecord, msg.content[wire.METRICS]))
+            if wire.METRICS in msg.content
+            else {}
         )
-        arrays = msg.content["arrays"] if kind == "train" and "arrays" in msg.content else None
+        arrays = msg.content.get(wire.ARRAYS) if kind == "train" else None
+        epsilon = metrics.get(wire.BUDGET_KEYS["epsilon_run"])
         self(
             "round.reply",
             run=self.run_id,
@@ -74,6 +80,5 @@ class CoordinatorAudit:
             kind=kind,
             node_id=node,
             update_sha256=digest_arrays(arrays) if arrays is not None else None,
-            examples=int(_number(metrics, "num-examples")),
-            epsilon=json_number(_number(metrics, "epsilon")) if "epsilon" in metrics else None,
+            epsilon=json_number(float(epsilon)) if isinstance(epsilon, int | float) else None,
         )

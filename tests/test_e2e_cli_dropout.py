@@ -2,7 +2,7 @@
 
 `atoll certs create`, `atoll keys app-signing` → `atoll app-store serve`, `atoll superlink start
 --app-store` → per node `atoll keys node`, `atoll node register`, `atoll budget init`, `atoll node
-start --trusted-entities` → `atoll run --signing-key` (nodes run only the coordinator-signed
+init`, `atoll node start --config --trusted-entities` (runtime + SuperNode) → `atoll run --signing-key` (nodes run only the coordinator-signed
 build, fetched through the app store). After node-3 has sent its first update it is killed; the
 run must go on with the others, publish, and record the failure — and node-3's ledger keeps what
 it spent (and holds the rest of its reservation until it expires).
@@ -136,6 +136,22 @@ def _run(tmp: Path, procs: list[ManagedProcess]) -> None:
             "--cap",
             "10",
         )
+        atoll(
+            "node",
+            "init",
+            "--name",
+            part.name,
+            "--data",
+            str(part.path),
+            "--contract",
+            str(CONTRACT),
+            "--out",
+            str(home / "node.toml"),
+            "--state-dir",
+            str(home / "state"),
+            "--socket",
+            str(home / "runtime.sock"),
+        )
         nodes[part.name] = spawn(
             part.name,
             [
@@ -144,12 +160,8 @@ def _run(tmp: Path, procs: list[ManagedProcess]) -> None:
                 "atoll",
                 "node",
                 "start",
-                "--name",
-                part.name,
-                "--data",
-                str(part.path),
-                "--contract",
-                str(CONTRACT),
+                "--config",
+                str(home / "node.toml"),
                 "--key",
                 str(keys / part.name),
                 "--superlink",
@@ -158,8 +170,8 @@ def _run(tmp: Path, procs: list[ManagedProcess]) -> None:
                 ca,
                 "--port",
                 str(free_port()),
-                "--home",
-                str(home),
+                "--flwr-home",
+                str(home / "flwr"),
                 "--trusted-entities",
                 str(tmp / "app-signing" / "trusted-entities.yaml"),
             ],

@@ -7,6 +7,8 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
+from common import wire
+from common.protos.atoll.node.v1 import runtime_pb2 as pb
 from server.run_settings import RunSettings, RunSettingsError
 from server.strategies import make_strategy
 
@@ -47,8 +49,18 @@ def test_strategy_aggregates_and_records_each_node(name: str, expected: float) -
     got = arrays.to_numpy_ndarrays()[0]
     assert np.allclose(got, expected)
     assert sorted(strategy.train_by_node[1]) == [1, 2, 3, 4]
-    assert strategy.train_by_node[1][3]["epsilon"] == pytest.approx(0.3)
+    assert strategy.train_by_node[1][3].budget.epsilon_run == pytest.approx(0.3)
     assert [s[2] for s in seen] == [1, 2, 3, 4] and {s[1] for s in seen} == {"train"}
+
+
+def test_refusals_never_reach_aggregation_and_are_recorded() -> None:
+    strategy = make_strategy("fedavg")
+    replies = _replies([1.0, 2.0, 3.0], [1, 1, 1])
+    replies[2].content = wire.refusal_content(pb.Refusal(code="limit-noise", message="too low"))
+    arrays, _metrics = strategy.aggregate_train(1, replies)
+    assert np.allclose(arrays.to_numpy_ndarrays()[0], 1.5)  # nodes 1 and 2 only
+    assert sorted(strategy.train_by_node[1]) == [1, 2]
+    assert strategy.failures[1] == {3: "[limit-noise] too low"}
 
 
 def test_unknown_strategy_and_bad_run_config_are_named() -> None:

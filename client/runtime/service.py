@@ -174,6 +174,17 @@ class NodeService:
             self.ledger.record(caller.run_id, rnd, purpose, *release)
         except BudgetRefused as refusal:
             raise refuse(f"budget-{refusal.code}", str(refusal)) from None
+        sigma, q, steps = release
+        # what an independent accountant needs to recompute this node's ε from its audit log
+        self._audit(
+            caller.run_id,
+            "release.charged",
+            purpose=purpose,
+            round=rnd,
+            noise_multiplier=sigma,
+            sample_rate=q,
+            steps=steps,
+        )
 
     # -- the four requests ------------------------------------------------------------------
     def rollcall(self, req: pb.RollCallRequest) -> pb.RollCallReply:
@@ -229,6 +240,7 @@ class NodeService:
                 self._audit(
                     req.caller.run_id,
                     "reply.sent",
+                    run=req.caller.run_id,
                     kind="train",
                     round=run.server_round,
                     node=self.config.name,
@@ -272,6 +284,7 @@ class NodeService:
                 self._audit(
                     req.caller.run_id,
                     "reply.sent",
+                    run=req.caller.run_id,
                     kind="evaluate",
                     round=run.server_round,
                     node=self.config.name,
