@@ -222,6 +222,58 @@ def contract_check(
         typer.echo(report.model_dump_json(indent=2))
 
 
+@contract_app.command("draft")
+def contract_draft(
+    data: Annotated[Path, typer.Option(help="Your own data file (CSV/Parquet) to draft from")],
+    label: Annotated[
+        str | None, typer.Option(help="Label column (default: a column named churn, y, ...)")
+    ] = None,
+    positive: Annotated[
+        str | None, typer.Option(help="The label's positive value (default: Yes/1/true/...)")
+    ] = None,
+    id_column: Annotated[
+        str | None,
+        typer.Option("--id", help="Customer id column (default: a unique column named ...id)"),
+    ] = None,
+    task: Annotated[str, typer.Option(help="churn or propensity")] = "churn",
+    name: Annotated[str | None, typer.Option(help="Contract name (default: from the file)")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Write the draft here (default: standard output)")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing --out file")] = False,
+) -> None:
+    """Propose a contract from your own file; every data-derived value is marked for REVIEW."""
+    from client.data_source import DataSourceError, read_records
+    from common.contract_draft import REVIEW_WARNING, DraftError, draft_contract
+
+    if not data.is_file():
+        _fail(escape(f"data file '{data}' not found (or not a file)"))
+    if out is not None and out.exists() and not force:
+        _fail(escape(f"'{out}' exists: choose another --out, or --force to overwrite it"))
+    try:
+        draft = draft_contract(
+            read_records(data),
+            label=label,
+            positive=positive,
+            id_column=id_column,
+            task=task,
+            name=name,
+            source=data.name,
+        )
+    except (DataSourceError, DraftError) as err:
+        _fail(escape(str(err)))
+    if out is None:
+        typer.echo(draft.yaml, nl=False)
+    else:
+        out.write_text(draft.yaml, encoding="utf-8")
+        console.print(f"draft contract written to {escape(str(out))}")
+    console.print(f"[bold yellow]REVIEW before sharing:[/] {escape(REVIEW_WARNING)}")
+    console.print(
+        f"{len(draft.review)} item(s) marked '# REVIEW' in the draft"
+        + (f"; dropped: {escape(', '.join(draft.dropped))}" if draft.dropped else "")
+    )
+
+
 # ---- serving ---------------------------------------------------------------------------------
 @app.command()
 def serve(

@@ -96,9 +96,40 @@ VARIANTS = {
     "superexec-poll-0.1s": Variant(
         "superexec-poll-0.1s",
         env={"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1"},
-        note="default isolation, SuperExec task polling every 0.1 s instead of 1 s",
+        note="default isolation, SuperExec task polling every 0.1 s",
+    ),
+    "superexec-poll-1s": Variant(
+        "superexec-poll-1s",
+        env={"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "1.0"},
+        note="default isolation, SuperExec task polling every 1 s (Flower's default)",
     ),
 }
+
+
+def poll_settings() -> dict[str, float | None]:
+    """The polling intervals the default configuration runs with (recorded with the results)."""
+    import inspect
+
+    import atoll.processes as processes
+
+    superexec = getattr(processes, "SUPEREXEC_POLL_S", None)  # None: Flower's 1 s
+    grid: float | None = None
+    try:
+        from server.fleet import FastGrid
+
+        grid = float(inspect.signature(FastGrid).parameters["poll"].default)
+    except (ImportError, KeyError, TypeError, ValueError):
+        grid = None  # Flower's Grid.send_and_receive: 3 s
+    return {
+        "superexec_task_poll_s": float(superexec) if superexec is not None else 1.0,
+        "serverapp_reply_poll_s": grid if grid is not None else 3.0,
+    }
+
+
+def extra_variants() -> list[str]:
+    """`--isolation process`, and the SuperExec poll interval the default does not use."""
+    poll = poll_settings()["superexec_task_poll_s"]
+    return ["isolation-process", "superexec-poll-1s" if poll < 1.0 else "superexec-poll-0.1s"]
 
 
 # ---- import / process-start costs ------------------------------------------------------------
@@ -474,7 +505,7 @@ SEGMENTS = [
     ("dispatch_to_node_pickup", "server configure → SuperNode pulls it (stream, approx.)"),
     ("message_download", "message download"),
     ("superexec_pickup_process_start_flwr_import", "SuperExec pick-up + process start + flwr"),
-    ("relay_start_to_runtime", "relay: app load + import + call reaches the runtime"),
+    ("relay_start_to_runtime", "relay: pulls message + app, imports, calls the runtime"),
     ("node_work", "node runtime's own work"),
     ("runtime_reply_to_push", "runtime reply → relay pushes it to the SuperNode"),
     ("app_import_and_work", "= relay import + node work + push (old single segment)"),
@@ -530,7 +561,7 @@ def markdown(meta: dict[str, Any], runs: list[dict[str, Any]], imports: dict[str
             "node's work** = per round, the largest over nodes of its runtime's train + evaluate "
             "work, from each node's audit log (`request.received` → `reply.sent`), median over "
             "rounds; **overhead** = round minus that, median over rounds. The ledger integrity "
-            f"check before each request (≤ {verify * 1000:.0f} ms here, measured afterwards) "
+            f"check before each request (≤ {verify * 1000:.1f} ms here, measured afterwards) "
             "counts as overhead. **This machine has 2 cores**: runtimes, SuperNodes, their "
             "`flwr-clientapp` processes and the SuperLink all share them.",
             "",
@@ -612,7 +643,7 @@ def main() -> None:
     p.add_argument(
         "--variants",
         nargs="+",
-        default=["isolation-process", "superexec-poll-0.1s"],
+        default=extra_variants(),
         choices=[v for v in VARIANTS if v != "default"],
         help="extra variants, run with the smallest node count",
     )
@@ -625,11 +656,20 @@ def main() -> None:
     t0 = time.monotonic()
     meta = run_metadata(load_average_after_wait=load)
     imports = import_costs()
-    runs = [run_config(n, VARIANTS["default"], args.rounds, args.rows) for n in args.nodes]
-    runs += [
-        run_config(min(args.nodes), VARIANTS[v], args.rounds, args.rows) for v in args.variants
-    ]
+    plan = [(n, VARIANTS["default"]) for n in args.nodes]
+    plan += [(min(args.nodes), VARIANTS[v]) for v in args.variants]
+    runs, failed = [], []
+    for n, variant in plan:
+        try:
+            runs.append(run_config(n, variant, args.rounds, args.rows))
+        except Exception as err:  # noqa: BLE001 - keep the other configurations' results
+            print(f"{variant.name} {n} nodes failed: {err}", file=sys.stderr, flush=True)
+            failed.append({"variant": variant.name, "nodes": n, "error": str(err)[:500]})
     finish_metadata(meta, t0)
+    if failed:
+        meta["failed_configurations"] = failed
+    if not runs:
+        raise SystemExit("every configuration failed; see the errors above")
     from bench.common import RESULTS
 
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -110,6 +110,13 @@ def finish(msg: Message, context: Context) -> Message:
         msg,
         context,
         lambda stub, who: wire.finish_content(
-            stub.Finish(pb.FinishRequest(caller=who), timeout=CALL_TIMEOUT_S)
+            stub.Finish(
+                pb.FinishRequest(
+                    caller=who,
+                    settings=wire.settings_of(msg.content),
+                    weights=wire.weights_of(msg.content),
+                ),
+                timeout=CALL_TIMEOUT_S,
+            )
         ),
     )

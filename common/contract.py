@@ -2,19 +2,30 @@
 
 A contract is a YAML file. It names the label and its positive value, the id column (never a
 feature), columns to drop (PII, leaky columns) and every feature with the fixed, agreed parameters
-its encoding needs (numeric range, categorical vocabulary, binary truth values, missing policy).
-Encoding depends only on the contract — never on a node's data — so it is identical everywhere.
+its encoding needs (numeric range and optional transform/standardisation, categorical vocabulary,
+binary truth values, missing policy). Encoding depends only on the contract — never on a node's
+data — so it is identical everywhere.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 
 class ContractError(ValueError):
@@ -32,12 +43,35 @@ class Label(_Strict):
     )
 
 
+# Numeric transforms the federation may agree on, applied after clipping to [min, max].
+NUMERIC_TRANSFORMS = ("log1p",)
+# |encoded value| beyond this means center/scale were not given in the transformed space.
+MAX_ENCODED_MAGNITUDE = 1e6
+# Optional numeric keys left out of every dump when unset, so that a contract without transforms
+# dumps (and hashes) exactly as it did before transforms existed.
+_OPTIONAL_NUMERIC_KEYS = ("transform", "center", "scale")
+
+
+def apply_transform(transform: str | None, value: float) -> float:
+    """One value through a contract transform (the vectorised form is in common.encoding)."""
+    return math.log1p(value) if transform == "log1p" else value
+
+
 class NumericFeature(_Strict):
+    """clip to [min, max] → optional `transform` → scale.
+
+    Scaling is (t - center) / scale when the contract gives `center` and `scale` (both in the
+    transformed space), else a min-max mapping of the transformed bounds onto [0, 1].
+    """
+
     name: str = Field(min_length=1)
     type: Literal["numeric"]
     # Finite only: an infinite bound would make the [0, 1] scaling produce NaN.
     min: float = Field(allow_inf_nan=False)
     max: float = Field(allow_inf_nan=False)
+    transform: Literal["log1p"] | None = None
+    center: float | None = Field(default=None, allow_inf_nan=False)
+    scale: float | None = Field(default=None, allow_inf_nan=False)
     missing: Literal["reject", "impute"] = "reject"
     impute: float | None = Field(default=None, allow_inf_nan=False)
 
@@ -54,7 +88,60 @@ class NumericFeature(_Strict):
                 f"feature '{self.name}': impute ({self.impute}) must lie within "
                 f"[{self.min}, {self.max}]"
             )
+        if self.transform == "log1p" and not self.min > -1:
+            raise ValueError(
+                f"feature '{self.name}': transform log1p needs min > -1 (log1p is undefined "
+                f"at -1 and below), got min {self.min}"
+            )
+        self._check_standardisation()
         return self
+
+    def _check_standardisation(self) -> None:
+        if (self.center is None) != (self.scale is None):
+            raise ValueError(
+                f"feature '{self.name}': give both 'center' and 'scale' (standardisation), "
+                "or neither (min-max scaling to [0, 1])"
+            )
+        if self.scale is None or self.center is None:
+            return
+        if not self.scale > 0:
+            raise ValueError(f"feature '{self.name}': scale must be > 0, got {self.scale}")
+        lo, hi = self.encoded_bounds
+        if not (math.isfinite(lo) and math.isfinite(hi)) or max(abs(lo), abs(hi)) > (
+            MAX_ENCODED_MAGNITUDE
+        ):
+            where = "log1p space" if self.transform else "the feature's own units"
+            raise ValueError(
+                f"feature '{self.name}': center/scale map [min, max] to [{lo:.3g}, {hi:.3g}]; "
+                f"give them in the transformed space ({where}) so that encoded values stay "
+                f"within ±{MAX_ENCODED_MAGNITUDE:g}"
+            )
+
+    @property
+    def transformed_bounds(self) -> tuple[float, float]:
+        """[min, max] after the transform (before scaling)."""
+        return apply_transform(self.transform, self.min), apply_transform(self.transform, self.max)
+
+    @property
+    def encoded_bounds(self) -> tuple[float, float]:
+        """The encoded values of min and max: (0, 1) unless the contract standardises."""
+        return self.encode_value(self.min), self.encode_value(self.max)
+
+    def encode_value(self, value: float) -> float:
+        """One raw value through clip → transform → scale, in float64 (as the encoder does)."""
+        t = apply_transform(self.transform, min(max(value, self.min), self.max))
+        if self.center is not None and self.scale is not None:
+            return (t - self.center) / self.scale
+        lo, hi = self.transformed_bounds
+        return (t - lo) / (hi - lo)
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_options(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        for key in _OPTIONAL_NUMERIC_KEYS:
+            if key in data and data[key] is None:
+                del data[key]
+        return data
 
 
 class CategoricalFeature(_Strict):

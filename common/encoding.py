@@ -1,9 +1,11 @@
 """Records → tensors, determined by the contract alone.
 
-Numeric features are clipped to the agreed range and scaled to [0, 1]; categorical features are
-one-hot over the agreed vocabulary plus an "other" bucket; binary features map to 0/1. Nothing is
-estimated from a node's data, so every node and the scoring API produce identical encodings. Every
-problem is *counted* per feature and reason; no value is ever put into a message.
+Numeric features are clipped to the agreed range (counted), optionally transformed (`log1p`) and
+scaled: standardised with the contract's `center`/`scale` (transformed space) when it gives them,
+else mapped to [0, 1] over the transformed bounds. Categorical features are one-hot over the agreed
+vocabulary plus an "other" bucket; binary features map to 0/1. Nothing is estimated from a node's
+data, so every node and the scoring API produce identical encodings. Every problem is *counted* per
+feature and reason; no value is ever put into a message.
 """
 
 from __future__ import annotations
@@ -46,9 +48,31 @@ class Encoded:
     stats: EncodingStats
 
 
-def _is_missing(s: pd.Series) -> pd.Series:
+def is_missing(s: pd.Series) -> pd.Series:
     as_str = s.astype("string").str.strip()
     return s.isna() | as_str.isna() | (as_str == "")
+
+
+def scale_numeric(f: NumericFeature, clipped: np.ndarray) -> np.ndarray:
+    """Values already clipped to [f.min, f.max] → transform → scale, in float64."""
+    values = np.log1p(clipped) if f.transform == "log1p" else clipped
+    if f.center is not None and f.scale is not None:
+        return (values - f.center) / f.scale
+    lo, hi = f.transformed_bounds
+    return (values - lo) / (hi - lo)
+
+
+def numeric_neutral(f: NumericFeature) -> float:
+    """The encoded "no information" value of a numeric feature (reason-code occlusion baseline).
+
+    The impute value if the contract has one, else the middle of the range — taken in the
+    transformed space, i.e. the value whose encoding is halfway between the encoded bounds (0.5
+    under min-max scaling, as before transforms existed).
+    """
+    if f.impute is not None:
+        return f.encode_value(f.impute)
+    lo, hi = f.encoded_bounds
+    return (lo + hi) / 2
 
 
 class Encoder:
@@ -91,7 +115,7 @@ class Encoder:
 
         for f in self.contract.features:
             col = frame[f.name]
-            missing = _is_missing(col).to_numpy()
+            missing = is_missing(col).to_numpy()
             stats.missing[f.name] += int(missing.sum())
             cols = self.groups[f.name]
             if isinstance(f, NumericFeature):
@@ -119,7 +143,7 @@ class Encoder:
         clipped = ok & ((values < f.min) | (values > f.max))
         stats.clipped[f.name] += int(clipped.sum())
         values = np.clip(np.where(ok, values, f.min), f.min, f.max)
-        return ((values - f.min) / (f.max - f.min)).astype(np.float32)
+        return scale_numeric(f, values).astype(np.float32)
 
     def _categorical(
         self, f: CategoricalFeature, col: pd.Series, missing, stats, reject

@@ -66,6 +66,7 @@ SETTINGS_KEYS: Final[Mapping[str, str]] = {
     "eval_bins": "eval-bins",
     "proximal_mu": "proximal-mu",
     "server_round": "server-round",
+    "evaluate_incoming": "evaluate-incoming",
 }
 BUDGET_KEYS: Final[Mapping[str, str]] = {
     "epsilon_run": "epsilon",
@@ -125,6 +126,22 @@ def joined_of(msg: Message) -> pb.Joined | pb.Refusal:
         return pb.Refusal(code="malformed-reply", message="roll-call reply lacks info or metrics")
 
 
+def _histograms(m: Mapping[str, object]) -> pb.Evaluated | None:
+    """Noised histograms in a metrics record, if it holds a pair of equal, finite lists."""
+    pos, neg = m.get(HIST_POS), m.get(HIST_NEG)
+    if not isinstance(pos, list) or not isinstance(neg, list) or len(pos) != len(neg) or not pos:
+        return None
+    values = [float(v) for v in pos + neg]
+    if not all(math.isfinite(v) for v in values):
+        return None
+    return pb.Evaluated(
+        hist_pos=values[: len(pos)],
+        hist_neg=values[len(pos) :],
+        noise=_num(m.get(EVAL_NOISE)),
+        budget=_budget_from(m),
+    )
+
+
 def trained_of(msg: Message) -> pb.Trained | pb.Refusal:
     """The release a train reply describes (its weights stay in the message's ArrayRecord)."""
     if (refused := refusal_of(msg)) is not None:
@@ -132,12 +149,15 @@ def trained_of(msg: Message) -> pb.Trained | pb.Refusal:
     try:
         m = msg.content[METRICS]
         _ = msg.content[ARRAYS]
-        return pb.Trained(
+        trained = pb.Trained(
             noise_multiplier=_num(m.get(NOISE_MULTIPLIER)),
             sample_rate=_num(m.get(SAMPLE_RATE)),
             steps=int(_num(m.get(STEPS))),
             budget=_budget_from(m),
         )
+        if (incoming := _histograms(m)) is not None:
+            trained.incoming.CopyFrom(incoming)
+        return trained
     except (KeyError, TypeError, ValueError, AttributeError):
         return pb.Refusal(code="malformed-reply", message="train reply lacks arrays or metrics")
 
@@ -146,15 +166,12 @@ def evaluated_of(msg: Message) -> pb.Evaluated | pb.Refusal:
     if (refused := refusal_of(msg)) is not None:
         return refused
     try:
-        m = msg.content[METRICS]
-        return pb.Evaluated(
-            hist_pos=[float(v) for v in m[HIST_POS]],  # type: ignore[union-attr]
-            hist_neg=[float(v) for v in m[HIST_NEG]],  # type: ignore[union-attr]
-            noise=_num(m.get(EVAL_NOISE)),
-            budget=_budget_from(m),
-        )
+        evaluated = _histograms(msg.content[METRICS])
     except (KeyError, TypeError, ValueError, AttributeError):
+        evaluated = None
+    if evaluated is None:
         return pb.Refusal(code="malformed-reply", message="evaluate reply lacks histograms")
+    return evaluated
 
 
 def finished_of(msg: Message) -> pb.Finished | pb.Refusal:
@@ -162,9 +179,16 @@ def finished_of(msg: Message) -> pb.Finished | pb.Refusal:
         return refused
     try:
         info, metrics = msg.content[INFO], msg.content[METRICS]
-        return pb.Finished(node_name=str(info.get(NODE_NAME, "")), budget=_budget_from(metrics))
+        finished = pb.Finished(node_name=str(info.get(NODE_NAME, "")), budget=_budget_from(metrics))
+        if (final := _histograms(metrics)) is not None:
+            finished.final.CopyFrom(final)
+        return finished
     except (KeyError, TypeError, ValueError, AttributeError):
         return pb.Refusal(code="malformed-reply", message="finish reply lacks info or metrics")
+
+
+def has_histograms(evaluated: pb.Evaluated) -> bool:
+    return len(evaluated.hist_pos) > 0
 
 
 def budget_metrics(budget: pb.Budget) -> dict[str, float]:
@@ -189,6 +213,9 @@ def settings_of(content: RecordDict) -> pb.RunSettings:
         if kind == FieldDescriptor.TYPE_STRING:
             if isinstance(value, str):
                 setattr(out, field, value[:200])
+        elif kind == FieldDescriptor.TYPE_BOOL:
+            if isinstance(value, bool):
+                setattr(out, field, value)
         elif kind == FieldDescriptor.TYPE_UINT32:
             if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _UINT32_MAX:
                 setattr(out, field, value)
@@ -260,14 +287,23 @@ def train_content(reply: pb.TrainReply) -> RecordDict:
     if reply.WhichOneof("outcome") != "trained":
         return refusal_content(reply.refusal)
     t = reply.trained
-    metrics = {
+    metrics: dict[str, float | list[float]] = {
         NUM_EXAMPLES: 1.0,  # equal weights: an exact example count would leave the node
         NOISE_MULTIPLIER: t.noise_multiplier,
         SAMPLE_RATE: t.sample_rate,
         STEPS: float(t.steps),
         **_budget_record(t.budget),
+        **_histogram_record(t.incoming),
     }
-    return RecordDict({ARRAYS: arrays_of(t.weights), METRICS: MetricRecord(dict(metrics))})
+    return RecordDict(
+        {ARRAYS: arrays_of(t.weights), METRICS: MetricRecord(dict(metrics))}  # type: ignore[arg-type]
+    )
+
+
+def _histogram_record(e: pb.Evaluated) -> dict[str, float | list[float]]:
+    if not e.hist_pos:
+        return {}
+    return {HIST_POS: list(e.hist_pos), HIST_NEG: list(e.hist_neg), EVAL_NOISE: e.noise}
 
 
 def evaluate_content(reply: pb.EvaluateReply) -> RecordDict:
@@ -289,7 +325,11 @@ def finish_content(reply: pb.FinishReply) -> RecordDict:
         return refusal_content(reply.refusal)
     f = reply.finished
     info = ConfigRecord({NODE_NAME: f.node_name})
-    return RecordDict({INFO: info, METRICS: MetricRecord(dict(_budget_record(f.budget)))})
+    metrics: dict[str, float | list[float]] = {
+        **_budget_record(f.budget),
+        **_histogram_record(f.final),
+    }
+    return RecordDict({INFO: info, METRICS: MetricRecord(dict(metrics))})  # type: ignore[arg-type]
 
 
 def _num(value: object) -> float:

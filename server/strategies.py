@@ -69,7 +69,11 @@ class RecordingMixin:
             if isinstance(trained, pb.Refusal):
                 refused[msg.metadata.src_node_id] = f"[{trained.code}] {trained.message}"
             else:
-                self.train_by_node[server_round][msg.metadata.src_node_id] = trained
+                node = msg.metadata.src_node_id
+                self.train_by_node[server_round][node] = trained
+                if wire.has_histograms(trained.incoming):  # the last round's global model
+                    trained.incoming.budget.CopyFrom(trained.budget)
+                    self.eval_by_node[server_round - 1][node] = trained.incoming
                 kept.append(msg)
         self.failures[server_round].update(refused)
         return super().aggregate_train(server_round, kept)  # type: ignore[misc]

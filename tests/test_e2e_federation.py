@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import sqlite3
 import ssl
 import time
@@ -307,7 +308,7 @@ def test_every_process_is_stopped(federation) -> None:
         "node:intruder",
         "node:broke",
         "api",
-    }
+    } | {f"runtime:{n}" for n in ("node-1", "node-2", "node-3", "intruder", "broke")}
     for p in fed.processes.values():
         assert not p.alive
     time.sleep(0.5)
@@ -327,3 +328,23 @@ def test_every_process_is_stopped(federation) -> None:
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_one_message_per_node_per_round_and_evaluations_every_round(federation) -> None:
+    """The protocol: per run a roll call, one train message per round, a finish; the global
+    model of every round is evaluated (on the next train request, the last one on finish)."""
+    fed: LocalFederation = federation["fed"]
+    for name in ("node-1", "node-2", "node-3"):
+        log = (fed.logs / f"{name}.log").read_text(errors="replace")
+        kinds = re.findall(r"Receiving: (\S+)", log)
+        assert kinds.count("train") == 3, kinds
+        assert "evaluate" not in kinds
+        runtime = (fed.logs / f"runtime-{name}.log").read_text(errors="replace")
+        answered = re.findall(r"(\w+) answered", runtime)
+        assert answered == ["rollcall", "train", "train", "train", "finish"], answered
+    card = federation["reader"].get("/models/telco-churn/versions/latest").json()
+    rounds = card["metrics"]["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2, 3]
+    for r in rounds:
+        assert set(r["nodes"]) == {"node-1", "node-2", "node-3"}
+        assert 0.5 < r["global"]["roc_auc"] <= 1.0

@@ -51,7 +51,7 @@ def test_to_run_config_gives_every_key_by_alias_and_round_trips() -> None:
 
 def test_keys_and_defaults_by_field_or_alias() -> None:
     assert RunConfig.key("rounds") == "num-server-rounds" and RunConfig.key("seed") == "seed"
-    assert RunConfig.default("rounds") == RunConfig.default("num-server-rounds") == 3
+    assert RunConfig.default("rounds") == RunConfig.default("num-server-rounds") == 5
     with pytest.raises(KeyError):
         RunConfig.default("registry-url")  # required: no default
     with pytest.raises(KeyError):
@@ -60,7 +60,7 @@ def test_keys_and_defaults_by_field_or_alias() -> None:
 
 def test_node_config_is_kept() -> None:
     node = RunConfig.from_run_config(REQUIRED).node_config("abc")
-    assert node["contract-hash"] == "abc" and node["total-rounds"] == 3
+    assert node["contract-hash"] == "abc" and node["total-rounds"] == 5
     assert node["sample-rate"] == 0.02 and node["eval-noise"] == 10.0
 
 

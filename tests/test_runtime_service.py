@@ -273,3 +273,31 @@ def test_data_is_cached_and_reloaded_when_the_file_changes(tmp_path: Path, data_
     generate(900, seed=4).to_csv(data_csv, index=False)
     svc.rollcall(pb.RollCallRequest(caller=caller("202"), settings=settings()))
     assert svc.data.loads == 2
+
+
+def test_one_message_per_round_charges_the_same_releases(tmp_path: Path, data_csv: Path) -> None:
+    """Evaluations ride on the next round's train request and on finish: same plan, same ε."""
+    svc = _service(tmp_path, data_csv)
+    fused = {"total_rounds": 3, "evaluate_incoming": True}
+    assert svc.rollcall(pb.RollCallRequest(caller=caller(), settings=settings(**fused))).joined
+    for rnd in (1, 2, 3):
+        s = settings(server_round=rnd, **fused)
+        t = svc.train(pb.TrainRequest(caller=caller(), settings=s, weights=weights()))
+        assert t.WhichOneof("outcome") == "trained", t
+        assert len(t.trained.incoming.hist_pos) == (0 if rnd == 1 else 20)  # round 1: random init
+    done = svc.finish(
+        pb.FinishRequest(
+            caller=caller(), settings=settings(server_round=3, **fused), weights=weights()
+        )
+    )
+    assert len(done.finished.final.hist_pos) == 20
+    ledger = Ledger(tmp_path / "state")
+    status = ledger.status()
+    assert status.events == 6 and status.runs[0].status == "closed"  # 3 trainings + 3 evaluations
+    assert ledger.run_epsilon("101") == pytest.approx(status.runs[0].planned_epsilon)
+    # a finish for a run never served evaluates nothing (no reservation to charge)
+    other = svc.finish(
+        pb.FinishRequest(caller=caller("303"), settings=settings(**fused), weights=weights())
+    )
+    assert not other.finished.final.hist_pos
+    assert Ledger(tmp_path / "state").status().events == 6

@@ -36,6 +36,7 @@ class RunRequest:
     model: str
     train: DPTrainConfig
     server_round: int
+    evaluate_incoming: bool = False  # one message per round: evaluate the incoming weights too
 
     def same_run_as(self, other: RunRequest) -> bool:
         """Every message of a run must ask for the same thing (the reservation covers it)."""
@@ -127,7 +128,12 @@ def admit_settings(s: pb.RunSettings, contract: Contract, policy: Policy) -> Run
         eval_bins=int(s.eval_bins),
         proximal_mu=float(s.proximal_mu),
     )
-    return RunRequest(model=s.model, train=train, server_round=int(s.server_round))
+    return RunRequest(
+        model=s.model,
+        train=train,
+        server_round=int(s.server_round),
+        evaluate_incoming=bool(s.evaluate_incoming),
+    )
 
 
 def admit_batch(cfg: DPTrainConfig, public_rows: int, limits: RequestLimits) -> None:

@@ -11,6 +11,7 @@ weights or data — returns the one constant refusal `FAILED`, and the charge st
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import traceback
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
+import torch
 
 from client.node import NodeData, NodeError, owner_contract
 from client.runtime.admission import (
@@ -214,6 +216,20 @@ class NodeService:
 
         return self._answer(req.caller, "rollcall", decide, lambda r: pb.RollCallReply(refusal=r))
 
+    def _evaluation(
+        self, caller: pb.Caller, cfg: DPTrainConfig, model: torch.nn.Module, data: NodeData
+    ) -> pb.Evaluated:
+        """One noised evaluation; the caller has charged it and holds `_charged()`."""
+        rel = evaluate(
+            model,
+            data.x_test,
+            data.y_test,
+            cfg.eval_noise,
+            cfg.eval_bins,
+            rng=np.random.default_rng(int(self._rng.integers(2**63 - 1))),
+        )
+        return pb.Evaluated(hist_pos=rel.hist_pos, hist_neg=rel.hist_neg, noise=cfg.eval_noise)
+
     def train(self, req: pb.TrainRequest) -> pb.TrainReply:
         def decide() -> pb.TrainReply:
             run, cfg = self._admit(req.caller, req.settings)
@@ -221,32 +237,32 @@ class NodeService:
                 req.weights, run.model, self.contract, self.ledger.policy().limits
             )
             data = self._data(req.caller, cfg)
+            # from round 2 on, the incoming weights are the last round's global model
+            fused = run.evaluate_incoming and run.server_round >= 2 and cfg.eval_noise > 0
             release = release_of(cfg, cfg.noise_multiplier)
+            if fused:
+                evaluation = (cfg.eval_noise, 1.0, 1)
+                self._charge(req.caller, run.server_round - 1, "evaluation", evaluation)
             self._charge(req.caller, run.server_round, "training", release)
             with _charged():
-                seed = int(self._rng.integers(2**63 - 1))
+                incoming = (
+                    self._evaluation(req.caller, cfg, copy.deepcopy(model), data)
+                    if fused
+                    else pb.Evaluated()
+                )
                 result = train_dp(
                     model,
                     data.x_train,
                     data.y_train,
                     cfg,
                     cfg.noise_multiplier,
-                    generator_seed=seed,
+                    generator_seed=int(self._rng.integers(2**63 - 1)),
                     public_rows=self._public_rows(data),  # the update's scale reveals no count
                 )
                 arrays = {k: v.detach().cpu().numpy() for k, v in result.state.items()}
                 weights = pb.Weights(tensors=[wire.tensor_of(k, v) for k, v in arrays.items()])
                 budget = self._budget(req.caller.run_id)
-                self._audit(
-                    req.caller.run_id,
-                    "reply.sent",
-                    run=req.caller.run_id,
-                    kind="train",
-                    round=run.server_round,
-                    node=self.config.name,
-                    update_sha256=digest_arrays(arrays),
-                    epsilon=json_number(budget.epsilon_run),
-                )
+                self._sent(req.caller, run.server_round, "train", budget, digest_arrays(arrays))
                 return pb.TrainReply(
                     trained=pb.Trained(
                         weights=weights,
@@ -254,10 +270,26 @@ class NodeService:
                         sample_rate=release[1],
                         steps=release[2],
                         budget=budget,
+                        incoming=incoming,
                     )
                 )
 
         return self._answer(req.caller, "train", decide, lambda r: pb.TrainReply(refusal=r))
+
+    def _sent(
+        self, caller: pb.Caller, rnd: int, kind: str, budget: pb.Budget, digest: str | None
+    ) -> None:
+        """The node's record of a reply (the coordinator's crosscheck compares its digest)."""
+        self._audit(
+            caller.run_id,
+            "reply.sent",
+            run=caller.run_id,
+            kind=kind,
+            round=rnd,
+            node=self.config.name,
+            update_sha256=digest,
+            epsilon=json_number(budget.epsilon_run),
+        )
 
     def evaluate(self, req: pb.EvaluateRequest) -> pb.EvaluateReply:
         def decide() -> pb.EvaluateReply:
@@ -272,38 +304,42 @@ class NodeService:
             data = self._data(req.caller, cfg)
             self._charge(req.caller, run.server_round, "evaluation", (cfg.eval_noise, 1.0, 1))
             with _charged():
-                rel = evaluate(
-                    model,
-                    data.x_test,
-                    data.y_test,
-                    cfg.eval_noise,
-                    cfg.eval_bins,
-                    rng=np.random.default_rng(int(self._rng.integers(2**63 - 1))),
-                )
-                budget = self._budget(req.caller.run_id)
-                self._audit(
-                    req.caller.run_id,
-                    "reply.sent",
-                    run=req.caller.run_id,
-                    kind="evaluate",
-                    round=run.server_round,
-                    node=self.config.name,
-                    update_sha256=None,
-                    epsilon=json_number(budget.epsilon_run),
-                )
-                return pb.EvaluateReply(
-                    evaluated=pb.Evaluated(
-                        hist_pos=rel.hist_pos,
-                        hist_neg=rel.hist_neg,
-                        noise=cfg.eval_noise,
-                        budget=budget,
-                    )
-                )
+                evaluated = self._evaluation(req.caller, cfg, model, data)
+                evaluated.budget.CopyFrom(self._budget(req.caller.run_id))
+                self._sent(req.caller, run.server_round, "evaluate", evaluated.budget, None)
+                return pb.EvaluateReply(evaluated=evaluated)
 
         return self._answer(req.caller, "evaluate", decide, lambda r: pb.EvaluateReply(refusal=r))
 
+    def _final(self, req: pb.FinishRequest) -> pb.Evaluated:
+        """The final model's evaluation, if asked for a run this runtime has been serving.
+
+        A refusal here (e.g. hostile final weights) does not stop the run from closing.
+        """
+        if not req.weights.tensors or req.caller.run_id not in self._runs:
+            return pb.Evaluated()
+        try:
+            run, cfg = self._admit(req.caller, req.settings)
+            if cfg.eval_noise <= 0:
+                return pb.Evaluated()
+            model = admit_weights(
+                req.weights, run.model, self.contract, self.ledger.policy().limits
+            )
+            data = self._data(req.caller, cfg)
+            self._charge(req.caller, run.server_round, "evaluation", (cfg.eval_noise, 1.0, 1))
+        except NodeError as err:
+            self._audit(req.caller.run_id, "request.refused", kind="final", code=err.code)
+            return pb.Evaluated()
+        try:
+            with _charged():
+                return self._evaluation(req.caller, cfg, model, data)
+        except _Charged:
+            self._audit(req.caller.run_id, "request.failed", kind="final")
+            return pb.Evaluated()
+
     def finish(self, req: pb.FinishRequest) -> pb.FinishReply:
         def decide() -> pb.FinishReply:
+            final = self._final(req)
             self.ledger.close(req.caller.run_id)
             self._runs.pop(req.caller.run_id, None)
             budget = self._budget(req.caller.run_id)
@@ -313,7 +349,11 @@ class NodeService:
                 epsilon=json_number(budget.epsilon_run),
                 epsilon_total=json_number(budget.epsilon_total),
             )
-            return pb.FinishReply(finished=pb.Finished(node_name=self.config.name, budget=budget))
+            if final.hist_pos:
+                final.budget.CopyFrom(budget)
+            return pb.FinishReply(
+                finished=pb.Finished(node_name=self.config.name, budget=budget, final=final)
+            )
 
         return self._answer(req.caller, "finish", decide, lambda r: pb.FinishReply(refusal=r))
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x61toll/node/v1/runtime.proto\x12\ratoll.node.v1\"=\n\x06\x43\x61ller\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\x04\x12\x12\n\nmessage_id\x18\x03 \x01(\t\"\xb5\x02\n\x0bRunSettings\x12\x15\n\rcontract_hash\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x14\n\x0clocal_epochs\x18\x03 \x01(\r\x12\x13\n\x0bsample_rate\x18\x04 \x01(\x01\x12\x15\n\rlearning_rate\x18\x05 \x01(\x01\x12\x15\n\rmax_grad_norm\x18\x06 \x01(\x01\x12\x18\n\x10noise_multiplier\x18\x07 \x01(\x01\x12\x16\n\x0etarget_epsilon\x18\x08 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\t \x01(\x01\x12\x14\n\x0ctotal_rounds\x18\n \x01(\r\x12\x12\n\neval_noise\x18\x0b \x01(\x01\x12\x11\n\teval_bins\x18\x0c \x01(\r\x12\x13\n\x0bproximal_mu\x18\r \x01(\x01\x12\x14\n\x0cserver_round\x18\x0e \x01(\r\"3\n\x06Tensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"1\n\x07Weights\x12&\n\x07tensors\x18\x01 \x03(\x0b\x32\x15.atoll.node.v1.Tensor\"(\n\x07Refusal\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"s\n\x06\x42udget\x12\x13\n\x0b\x65psilon_run\x18\x01 \x01(\x01\x12\x15\n\repsilon_total\x18\x02 \x01(\x01\x12\x13\n\x0b\x65psilon_cap\x18\x03 \x01(\x01\x12\x19\n\x11\x65psilon_remaining\x18\x04 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x05 \x01(\x01\"f\n\x0fRollCallRequest\x12%\n\x06\x63\x61ller\x18\x01 \x01(\x0b\x32\x15.atoll.node.v1.Caller\x12,\n\x08settings\x18\x02 \x01(\x0b\x32\x1a.atoll.node.v1.RunSettings\"\xa1\x01\n\x06Joined\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12\x15\n\rcontract_hash\x18\x02 \x01(\t\x12\x17\n\x0fplanned_epsilon\x18\x03 \x01(\x01\x12\x18\n\x10noise_multiplier\x18\x04 \x01(\x01\x12\x13\n\x0bsize_bucket\x18\x05 \x01(\t\x12%\n\x06\x62udget\x18\x06 \x01(\x0b\x32\x15.atoll.node.v1.Budget\"n\n\rRollCallReply\x12\'\n\x06joined\x18\x01 \x01(\x0b\x32\x15.atoll.node.v1.JoinedH\x00\x12)\n\x07refusal\x18\x02 \x01(\x0b\x32\x16.atoll.node.v1.RefusalH\x00\x42\t\n\x07outcome\"\x8c\x01\n\x0cTrainRequest\x12%\n\x06\x63\x61ller\x18\x01 \x01(\x0b\x32\x15.atoll.node.v1.Caller\x12,\n\x08settings\x18\x02 \x01(\x0b\x32\x1a.atoll.node.v1.RunSettings\x12\'\n\x07weights\x18\x03 \x01(\x0b\x32\x16.atoll.node.v1.Weights\"\x97\x01\n\x07Trained\x12\'\n\x07weights\x18\x01 \x01(\x0b\x32\x16.atoll.node.v1.Weights\x12\x18\n\x10noise_multiplier\x18\x02 \x01(\x01\x12\x13\n\x0bsample_rate\x18\x03 \x01(\x01\x12\r\n\x05steps\x18\x04 \x01(\r\x12%\n\x06\x62udget\x18\x05 \x01(\x0b\x32\x15.atoll.node.v1.Budget\"m\n\nTrainReply\x12)\n\x07trained\x18\x01 \x01(\x0b\x32\x16.atoll.node.v1.TrainedH\x00\x12)\n\x07refusal\x18\x02 \x01(\x0b\x32\x16.atoll.node.v1.RefusalH\x00\x42\t\n\x07outcome\"\x8f\x01\n\x0f\x45valuateRequest\x12%\n\x06\x63\x61ller\x18\x01 \x01(\x0b\x32\x15.atoll.node.v1.Caller\x12,\n\x08settings\x18\x02 \x01(\x0b\x32\x1a.atoll.node.v1.RunSettings\x12\'\n\x07weights\x18\x03 \x01(\x0b\x32\x16.atoll.node.v1.Weights\"e\n\tEvaluated\x12\x10\n\x08hist_pos\x18\x01 \x03(\x01\x12\x10\n\x08hist_neg\x18\x02 \x03(\x01\x12\r\n\x05noise\x18\x03 \x01(\x01\x12%\n\x06\x62udget\x18\x04 \x01(\x0b\x32\x15.atoll.node.v1.Budget\"t\n\rEvaluateReply\x12-\n\tevaluated\x18\x01 \x01(\x0b\x32\x18.atoll.node.v1.EvaluatedH\x00\x12)\n\x07refusal\x18\x02 \x01(\x0b\x32\x16.atoll.node.v1.RefusalH\x00\x42\t\n\x07outcome\"6\n\rFinishRequest\x12%\n\x06\x63\x61ller\x18\x01 \x01(\x0b\x32\x15.atoll.node.v1.Caller\"D\n\x08\x46inished\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12%\n\x06\x62udget\x18\x02 \x01(\x0b\x32\x15.atoll.node.v1.Budget\"p\n\x0b\x46inishReply\x12+\n\x08\x66inished\x18\x01 \x01(\x0b\x32\x17.atoll.node.v1.FinishedH\x00\x12)\n\x07refusal\x18\x02 \x01(\x0b\x32\x16.atoll.node.v1.RefusalH\x00\x42\t\n\x07outcome2\xa6\x02\n\x0bNodeRuntime\x12H\n\x08RollCall\x12\x1e.atoll.node.v1.RollCallRequest\x1a\x1c.atoll.node.v1.RollCallReply\x12?\n\x05Train\x12\x1b.atoll.node.v1.TrainRequest\x1a\x19.atoll.node.v1.TrainReply\x12H\n\x08\x45valuate\x12\x1e.atoll.node.v1.EvaluateRequest\x1a\x1c.atoll.node.v1.EvaluateReply\x12\x42\n\x06\x46inish\x12\x1c.atoll.node.v1.FinishRequest\x1a\x1a.atoll.node.v1.FinishReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x61toll/node/v1/runtime.proto\x12\ratoll.node.v1\"=\n\x06\x43\x61ller\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\x04\x12\x12\n\nmessage_id\x18\x03 \x01(\t\"\xd0\x02\n\x0bRunSettings\x12\x15\n\rcontract_hash\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x14\n\x0clocal_epochs\x18\x03 \x01(\r\x12\x13\n\x0bsample_rate\x18\x04 \x01(\x01\x12\x15\n\rlearning_rate\x18\x05 \x01(\x01\x12\x15\n\rmax_grad_norm\x18\x06 \x01(\x01\x12\x18\n\x10noise_multiplier\x18\x07 \x01(\x01\x12\x16\n\x0etarget_epsilon\x18\x08 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\t \x01(\x01\x12\x14\n\x0ctotal_rounds\x18\n \x01(\r\x12\x12\n\neval_noise\x18\x0b \x01(\x01\x12\x11\n\teval_bins\x18\x0c \x01(\r\x12\x13\n\x0bproximal_mu\x18\r \x01(\x01\x12\x14\n\x0cserver_round\x18\x0e \x01(\r\x12\x19\n\x11\x65valuate_incoming\x18\x0f \x01(\x08\"3\n\x06Tensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"1\n\x07Weights\x12&\n\x07tensors\x18\x01 \x03(\x0b\x32\x15.atoll.node.v1.Tensor\"(\n\x07Refusal\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"s\n\x06\x42udget\x12\x13\n\x0b\x65psilon_run\x18\x01 \x01(\x01\x12\x15\n\repsilon_total\x18\x02 \x01(\x01\x12\x13\n\x0b\x65psilon_cap\x18\x03 \x01(\x01\x12\x19\n\x11\x65psilon_remaining\x18\x04 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x05 \x01(\x01\"f\n\x0fRollCallRequest\x12%\n\x06\x63\x61ller\x18\x01 \x01(\x0b\x32\x15.atoll.node.v1.Caller\x12,\n\x08settings\x18\x02 \x01(\x0b\x32\x1a.atoll.node.v1.RunSettings\"\xa1\x01\n\x06Joined\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12\x15\n\rcontract_hash\x18\x02 \x01(\t\x12\x17\n\x0fplanned_epsilon\x18\x03 \x01(\x01\x12\x18\n\x10noise_multiplier\x18\x04 \x01(\x01\x12\x13\n\x0bsize_bucket\x18\x05 \x01(\t\x12%\n\x06\x62udget\x18\x06 \x01(\x0b\x32\x15.atoll.node.v1.Budget\"n\n\rRollCallReply\x12\'\n\x06joined\x18\x01 \x01(\x0b\x32\x15.atoll.node.v1.JoinedH\x00\x12)\n\x07refusal\x18\x02 \x01(\x0b\x32\x16.atoll.node.v1.RefusalH\x00\x42\t\n\x07outcome\"\x8c\x01\n\x0cTrainRequest\x12%\n\x06\x63\x61ller\x18\x01 \x01(\x0b\x32\x15.atoll.node.v1.Caller\x12,\n\x08settings\x18\x02 \x01(\x0b\x32\x1a.atoll.node.v1.RunSettings\x12\'\n\x07weights\x18\x03 \x01(\x0b\x32\x16.atoll.node.v1.Weights\"\xc3\x01\n\x07Trained\x12\'\n\x07weights\x18\x01 \x01(\x0b\x32\x16.atoll.node.v1.Weights\x12\x18\n\x10noise_multiplier\x18\x02 \x01(\x01\x12\x13\n\x0bsample_rate\x18\x03 \x01(\x01\x12\r\n\x05steps\x18\x04 \x01(\r\x12%\n\x06\x62udget\x18\x05 \x01(\x0b\x32\x15.atoll.node.v1.Budget\x12*\n\x08incoming\x18\x06 \x01(\x0b\x32\x18.atoll.node.v1.Evaluated\"m\n\nTrainReply\x12)\n\x07trained\x18\x01 \x01(\x0b\x32\x16.atoll.node.v1.TrainedH\x00\x12)\n\x07refusal\x18\x02 \x01(\x0b\x32\x16.atoll.node.v1.RefusalH\x00\x42\t\n\x07outcome\"\x8f\x01\n\x0f\x45valuateRequest\x12%\n\x06\x63\x61ller\x18\x01 \x01(\x0b\x32\x15.atoll.node.v1.Caller\x12,\n\x08settings\x18\x02 \x01(\x0b\x32\x1a.atoll.node.v1.RunSettings\x12\'\n\x07weights\x18\x03 \x01(\x0b\x32\x16.atoll.node.v1.Weights\"e\n\tEvaluated\x12\x10\n\x08hist_pos\x18\x01 \x03(\x01\x12\x10\n\x08hist_neg\x18\x02 \x03(\x01\x12\r\n\x05noise\x18\x03 \x01(\x01\x12%\n\x06\x62udget\x18\x04 \x01(\x0b\x32\x15.atoll.node.v1.Budget\"t\n\rEvaluateReply\x12-\n\tevaluated\x18\x01 \x01(\x0b\x32\x18.atoll.node.v1.EvaluatedH\x00\x12)\n\x07refusal\x18\x02 \x01(\x0b\x32\x16.atoll.node.v1.RefusalH\x00\x42\t\n\x07outcome\"\x8d\x01\n\rFinishRequest\x12%\n\x06\x63\x61ller\x18\x01 \x01(\x0b\x32\x15.atoll.node.v1.Caller\x12,\n\x08settings\x18\x02 \x01(\x0b\x32\x1a.atoll.node.v1.RunSettings\x12\'\n\x07weights\x18\x03 \x01(\x0b\x32\x16.atoll.node.v1.Weights\"m\n\x08\x46inished\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12%\n\x06\x62udget\x18\x02 \x01(\x0b\x32\x15.atoll.node.v1.Budget\x12\'\n\x05\x66inal\x18\x03 \x01(\x0b\x32\x18.atoll.node.v1.Evaluated\"p\n\x0b\x46inishReply\x12+\n\x08\x66inished\x18\x01 \x01(\x0b\x32\x17.atoll.node.v1.FinishedH\x00\x12)\n\x07refusal\x18\x02 \x01(\x0b\x32\x16.atoll.node.v1.RefusalH\x00\x42\t\n\x07outcome2\xa6\x02\n\x0bNodeRuntime\x12H\n\x08RollCall\x12\x1e.atoll.node.v1.RollCallRequest\x1a\x1c.atoll.node.v1.RollCallReply\x12?\n\x05Train\x12\x1b.atoll.node.v1.TrainRequest\x1a\x19.atoll.node.v1.TrainReply\x12H\n\x08\x45valuate\x12\x1e.atoll.node.v1.EvaluateRequest\x1a\x1c.atoll.node.v1.EvaluateReply\x12\x42\n\x06\x46inish\x12\x1c.atoll.node.v1.FinishRequest\x1a\x1a.atoll.node.v1.FinishReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,39 +34,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CALLER']._serialized_start=46
   _globals['_CALLER']._serialized_end=107
   _globals['_RUNSETTINGS']._serialized_start=110
-  _globals['_RUNSETTINGS']._serialized_end=419
-  _globals['_TENSOR']._serialized_start=421
-  _globals['_TENSOR']._serialized_end=472
-  _globals['_WEIGHTS']._serialized_start=474
-  _globals['_WEIGHTS']._serialized_end=523
-  _globals['_REFUSAL']._serialized_start=525
-  _globals['_REFUSAL']._serialized_end=565
-  _globals['_BUDGET']._serialized_start=567
-  _globals['_BUDGET']._serialized_end=682
-  _globals['_ROLLCALLREQUEST']._serialized_start=684
-  _globals['_ROLLCALLREQUEST']._serialized_end=786
-  _globals['_JOINED']._serialized_start=789
-  _globals['_JOINED']._serialized_end=950
-  _globals['_ROLLCALLREPLY']._serialized_start=952
-  _globals['_ROLLCALLREPLY']._serialized_end=1062
-  _globals['_TRAINREQUEST']._serialized_start=1065
-  _globals['_TRAINREQUEST']._serialized_end=1205
-  _globals['_TRAINED']._serialized_start=1208
-  _globals['_TRAINED']._serialized_end=1359
-  _globals['_TRAINREPLY']._serialized_start=1361
-  _globals['_TRAINREPLY']._serialized_end=1470
-  _globals['_EVALUATEREQUEST']._serialized_start=1473
-  _globals['_EVALUATEREQUEST']._serialized_end=1616
-  _globals['_EVALUATED']._serialized_start=1618
-  _globals['_EVALUATED']._serialized_end=1719
-  _globals['_EVALUATEREPLY']._serialized_start=1721
-  _globals['_EVALUATEREPLY']._serialized_end=1837
-  _globals['_FINISHREQUEST']._serialized_start=1839
-  _globals['_FINISHREQUEST']._serialized_end=1893
-  _globals['_FINISHED']._serialized_start=1895
-  _globals['_FINISHED']._serialized_end=1963
-  _globals['_FINISHREPLY']._serialized_start=1965
-  _globals['_FINISHREPLY']._serialized_end=2077
-  _globals['_NODERUNTIME']._serialized_start=2080
-  _globals['_NODERUNTIME']._serialized_end=2374
+  _globals['_RUNSETTINGS']._serialized_end=446
+  _globals['_TENSOR']._serialized_start=448
+  _globals['_TENSOR']._serialized_end=499
+  _globals['_WEIGHTS']._serialized_start=501
+  _globals['_WEIGHTS']._serialized_end=550
+  _globals['_REFUSAL']._serialized_start=552
+  _globals['_REFUSAL']._serialized_end=592
+  _globals['_BUDGET']._serialized_start=594
+  _globals['_BUDGET']._serialized_end=709
+  _globals['_ROLLCALLREQUEST']._serialized_start=711
+  _globals['_ROLLCALLREQUEST']._serialized_end=813
+  _globals['_JOINED']._serialized_start=816
+  _globals['_JOINED']._serialized_end=977
+  _globals['_ROLLCALLREPLY']._serialized_start=979
+  _globals['_ROLLCALLREPLY']._serialized_end=1089
+  _globals['_TRAINREQUEST']._serialized_start=1092
+  _globals['_TRAINREQUEST']._serialized_end=1232
+  _globals['_TRAINED']._serialized_start=1235
+  _globals['_TRAINED']._serialized_end=1430
+  _globals['_TRAINREPLY']._serialized_start=1432
+  _globals['_TRAINREPLY']._serialized_end=1541
+  _globals['_EVALUATEREQUEST']._serialized_start=1544
+  _globals['_EVALUATEREQUEST']._serialized_end=1687
+  _globals['_EVALUATED']._serialized_start=1689
+  _globals['_EVALUATED']._serialized_end=1790
+  _globals['_EVALUATEREPLY']._serialized_start=1792
+  _globals['_EVALUATEREPLY']._serialized_end=1908
+  _globals['_FINISHREQUEST']._serialized_start=1911
+  _globals['_FINISHREQUEST']._serialized_end=2052
+  _globals['_FINISHED']._serialized_start=2054
+  _globals['_FINISHED']._serialized_end=2163
+  _globals['_FINISHREPLY']._serialized_start=2165
+  _globals['_FINISHREPLY']._serialized_end=2277
+  _globals['_NODERUNTIME']._serialized_start=2280
+  _globals['_NODERUNTIME']._serialized_end=2574
 # @@protoc_insertion_point(module_scope)

@@ -17,7 +17,7 @@ class Caller(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., node_id: _Optional[int] = ..., message_id: _Optional[str] = ...) -> None: ...
 
 class RunSettings(_message.Message):
-    __slots__ = ("contract_hash", "model", "local_epochs", "sample_rate", "learning_rate", "max_grad_norm", "noise_multiplier", "target_epsilon", "delta", "total_rounds", "eval_noise", "eval_bins", "proximal_mu", "server_round")
+    __slots__ = ("contract_hash", "model", "local_epochs", "sample_rate", "learning_rate", "max_grad_norm", "noise_multiplier", "target_epsilon", "delta", "total_rounds", "eval_noise", "eval_bins", "proximal_mu", "server_round", "evaluate_incoming")
     CONTRACT_HASH_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     LOCAL_EPOCHS_FIELD_NUMBER: _ClassVar[int]
@@ -32,6 +32,7 @@ class RunSettings(_message.Message):
     EVAL_BINS_FIELD_NUMBER: _ClassVar[int]
     PROXIMAL_MU_FIELD_NUMBER: _ClassVar[int]
     SERVER_ROUND_FIELD_NUMBER: _ClassVar[int]
+    EVALUATE_INCOMING_FIELD_NUMBER: _ClassVar[int]
     contract_hash: str
     model: str
     local_epochs: int
@@ -46,7 +47,8 @@ class RunSettings(_message.Message):
     eval_bins: int
     proximal_mu: float
     server_round: int
-    def __init__(self, contract_hash: _Optional[str] = ..., model: _Optional[str] = ..., local_epochs: _Optional[int] = ..., sample_rate: _Optional[float] = ..., learning_rate: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., noise_multiplier: _Optional[float] = ..., target_epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., total_rounds: _Optional[int] = ..., eval_noise: _Optional[float] = ..., eval_bins: _Optional[int] = ..., proximal_mu: _Optional[float] = ..., server_round: _Optional[int] = ...) -> None: ...
+    evaluate_incoming: bool
+    def __init__(self, contract_hash: _Optional[str] = ..., model: _Optional[str] = ..., local_epochs: _Optional[int] = ..., sample_rate: _Optional[float] = ..., learning_rate: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., noise_multiplier: _Optional[float] = ..., target_epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., total_rounds: _Optional[int] = ..., eval_noise: _Optional[float] = ..., eval_bins: _Optional[int] = ..., proximal_mu: _Optional[float] = ..., server_round: _Optional[int] = ..., evaluate_incoming: _Optional[bool] = ...) -> None: ...
 
 class Tensor(_message.Message):
     __slots__ = ("name", "shape", "data")
@@ -129,18 +131,20 @@ class TrainRequest(_message.Message):
     def __init__(self, caller: _Optional[_Union[Caller, _Mapping]] = ..., settings: _Optional[_Union[RunSettings, _Mapping]] = ..., weights: _Optional[_Union[Weights, _Mapping]] = ...) -> None: ...
 
 class Trained(_message.Message):
-    __slots__ = ("weights", "noise_multiplier", "sample_rate", "steps", "budget")
+    __slots__ = ("weights", "noise_multiplier", "sample_rate", "steps", "budget", "incoming")
     WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     NOISE_MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
     BUDGET_FIELD_NUMBER: _ClassVar[int]
+    INCOMING_FIELD_NUMBER: _ClassVar[int]
     weights: Weights
     noise_multiplier: float
     sample_rate: float
     steps: int
     budget: Budget
-    def __init__(self, weights: _Optional[_Union[Weights, _Mapping]] = ..., noise_multiplier: _Optional[float] = ..., sample_rate: _Optional[float] = ..., steps: _Optional[int] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ...) -> None: ...
+    incoming: Evaluated
+    def __init__(self, weights: _Optional[_Union[Weights, _Mapping]] = ..., noise_multiplier: _Optional[float] = ..., sample_rate: _Optional[float] = ..., steps: _Optional[int] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ..., incoming: _Optional[_Union[Evaluated, _Mapping]] = ...) -> None: ...
 
 class TrainReply(_message.Message):
     __slots__ = ("trained", "refusal")
@@ -181,18 +185,24 @@ class EvaluateReply(_message.Message):
     def __init__(self, evaluated: _Optional[_Union[Evaluated, _Mapping]] = ..., refusal: _Optional[_Union[Refusal, _Mapping]] = ...) -> None: ...
 
 class FinishRequest(_message.Message):
-    __slots__ = ("caller",)
+    __slots__ = ("caller", "settings", "weights")
     CALLER_FIELD_NUMBER: _ClassVar[int]
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     caller: Caller
-    def __init__(self, caller: _Optional[_Union[Caller, _Mapping]] = ...) -> None: ...
+    settings: RunSettings
+    weights: Weights
+    def __init__(self, caller: _Optional[_Union[Caller, _Mapping]] = ..., settings: _Optional[_Union[RunSettings, _Mapping]] = ..., weights: _Optional[_Union[Weights, _Mapping]] = ...) -> None: ...
 
 class Finished(_message.Message):
-    __slots__ = ("node_name", "budget")
+    __slots__ = ("node_name", "budget", "final")
     NODE_NAME_FIELD_NUMBER: _ClassVar[int]
     BUDGET_FIELD_NUMBER: _ClassVar[int]
+    FINAL_FIELD_NUMBER: _ClassVar[int]
     node_name: str
     budget: Budget
-    def __init__(self, node_name: _Optional[str] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ...) -> None: ...
+    final: Evaluated
+    def __init__(self, node_name: _Optional[str] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ..., final: _Optional[_Union[Evaluated, _Mapping]] = ...) -> None: ...
 
 class FinishReply(_message.Message):
     __slots__ = ("finished", "refusal")

@@ -1,0 +1,225 @@
+"""Talking to the run's nodes: who they are, the roll call, fast request/reply, the finish.
+
+Every reply is attributed to the node id the SuperLink authenticated and the name that id was
+registered under (`Identities`), never to a name the reply claims; refusals and malformed
+replies are recorded with their reason and never used.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Message
+from flwr.serverapp import Grid
+
+from common import wire
+from common.contract import Contract
+from common.protos.atoll.node.v1 import runtime_pb2 as pb
+from server.coordinator_audit import CoordinatorAudit
+from server.run_settings import RunSettings
+from server.spend_reports import SpendReports
+
+log = logging.getLogger("flwr")
+
+
+class RunFailed(RuntimeError):
+    """The run cannot go on; the message says why and what to do."""
+
+
+def wait_for_nodes(grid: Grid, minimum: int, timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while True:
+        nodes = list(grid.get_node_ids())
+        if len(nodes) >= minimum or time.monotonic() > deadline:
+            return nodes
+        time.sleep(1.0)
+
+
+class FastGrid:
+    """The run's grid, restricted to admitted nodes, polling for replies every `poll` seconds.
+
+    Flower's `send_and_receive` sleeps 3 s between pulls; this one uses the Grid's public
+    `push_messages` / `pull_messages` with a short interval (a round waits on the nodes, not on
+    the coordinator's poll).
+    """
+
+    def __init__(self, grid: Grid, admitted: set[int] | None = None, poll: float = 0.1) -> None:
+        self._grid = grid
+        self.admitted = admitted
+        self.poll = poll
+
+    def get_node_ids(self) -> list[int]:
+        ids = list(self._grid.get_node_ids())
+        return ids if self.admitted is None else [n for n in ids if n in self.admitted]
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> list[Message]:
+        pending = set(self._grid.push_messages(messages))
+        deadline = time.monotonic() + (timeout if timeout is not None else 3600.0)
+        replies: list[Message] = []
+        while pending and time.monotonic() < deadline:
+            got = list(self._grid.pull_messages(pending))
+            replies += got
+            pending -= {m.metadata.reply_to_message_id for m in got}
+            if pending:
+                time.sleep(self.poll)
+        return replies
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
+
+
+def query_nodes(
+    grid: Grid,
+    nodes: list[int],
+    kind: str,
+    config: ConfigRecord,
+    timeout: float,
+    arrays: ArrayRecord | None = None,
+) -> tuple[dict[int, Message], dict[int, str]]:
+    """Send one query to `nodes`; returns ({node: reply}, {node: why there is none})."""
+    msgs = [Message(wire.request(config, arrays), dst_node_id=n, message_type=kind) for n in nodes]
+    replies: dict[int, Message] = {}
+    for reply in FastGrid(grid).send_and_receive(msgs, timeout=timeout):
+        node = reply.metadata.src_node_id
+        if node in nodes:  # else e.g. an error the SuperLink raised for an unreachable node
+            replies[node] = reply
+    missing = {node: f"no reply within {timeout:.0f} s" for node in set(nodes) - set(replies)}
+    return replies, missing
+
+
+class Identities:
+    """Who each node is: the name its SuperLink node id was registered under, never a claim."""
+
+    def __init__(self, registered: dict[int, str], audit: CoordinatorAudit) -> None:
+        self.registered = registered
+        self.audit = audit
+
+    def learn(self, grid: Grid) -> None:
+        """Add the SuperLink's own record of registered names (it wins over ours)."""
+        for info in grid.get_nodes():
+            if info.name:
+                self.registered[int(info.node_id)] = str(info.name)
+
+    def name(self, node: int) -> str:
+        return self.registered.get(node, f"node-id:{node}")
+
+    def check(self, node: int, claimed: str) -> str | None:
+        """None if the reply's claimed name is the registered one; else the refusal reason."""
+        if node in self.registered and claimed == self.registered[node]:
+            return None
+        why = (
+            f"node id {node} is registered as '{self.registered[node]}' but its reply claims "
+            f"'{claimed[:60]}'"
+            if node in self.registered
+            else f"node id {node} is not registered with this coordinator"
+        )
+        self.audit("node.identity-refused", node_id=node, claimed=claimed[:100], reason=why)
+        return why
+
+
+def roll_call(
+    grid: Grid,
+    contract: Contract,
+    settings: RunSettings,
+    reports: SpendReports,
+    run_id: str,
+    ids: Identities,
+) -> tuple[dict[int, pb.Joined], dict[int, str]]:
+    """Ask every connected node to join: it checks contract and budget before reading data."""
+    nodes = wait_for_nodes(grid, settings.min_nodes, timeout=min(settings.round_timeout, 300))
+    ids.learn(grid)
+    replies, refused = query_nodes(
+        grid, nodes, wire.ROLLCALL, node_settings(settings, contract, 1), settings.round_timeout
+    )
+    roster: dict[int, pb.Joined] = {}
+    for node, reply in replies.items():
+        joined = wire.joined_of(reply)
+        if isinstance(joined, pb.Refusal):
+            refused[node] = f"[{joined.code}] {joined.message}"
+        elif (why := ids.check(node, joined.node_name)) is not None:
+            refused[node] = f"[identity] {why}"
+        else:
+            roster[node] = joined
+    for node, why in refused.items():
+        log.warning("node %s did not join: %s", ids.name(node), why)
+        reports.record(
+            run_id=run_id, node=ids.name(node), task=contract.task, status="refused", reason=why
+        )
+    if len(roster) < settings.min_nodes:
+        raise RunFailed(
+            f"only {len(roster)} node(s) joined (min-nodes={settings.min_nodes}); "
+            f"{len(refused)} refused — see the reasons above, start more nodes or lower min-nodes"
+        )
+    log.info(
+        "roll call: %s",
+        ", ".join(
+            f"{ids.name(n)} ({j.size_bucket} train rows, run ε≤{j.planned_epsilon:.2f})"
+            for n, j in roster.items()
+        ),
+    )
+    return roster, refused
+
+
+def node_settings(settings: RunSettings, contract: Contract, server_round: int) -> ConfigRecord:
+    """The run's settings as every node receives them; one message per round: a node evaluates
+    the incoming global weights inside its train request, the final model on finish."""
+    return wire.settings_record(
+        {
+            **settings.node_config(contract.hash),
+            wire.SETTINGS_KEYS["server_round"]: server_round,
+            wire.SETTINGS_KEYS["evaluate_incoming"]: settings.eval_noise > 0,
+        }
+    )
+
+
+def finish_nodes(
+    grid: Grid,
+    settings: RunSettings,
+    contract: Contract,
+    reports: SpendReports,
+    run_id: str,
+    roster: dict[int, pb.Joined],
+    ids: Identities,
+    final: ArrayRecord | None,
+) -> dict[int, pb.Evaluated]:
+    """Tell every admitted node the run is over (they release unspent budget); record spend.
+
+    With the final weights, each node first evaluates them (one charged, noised release, part of
+    the run's reservation); returns those evaluations by node.
+    """
+    config = node_settings(settings, contract, settings.rounds)
+    replies, failed = query_nodes(
+        grid,
+        list(roster),
+        wire.FINISH,
+        config,
+        timeout=min(settings.round_timeout, 300),
+        arrays=final,
+    )
+    finals: dict[int, pb.Evaluated] = {}
+    for node, reply in replies.items():
+        finished = wire.finished_of(reply)
+        if isinstance(finished, pb.Refusal):
+            failed[node] = f"[{finished.code}] {finished.message}"
+        elif (why := ids.check(node, finished.node_name)) is not None:
+            failed[node] = f"[identity] {why}"
+        else:
+            if wire.has_histograms(finished.final):
+                finals[node] = finished.final
+            reports.record(
+                run_id=run_id,
+                node=ids.name(node),
+                task=contract.task,
+                status="participated",
+                metrics=wire.budget_metrics(finished.budget),
+            )
+    for node, why in failed.items():
+        name = ids.name(node)
+        reports.record(run_id=run_id, node=name, task=contract.task, status="failed", reason=why)
+        log.warning("node %s did not confirm the end of the run: %s", name, why)
+    return finals
