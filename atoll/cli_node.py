@@ -100,7 +100,9 @@ def node_runtime(
     from client.node import NodeError
     from client.runtime.grpc_server import serve
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", force=True
+    )
     cfg = _load(config)
     try:
         serve(cfg)

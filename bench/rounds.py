@@ -8,16 +8,19 @@ Each configuration starts a fresh `atoll.federation.LocalFederation` exactly as 
 `atoll node runtime`, which alone reads the data and trains — and a SuperNode whose ClientApp is
 the thin relay `client.client_app`), each node holding `--rows` synthetic rows from
 `common.synth`. It runs `--rounds` rounds with the app's default run config (FedAvg, DP-SGD with
-the fixed default noise multiplier, noised evaluation) and stops everything.
+the fixed default noise multiplier, noised evaluation) and stops everything. Whether a round is
+one train message per node (evaluation riding on it) or a train and an evaluate message is the
+app's business: both are measured, by message kind.
 
 Where the time comes from:
 - round wall time: the coordinator's signed audit log (`round.reply` entries, written when the
   ServerApp aggregates each reply; µs timestamps). Round k ends when the ServerApp aggregates its
-  evaluate replies, round 1 starts when the roll call's `node.joined` entries are written.
+  last replies (evaluate if the round has evaluate messages, else train); round 1 starts when the
+  roll call's `node.joined` entries are written.
 - each node's own work: its own audit log (`request.received` → `reply.sent` of each train and
   evaluate request, µs timestamps), i.e. everything the runtime does for a request — admission,
-  ledger charge, DP-SGD or the noised evaluation, audit writes — except the ledger integrity check
-  that precedes `request.received` (measured separately, `ledger_verify_s`).
+  ledger charge, DP-SGD and the noised evaluation, audit writes — except the ledger integrity
+  check that precedes `request.received` (measured separately, `ledger_verify_s`).
 - where a message goes on a node: Flower's logs carry no timestamps, so every line of every
   process log is stamped when it appears (bench/logclock.py, 50 ms polling); the run's `--stream`
   output is stamped too.
@@ -27,7 +30,8 @@ round, the overhead (round minus the slowest node's work; median over rounds) an
 each message next to the import times of a fresh interpreter. Variants: Flower's default
 `--isolation subprocess` ("default": the configuration `make demo` runs); `--isolation process`
 with a long-lived `flower-superexec` per node that we start; and the SuperExec's task polling
-interval lowered (FLWR_SUPEREXEC_TASK_POLL_INTERVAL). Writes bench/results/rounds.{json,md,png}.
+interval (FLWR_SUPEREXEC_TASK_POLL_INTERVAL) at the value the default does not use (0.1 s or
+Flower's 1 s). Writes bench/results/rounds.{json,md,png}.
 """
 
 from __future__ import annotations
@@ -71,8 +75,8 @@ NODE_WORK_SOURCE = (
     "(ledger integrity check before request.received not included; see ledger_verify_s)"
 )
 ROUND_SOURCE = (
-    "coordinator audit log: last round.reply of kind evaluate per round (round 1 starts at the "
-    "last node.joined entry)"
+    "coordinator audit log: last round.reply of the round (kind evaluate if any, else train); "
+    "round 1 starts at the last node.joined entry"
 )
 
 
@@ -491,6 +495,9 @@ def run_config(n_nodes: int, variant: Variant, rounds: int, rows: int) -> dict[s
         "overhead_s_per_round": round(statistics.median(overheads), 3) if overheads else None,
         "train": phase_breakdown(events, msgs, requests, coord["aggregated"], "train"),
         "evaluate": phase_breakdown(events, msgs, requests, coord["aggregated"], "evaluate"),
+        "message_kinds_per_round": [
+            k for k in KINDS if any(r["kind"] == k for rs in requests.values() for r in rs)
+        ],
         "messages_seen": {n: len(m) for n, m in msgs.items()},
         "requests_answered": {n: len(r) for n, r in requests.items()},
         "stamped_log": str(workdir / "stamped.log"),
@@ -515,7 +522,12 @@ SEGMENTS = [
 ]
 
 
-def markdown(meta: dict[str, Any], runs: list[dict[str, Any]], imports: dict[str, float]) -> str:
+def markdown(
+    meta: dict[str, Any],
+    runs: list[dict[str, Any]],
+    imports: dict[str, float],
+    polls: dict[str, float | None],
+) -> str:
     head = [
         "variant",
         "nodes",
@@ -539,27 +551,36 @@ def markdown(meta: dict[str, Any], runs: list[dict[str, Any]], imports: dict[str
         ]
         for r in runs
     ]
+    kinds = [k for k in KINDS if any(k in r["message_kinds_per_round"] for r in runs)]
     seg_rows = []
     for key, label in SEGMENTS:
         row = [label]
         for r in runs:
-            row.append(f"{r['train'].get(key, '—')} / {r['evaluate'].get(key, '—')}")
+            row.append(" / ".join(str(r[k].get(key, "—")) for k in kinds))
         seg_rows.append(row)
     verify = max(r["ledger_verify_s"] for r in runs)
+    if kinds == ["train"]:
+        a_round = (
+            "A round = one train message to every node; from round 2 on a node also evaluates "
+            "the incoming global model inside that request (noised histograms), and the final "
+            "model is evaluated on the finish message (not part of any round)."
+        )
+    else:
+        a_round = "A round = a train message and an evaluate message to every node."
     return "\n".join(
         [
             "# Round overhead on the deployment engine (TLS, node auth, node runtimes, loopback)",
             "",
             f"Each node holds {runs[0]['rows_per_node']} synthetic rows; {runs[0]['rounds']} "
             "rounds with the app's default run config (FedAvg, logreg, DP-SGD with the default "
-            "fixed noise multiplier, noised evaluation). A round = a train message and an "
-            "evaluate message to every node. Each node is an owner-run runtime (`atoll node "
+            f"fixed noise multiplier, noised evaluation). {a_round} Each node is an owner-run "
+            "runtime (`atoll node "
             "runtime`: data, ledger, DP-SGD; imports torch once) plus a SuperNode whose "
             "`flwr-clientapp` runs the thin relay `client.client_app` for each message. "
             "**Round s** comes from the coordinator's audit log (round k ends when the ServerApp "
-            "aggregates its evaluate replies; round 1 starts after the roll call). **Slowest "
-            "node's work** = per round, the largest over nodes of its runtime's train + evaluate "
-            "work, from each node's audit log (`request.received` → `reply.sent`), median over "
+            "aggregates its last replies; round 1 starts after the roll call). **Slowest "
+            "node's work** = per round, the largest over nodes of its runtime's own work for the "
+            "round, from each node's audit log (`request.received` → `reply.sent`), median over "
             "rounds; **overhead** = round minus that, median over rounds. The ledger integrity "
             f"check before each request (≤ {verify * 1000:.1f} ms here, measured afterwards) "
             "counts as overhead. **This machine has 2 cores**: runtimes, SuperNodes, their "
@@ -567,7 +588,8 @@ def markdown(meta: dict[str, Any], runs: list[dict[str, Any]], imports: dict[str
             "",
             md_table(head, rows),
             "",
-            "Where a message's time goes (median seconds over nodes and rounds, train / evaluate; "
+            f"Where a message's time goes (median seconds over nodes and rounds, "
+            f"{' / '.join(kinds)}; "
             "SuperNode events from the time each log line appeared, ~50 ms resolution; runtime "
             "events from the node's audit log; aggregation from the coordinator's audit log):",
             "",
@@ -584,8 +606,10 @@ def markdown(meta: dict[str, Any], runs: list[dict[str, Any]], imports: dict[str
             "which pulls the message and the FAB from its SuperNode, imports the app and exits; "
             "the app is now the relay (flwr, grpc, the wire stubs), which forwards the message "
             "to the node's long-lived runtime over a Unix socket. SuperNodes poll the SuperLink "
-            "every 3 s when idle, the ServerApp's grid polls for replies every 3 s, and the "
-            "SuperExec polls for tasks every 1 s (`FLWR_SUPEREXEC_TASK_POLL_INTERVAL`). "
+            "every 3 s when idle; in the default configuration the ServerApp polls for replies "
+            f"every {polls['serverapp_reply_poll_s']:g} s (Flower's own grid: 3 s) and the "
+            f"SuperExecs poll for tasks every {polls['superexec_task_poll_s']:g} s "
+            "(`FLWR_SUPEREXEC_TASK_POLL_INTERVAL`; Flower's default: 1 s). "
             "`--isolation process` only moves the SuperExec out of the SuperNode: it still "
             "launches one `flwr-clientapp` per message. Serialization is negligible here: the "
             "logreg weights are a few hundred bytes (message download/upload rows).",
@@ -656,6 +680,7 @@ def main() -> None:
     t0 = time.monotonic()
     meta = run_metadata(load_average_after_wait=load)
     imports = import_costs()
+    polls = poll_settings()
     plan = [(n, VARIANTS["default"]) for n in args.nodes]
     plan += [(min(args.nodes), VARIANTS[v]) for v in args.variants]
     runs, failed = [], []
@@ -676,8 +701,8 @@ def main() -> None:
     plot(runs, RESULTS / f"{args.name}.png")
     write_results(
         args.name,
-        {"meta": meta, "imports": imports, "runs": runs},
-        markdown(meta, runs, imports).replace("(rounds.png)", f"({args.name}.png)"),
+        {"meta": meta, "imports": imports, "poll_settings": polls, "runs": runs},
+        markdown(meta, runs, imports, polls).replace("(rounds.png)", f"({args.name}.png)"),
     )
 
 

@@ -115,6 +115,12 @@ def _assert_vocabularies_cover(contract, frame) -> None:
             lambda d: d["features"][0].update(missing="impute", impute=5),
             ["'age'", "impute", "within"],
         ),
+        (
+            lambda d: d["features"][0].update(transform="log1p", min=-1),
+            ["'age'", "log1p", "min > -1"],
+        ),
+        (lambda d: d["features"][0].update(center=50, scale=0), ["'age'", "scale must be > 0"]),
+        (lambda d: d["features"][0].update(center=50), ["'age'", "'center' and 'scale'"]),
         (lambda d: d["features"][2].update(type="text"), ["features.2", "'autopay'", "text"]),
         (lambda d: d["features"][2].update(true_values=["y"], false_values=["y"]), ["both"]),
         (lambda d: d.update(task="fraud"), ["task"]),
@@ -181,3 +187,11 @@ def test_hash_changes_with_anything_that_changes_the_encoding() -> None:
     ranged = copy.deepcopy(minimal())
     ranged["features"][0]["max"] = 101
     assert parse_contract(ranged).hash != base
+
+    transformed = copy.deepcopy(minimal())
+    transformed["features"][0]["transform"] = "log1p"
+    assert parse_contract(transformed).hash != base
+
+    standardised = copy.deepcopy(transformed)
+    standardised["features"][0].update(center=4.0, scale=0.5)
+    assert len({base, parse_contract(transformed).hash, parse_contract(standardised).hash}) == 3

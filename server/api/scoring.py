@@ -22,7 +22,7 @@ import pandas as pd
 from torch import nn
 
 from common.contract import BinaryFeature, CategoricalFeature, Contract, NumericFeature
-from common.encoding import Encoder
+from common.encoding import Encoder, numeric_neutral
 from common.model import predict_logits
 
 Direction = Literal["increases", "decreases"]
@@ -203,8 +203,7 @@ def neutral_baseline(encoder: Encoder) -> np.ndarray:
     for f in encoder.contract.features:
         cols = encoder.groups[f.name]
         if isinstance(f, NumericFeature):
-            centre = (f.min + f.max) / 2 if f.impute is None else min(max(f.impute, f.min), f.max)
-            base[cols[0]] = (centre - f.min) / (f.max - f.min)
+            base[cols[0]] = numeric_neutral(f)  # in the encoded (transformed) space
         elif isinstance(f, BinaryFeature):
             base[cols[0]] = 0.5
         # categorical: all-zero one-hot, already zero

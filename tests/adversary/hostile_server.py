@@ -139,42 +139,44 @@ class Attacker:
         self.report.write_text(json.dumps(report))
 
 
+def oracle(settings: dict[str, Any], n: int, out: float) -> Build:
+    """The threshold oracle at the message's parameter t."""
+    return lambda _node, t: request(settings, mlp(n, t=t, out=out))
+
+
 def attack_all(a: Attacker, good: dict[str, Any], n: int, cfg: dict[str, Any]) -> None:
     start = mlp(n)
+    neg_inf = {k: np.full_like(v, -np.inf) for k, v in start.items()}
+    wide = {**start, "0.weight": np.zeros((HIDDEN, n + 1), np.float32)}
+    missing = {k: v for k, v in start.items() if k != "2.bias"}
+    huge = {k: np.full_like(v, 1e3) for k, v in start.items()}
+    ts = [round(float(t), 4) for t in np.linspace(-0.5, 1.5, int(cfg["oracle-messages"]))]
+    fused = {**good, "evaluate-incoming": True, "server-round": 2}  # train evaluates its input
+    final = {**good, "server-round": good["total-rounds"]}  # finish evaluates the final model
+    targets = json.loads(str(cfg["targets"]))
+
     a.send("rollcall", wire.ROLLCALL, fixed(good))  # a: the run holds a reservation
     a.send("train", wire.TRAIN, fixed(good, start))  # a normal round: answered and charged
-    ts = [round(float(t), 4) for t in np.linspace(-0.5, 1.5, int(cfg["oracle-messages"]))]
-    for variant, out in (("oracle-A", np.inf), ("oracle-B", 1e4)):  # b
-        a.send(variant, wire.EVALUATE, lambda _n, t, o=out: request(good, mlp(n, t=t, out=o)), ts)
-    c_ts = [0.0, 0.5, 1.0]  # finite and within the norm bound: answered, and charged
-    a.send("oracle-C", wire.EVALUATE, lambda _n, t: request(good, mlp(n, t=t, out=20.0)), c_ts)
-    a.send(
-        "train-neg-inf",
-        wire.TRAIN,
-        fixed(good, {k: np.full_like(v, -np.inf) for k, v in start.items()}),
-    )  # c
-    wide = {**start, "0.weight": np.zeros((HIDDEN, n + 1), np.float32)}  # d
-    a.send("shape-extra-column", wire.TRAIN, fixed(good, wide))
-    a.send(
-        "shape-missing-tensor",
-        wire.TRAIN,
-        fixed(good, {k: v for k, v in start.items() if k != "2.bias"}),
-    )
-    a.send(
-        "huge-norm", wire.TRAIN, fixed(good, {k: np.full_like(v, 1e3) for k, v in start.items()})
-    )  # e
+    a.send("oracle-A", wire.EVALUATE, oracle(good, n, np.inf), ts)  # b
+    a.send("oracle-B", wire.EVALUATE, oracle(good, n, 1e4), ts)
+    a.send("oracle-C", wire.EVALUATE, oracle(good, n, 20.0), [0.0, 0.5, 1.0])
+    a.send("oracle-A-in-train", wire.TRAIN, oracle(fused, n, np.inf), ts[:5])
+    a.send("train-neg-inf", wire.TRAIN, fixed(good, neg_inf))  # c
+    a.send("shape-extra-column", wire.TRAIN, fixed(good, wide))  # d
+    a.send("shape-missing-tensor", wire.TRAIN, fixed(good, missing))
+    a.send("huge-norm", wire.TRAIN, fixed(good, huge))  # e
     for attack, change in OUT_OF_BOUNDS.items():  # f, g
         a.send(attack, wire.TRAIN, fixed({**good, **change}, start))
     no_hash = {k: v for k, v in good.items() if k != "contract-hash"}
     a.send("contract-hash-missing", wire.TRAIN, fixed(no_hash, start))
     beyond = {**good, "server-round": good["total-rounds"] + 1}  # h
     a.send("server-round-beyond", wire.TRAIN, fixed(beyond, start))
-    a.send("finish", wire.FINISH, fixed({}))
+    a.send("finish", wire.FINISH, oracle(final, n, np.inf), [0.5])  # closes; final model refused
     a.send("replay-train", wire.TRAIN, fixed(good, start))  # the round-1 request, once more
-    targets = json.loads(str(cfg["targets"]))  # i
-    a.send(
-        "steal", STEAL, lambda node, _p: RecordDict({wire.CONFIG: ConfigRecord(targets[str(node)])})
-    )
+    steal = {
+        str(node): RecordDict({wire.CONFIG: ConfigRecord(paths)}) for node, paths in targets.items()
+    }
+    a.send("steal", STEAL, lambda node, _p: steal[str(node)])  # i
 
 
 @app.main()
