@@ -24,6 +24,7 @@ from atoll.cli_audit import audit_app
 from atoll.cli_budget import budget_app
 from atoll.cli_keys import keys_app as apikey_app
 from atoll.cli_node import node_app
+from atoll.cli_query import query_app
 from atoll.processes import (
     superlink_argv,
     superlink_env,
@@ -52,6 +53,7 @@ app.add_typer(contract_app, name="contract")
 app.add_typer(budget_app, name="budget")
 app.add_typer(audit_app, name="audit")
 app.add_typer(apikey_app, name="apikey")
+app.add_typer(query_app, name="query")
 console = Console(stderr=True)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -286,17 +288,59 @@ def serve(
         Path | None, typer.Option(help="TLS certificate (PEM): serve HTTPS (with --keyfile)")
     ] = None,
     keyfile: Annotated[Path | None, typer.Option(help="TLS private key (PEM)")] = None,
+    insecure_http: Annotated[
+        bool,
+        typer.Option(
+            "--insecure-http",
+            help="Allow plain HTTP on a non-loopback address (API keys would cross the network "
+            "in clear text)",
+        ),
+    ] = False,
     audit_key: Annotated[
-        Path | None, typer.Option(help="The API's Ed25519 audit key (created if missing)")
+        Path | None,
+        typer.Option(
+            help="The API's Ed25519 audit key (created only on first start, while the api log is "
+            "empty; default beside a SQLite registry)"
+        ),
     ] = None,
     audit_public_key: Annotated[
         list[Path] | None,
-        typer.Option(help="Public keys GET /audit/verify accepts (e.g. coordinator.pub; repeat)"),
+        typer.Option(
+            help="Pinned public keys of the coordinator's and nodes' logs for GET /audit/verify "
+            "(e.g. coordinator.pub; repeat)"
+        ),
     ] = None,
+    api_audit_public_key: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="Pinned public keys of the api log (repeat for rotated keys); the API's own "
+            "key must be one of them"
+        ),
+    ] = None,
+    admin_audit_public_key: Annotated[
+        list[Path] | None,
+        typer.Option(help="Pinned public keys of the admin (operator) log (repeat)"),
+    ] = None,
+    checkpoint_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Directory (off-host: a mounted share) for signed checkpoints of the api and "
+            "admin logs; GET /audit/verify uses the newest"
+        ),
+    ] = None,
+    checkpoint_every: Annotated[
+        int, typer.Option(min=1, help="Checkpoint a log after this many new entries")
+    ] = 1000,
+    checkpoint_minutes: Annotated[
+        float, typer.Option(min=0.01, help="... or this many minutes after the last checkpoint")
+    ] = 10.0,
 ) -> None:
     """Serve the scoring API; every route but /health needs an API key (`atoll apikey`)."""
+    import ipaddress
+
     import uvicorn
 
+    from privacy.audit import AuditError
     from server.api.app import create_app
 
     if (certfile is None) != (keyfile is None):
@@ -304,8 +348,37 @@ def serve(
     for path in (certfile, keyfile):
         if path is not None and not path.is_file():
             _fail(f"TLS file {path} not found; `atoll certs create` makes server.crt/server.key")
+    if certfile is None and not insecure_http:
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            _fail(
+                f"refusing plain HTTP on {host}: API keys and scored records would cross the "
+                "network unencrypted; pass --certfile and --keyfile (`atoll certs create`), bind "
+                "127.0.0.1 behind a TLS proxy, or add --insecure-http if you really mean it"
+            )
+    try:
+        api = create_app(
+            registry,
+            audit_key=audit_key,
+            audit_public_keys=audit_public_key,
+            api_public_keys=api_audit_public_key,
+            admin_public_keys=admin_audit_public_key,
+            checkpoint_dir=checkpoint_dir,
+            checkpoint_every_entries=checkpoint_every,
+            checkpoint_every_minutes=checkpoint_minutes,
+        )
+    except (AuditError, ValueError) as exc:
+        _fail(str(exc))
+    if not api_audit_public_key:
+        console.print(
+            "[yellow]warning:[/] no --api-audit-public-key: GET /audit/verify?log=api has no "
+            "pinned key to verify the API's own log with"
+        )
     uvicorn.run(
-        create_app(registry, audit_key=audit_key, audit_public_keys=audit_public_key),
+        api,
         host=host,
         port=port,
         log_level="warning",

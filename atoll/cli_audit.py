@@ -28,10 +28,13 @@ from privacy.audit import (
     Checkpoint,
     VerifyReport,
     canonical_json,
+    checkpoint_path,
     crosscheck,
     export_checkpoint,
     export_jsonl,
     iter_entries,
+    latest_checkpoint,
+    list_log_ids,
     load_public_keys,
     read_jsonl,
     verify,
@@ -103,6 +106,7 @@ def _print_report(report: VerifyReport, as_json: bool) -> None:
             f"[green]ok[/] log '{escape(report.log_id)}': {escape(report.message)} "
             f"(last seq {report.last_seq}, signers {signers})"
             + (f", checkpoint at seq {report.checkpoint_seq}" if report.checkpoint_seq else "")
+            + (f" ({escape(report.checkpoint_file)})" if report.checkpoint_file else "")
         )
         return
     where = f"seq {report.first_bad_seq}" if report.first_bad_seq is not None else "checkpoint"
@@ -134,10 +138,27 @@ def keygen(
 # ---- verification and checkpoints -------------------------------------------------------------
 
 
+def _checkpoint_file(path: Path, log: str) -> tuple[Path, Checkpoint]:
+    """A checkpoint file, or the newest checkpoint of `log` in a directory."""
+    if path.is_dir():
+        found = latest_checkpoint(path, log)
+        if found is None:
+            _fail(
+                f"no checkpoint of log '{log}' in {path}; pass the checkpoint file, or write one "
+                "with `atoll audit checkpoint`"
+            )
+        return found
+    return path, Checkpoint.load(path)
+
+
 @audit_app.command("verify")
 def verify_cmd(
     public_key: Annotated[
-        list[Path], typer.Option(help="Writer's .pub file (repeat for every key the log used)")
+        list[Path],
+        typer.Option(
+            help="Writer's .pub file, from your own records — never one found beside the log's "
+            "signing key (repeat for every key the log used)"
+        ),
     ],
     log: LogOption = "coordinator",
     db: Annotated[str | None, typer.Option("--db", help="Audit database URL")] = None,
@@ -145,7 +166,18 @@ def verify_cmd(
         Path | None, typer.Option(help="Verify an unfiltered `audit export` file instead of --db")
     ] = None,
     checkpoint: Annotated[
-        Path | None, typer.Option(help="Signed checkpoint: detects a truncated tail")
+        Path | None,
+        typer.Option(
+            help="Signed checkpoint, or a directory of them (its newest for --log): detects a "
+            "deleted tail, and an emptied log"
+        ),
+    ] = None,
+    checkpoint_public_key: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="Other keys the checkpoint may be signed with (e.g. api.pub for the admin log's "
+            "checkpoints the API writes)"
+        ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON")] = False,
 ) -> None:
@@ -154,42 +186,111 @@ def verify_cmd(
         _fail("pass either --db URL or --jsonl FILE, not both")
     with _audit_errors():
         keys = load_public_keys(public_key)
-        mark = Checkpoint.load(checkpoint) if checkpoint is not None else None
+        extra = load_public_keys(checkpoint_public_key or [])
+        found = _checkpoint_file(checkpoint, log) if checkpoint is not None else None
+        mark = found[1] if found else None
         if jsonl is not None:
-            report = verify_entries(read_jsonl(jsonl), log, keys, mark)
+            report = verify_entries(read_jsonl(jsonl), log, keys, mark, checkpoint_keys=extra)
         elif db is not None:
-            report = verify(db, log, keys, mark)
+            report = verify(db, log, keys, mark, checkpoint_keys=extra)
         else:
             _fail("pass --db URL (the audit database) or --jsonl FILE (an unfiltered export)")
+    if found is not None:
+        report = report.model_copy(update={"checkpoint_file": str(found[0])})
     _print_report(report, as_json)
     if not report.ok:
         raise typer.Exit(1)
+
+
+def _keys_per_log(specs: list[str], logs: list[str]) -> dict[str, dict[str, str]]:
+    """`--public-key [LOG=]FILE` values → {log: {key_id: pem}}; plain FILEs apply to every log."""
+    common: list[Path] = []
+    per_log: dict[str, list[Path]] = {}
+    for spec in specs:
+        name, sep, file = spec.partition("=")
+        if sep and name and not Path(spec).exists():
+            per_log.setdefault(name, []).append(Path(file))
+        else:
+            common.append(Path(spec))
+    unknown = sorted(set(per_log) - set(logs))
+    if unknown:
+        _fail(f"--public-key names log(s) {', '.join(unknown)} that are not being checkpointed")
+    shared = load_public_keys(common)
+    return {log: {**shared, **load_public_keys(per_log.get(log, []))} for log in logs}
 
 
 @audit_app.command("checkpoint")
 def checkpoint_cmd(
     db: DbOption,
     key: Annotated[Path, typer.Option(help="Signing key from `atoll audit keygen`")],
-    out: Annotated[Path, typer.Option(help="Checkpoint JSON to write; keep a copy elsewhere")],
-    log: LogOption = "coordinator",
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="Checkpoint file to write, or a directory (one file per log, named "
+            "<log>.<seq>.json); keep it off this host"
+        ),
+    ],
     public_key: Annotated[
-        list[Path] | None, typer.Option(help="Other writers' .pub files, if the log has several")
+        list[str],
+        typer.Option(
+            help="[LOG=]FILE: pinned public key the log's entries must verify with (repeat; "
+            "without LOG= it applies to every log)"
+        ),
+    ],
+    log: Annotated[
+        list[str] | None,
+        typer.Option("--log", help="Log id (repeat); default coordinator"),
     ] = None,
+    all_logs: Annotated[
+        bool, typer.Option("--all-logs", help="Every log in the database (api, admin, ...)")
+    ] = False,
 ) -> None:
-    """Verify the log, then write a signed checkpoint (count + last hash) of it."""
+    """Verify each log, then write a signed checkpoint (count + last hash) of it.
+
+    A checkpoint must extend the previous one in --out (same entry at its seq): a log that was
+    truncated or rewritten gets none, and the command exits 1.
+    """
+    if all_logs and log:
+        _fail("pass either --log (repeat) or --all-logs, not both")
     with _audit_errors():
         signer = AuditSigner.load(key)
-        keys = load_public_keys(public_key or [])
-        keys[signer.key_id] = signer.public_key_pem
-        report = verify(db, log, keys)
-        if not report.ok:
-            _print_report(report, as_json=False)
-            console.print("[bold red]refusing to checkpoint a log that fails verification[/]")
-            raise typer.Exit(1)
-        mark = export_checkpoint(db, log, signer, out)
-    console.print(
-        f"checkpoint {out}: log '{escape(log)}' {mark.count} entries, last hash {mark.last_hash}"
-    )
+        logs = list_log_ids(db) if all_logs else list(dict.fromkeys(log or ["coordinator"]))
+        if not logs:
+            _fail("the database holds no audit log entries; nothing to checkpoint")
+        keys = _keys_per_log(public_key, logs)
+        # An earlier checkpoint may be signed by any pinned key, or by this signer.
+        trusted = {k: pem for per_log in keys.values() for k, pem in per_log.items()}
+        trusted[signer.key_id] = signer.public_key_pem
+        directory = all_logs or len(logs) > 1 or out.is_dir() or str(out).endswith("/")
+        failed = 0
+        for log_id in logs:
+            target = checkpoint_path(out, log_id, 0) if directory else out
+            previous = (
+                latest_checkpoint(out, log_id)
+                if directory
+                else ((out, Checkpoint.load(out)) if out.is_file() else None)
+            )
+            last = previous[1] if previous and previous[1].log_id == log_id else None
+            report = verify(db, log_id, keys[log_id], last, checkpoint_keys=trusted)
+            if not report.ok:
+                _print_report(report, as_json=False)
+                console.print(
+                    f"[bold red]refusing to checkpoint log '{escape(log_id)}': it fails "
+                    "verification[/]"
+                )
+                failed += 1
+                continue
+            mark = export_checkpoint(db, log_id, signer, extends=last)
+            if directory:
+                target = checkpoint_path(out, log_id, mark.last_seq)
+                target.parent.mkdir(parents=True, exist_ok=True)
+            mark.save(target)
+            console.print(
+                f"checkpoint {target}: log '{escape(log_id)}' {mark.count} entries, "
+                f"last hash {mark.last_hash}"
+            )
+    if failed:
+        raise typer.Exit(1)
 
 
 # ---- queries -----------------------------------------------------------------------------------

@@ -95,10 +95,15 @@ def git_commit() -> dict[str, Any]:
         res = subprocess.run(
             ["git", *args], cwd=REPO, capture_output=True, text=True, check=False, timeout=30
         )
-        return res.stdout.strip()
+        return res.stdout
 
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(status)}
+    status = git("status", "--porcelain", "--untracked-files=no").splitlines()
+    return {
+        "commit": git("rev-parse", "HEAD").strip() or None,
+        "dirty": bool(status),
+        # which tracked files differed from the commit when the benchmark started
+        "changed_files": [line[3:] for line in status if line.strip()],
+    }
 
 
 def load_average() -> list[float]:

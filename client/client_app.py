@@ -120,3 +120,17 @@ def finish(msg: Message, context: Context) -> Message:
             )
         ),
     )
+
+
+@app.query("analytics")
+def analytics(msg: Message, context: Context) -> Message:
+    return _relay(
+        msg,
+        context,
+        lambda stub, who: wire.query_content(
+            stub.Query(
+                pb.QueryRequest(caller=who, spec=wire.query_spec_of(msg.content)),
+                timeout=CALL_TIMEOUT_S,
+            )
+        ),
+    )

@@ -37,13 +37,21 @@ from privacy.dp import (
 LOGIT_BOUND = 30.0
 
 
+# The update rules a node may apply to its privatised gradient (post-processing: same ε).
+OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
+# What `optimizer` is until the node's wire contract carries it (RunSettings has no such field
+# yet): equal to RunConfig's default, which tests/test_training.py checks.
+TRANSITIONAL_OPTIMIZER = "adam"
+
+
 @dataclass(frozen=True)
 class DPTrainConfig:
     """What a run asks of each node, every field from the run config.
 
     No defaults on purpose: the run config is the one source of run defaults, and a node that
     filled a gap itself would do something the coordinator did not ask for (and the owner did not
-    admit).
+    admit). One transitional exception: `optimizer`, until the wire carries it (its default is
+    RunConfig's, and a test keeps the two equal).
     """
 
     epochs: int
@@ -57,6 +65,9 @@ class DPTrainConfig:
     eval_noise: float  # σ of the Gaussian noise on evaluation histograms (0: no evaluation)
     eval_bins: int
     proximal_mu: float
+    # the update rule applied to the noised gradient: "adam" (bias-corrected moments, restarted
+    # every round) or "sgd"; a choice of post-processing, so ε does not depend on it
+    optimizer: str = TRANSITIONAL_OPTIMIZER
 
 
 @dataclass(frozen=True)
@@ -128,6 +139,22 @@ def _check_optimiser(cfg: DPTrainConfig) -> None:
         raise ValueError(f"learning_rate must be finite and >= 0, got {cfg.learning_rate!r}")
     if not (math.isfinite(cfg.proximal_mu) and cfg.proximal_mu >= 0):
         raise ValueError(f"proximal_mu must be finite and >= 0, got {cfg.proximal_mu!r}")
+    if cfg.optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {cfg.optimizer!r}")
+
+
+def _base_optimizer(cfg: DPTrainConfig, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+    """The update rule DPOptimizer hands the privatised gradient to.
+
+    Adam rescales each coordinate by the running RMS of its (noised) gradient, so features whose
+    encoded mass sits in a corner of their range move as fast as the others, and the step no longer
+    depends on the clipping norm or the batch size: the default learning rate carries over to data
+    nobody tuned for. Each step is still bounded (|Δw| ≲ lr per coordinate), which keeps training
+    total for any incoming weights.
+    """
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.learning_rate, betas=(0.9, 0.999), eps=1e-8)
+    return torch.optim.SGD(params, lr=cfg.learning_rate)
 
 
 def train_dp(
@@ -166,7 +193,7 @@ def train_dp(
         warnings.simplefilter("ignore")
         dp_model = GradSampleModule(model, loss_reduction="sum")
         optimizer = DPOptimizer(
-            torch.optim.SGD(model.parameters(), lr=cfg.learning_rate),
+            _base_optimizer(cfg, model.parameters()),
             noise_multiplier=sigma,
             max_grad_norm=cfg.max_grad_norm,
             expected_batch_size=max(1, int(rows * q)),

@@ -20,8 +20,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 ModelKind = Literal["logreg", "mlp"]
 MODEL_KINDS: tuple[str, ...] = get_args(ModelKind)  # ("logreg", "mlp")
 
-StrategyName = Literal["fedavg", "fedprox", "fedmedian", "fedtrimmedavg"]
+StrategyName = Literal["fedavg", "fedprox", "fedmedian", "fedtrimmedavg", "fedavgm", "fedadam"]
 STRATEGY_NAMES: tuple[str, ...] = get_args(StrategyName)
+
+OptimizerName = Literal["adam", "sgd"]
+OPTIMIZER_NAMES: tuple[str, ...] = get_args(OptimizerName)  # client.training.OPTIMIZERS (tested)
 
 RunConfigValue = str | int | float | bool  # what a Flower run config holds
 
@@ -42,13 +45,17 @@ class RunConfig(BaseModel):
     sample_rate: float = Field(0.02, alias="sample-rate", gt=0, le=1)
     eval_noise: float = Field(10.0, alias="eval-noise", ge=0)
     eval_bins: int = Field(20, alias="eval-bins", ge=2, le=1000)
-    learning_rate: float = Field(0.5, alias="learning-rate", gt=0)
+    optimizer: OptimizerName = "adam"
+    learning_rate: float = Field(0.05, alias="learning-rate", gt=0)
     max_grad_norm: float = Field(1.0, alias="max-grad-norm", gt=0)
     noise_multiplier: float = Field(1.0, alias="noise-multiplier", gt=0)
     target_epsilon: float = Field(0.0, alias="target-epsilon", ge=0)
     delta: float = Field(1e-5, gt=0, lt=1)
     proximal_mu: float = Field(0.0, alias="proximal-mu", ge=0)
     trim_beta: float = Field(0.2, alias="trim-beta", ge=0, lt=0.5)
+    server_learning_rate: float = Field(1.0, alias="server-learning-rate", gt=0)
+    server_momentum: float = Field(0.0, alias="server-momentum", ge=0, lt=1)
+    calibrate: bool = True
     min_nodes: int = Field(2, alias="min-nodes", ge=1)
     round_timeout: float = Field(600, alias="round-timeout", gt=0)
     seed: int = 42
@@ -56,6 +63,11 @@ class RunConfig(BaseModel):
     registry_url: str = Field(alias="registry-url", min_length=1)
     model_name: str = Field("", alias="model-name")
     audit_key: str = Field("", alias="audit-key", description="Coordinator's Ed25519 audit key")
+    query: str = Field(
+        "",
+        description="An analytics query (JSON, see common.analytics_math.Query): set, the run "
+        "answers it instead of training",
+    )
 
     @model_validator(mode="after")
     def _known(self) -> RunConfig:
@@ -120,6 +132,7 @@ class RunConfig(BaseModel):
             "sample-rate": self.sample_rate,
             "eval-noise": self.eval_noise,
             "eval-bins": self.eval_bins,
+            "optimizer": self.optimizer,
             "learning-rate": self.learning_rate,
             "max-grad-norm": self.max_grad_norm,
             "noise-multiplier": self.noise_multiplier,

@@ -337,3 +337,107 @@ def _num(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return 0.0
     return float(value) if math.isfinite(value) else 0.0
+
+
+# ================================================================================================
+# Federated analytics: one query message per node (protos: QueryRequest / QueryReply)
+# ================================================================================================
+QUERY: Final = f"{MessageType.QUERY}.analytics"
+QUERY_SPEC: Final = "query-spec"  # coordinator → node: the QuerySpec as protobuf JSON (CONFIG)
+QUERY_VALUE_NAMES: Final = "query-value-names"  # INFO: what each cell releases
+QUERY_CELL_KEYS: Final = "query-cell-keys"  # INFO: each cell's key, as a JSON list of strings
+QUERY_VALUES: Final = "query-values"  # METRICS: cells × values, row-major, noised
+QUERY_NOISE_STD: Final = "query-noise-std"  # METRICS: the noise std of each value
+QUERY_EPSILON: Final = "query-epsilon"  # METRICS: ε of this query alone on the node
+SENSITIVITY: Final = "sensitivity"  # METRICS: L2 sensitivity of the released vector
+_MAX_SPEC_CHARS = 65_536
+
+
+def query_record(spec: pb.QuerySpec) -> ConfigRecord:
+    """The query as the message's config record (coordinator side)."""
+    from google.protobuf import json_format
+
+    return ConfigRecord({QUERY_SPEC: json_format.MessageToJson(spec, indent=None)})
+
+
+def query_spec_of(content: RecordDict) -> pb.QuerySpec:
+    """The coordinator's query; anything unreadable arrives as an empty spec (refused)."""
+    from google.protobuf import json_format
+
+    cfg = content[CONFIG] if CONFIG in content else ConfigRecord()
+    text = cfg.get(QUERY_SPEC) if isinstance(cfg, ConfigRecord) else None
+    spec = pb.QuerySpec()
+    if isinstance(text, str) and len(text) <= _MAX_SPEC_CHARS:
+        try:
+            json_format.Parse(text, spec)
+        except (json_format.ParseError, ValueError, TypeError):
+            spec = pb.QuerySpec()
+    return spec
+
+
+def query_content(reply: pb.QueryReply) -> RecordDict:
+    """A runtime's answer as records (node side)."""
+    import json
+
+    if reply.WhichOneof("outcome") != "answered":
+        return refusal_content(reply.refusal)
+    a = reply.answered
+    info = ConfigRecord(
+        {
+            NODE_NAME: a.node_name,
+            QUERY_VALUE_NAMES: list(a.value_names),
+            QUERY_CELL_KEYS: [json.dumps(list(c.key)) for c in a.cells],
+        }
+    )
+    metrics: dict[str, float | list[float]] = {
+        QUERY_VALUES: [float(v) for c in a.cells for v in c.values],
+        QUERY_NOISE_STD: [float(v) for c in a.cells for v in c.noise_std],
+        NOISE_MULTIPLIER: a.noise_multiplier,
+        SENSITIVITY: a.sensitivity,
+        QUERY_EPSILON: a.epsilon,
+        NUM_EXAMPLES: 1.0,
+        **_budget_record(a.budget),
+    }
+    return RecordDict({INFO: info, METRICS: MetricRecord(dict(metrics))})  # type: ignore[arg-type]
+
+
+def answered_of(msg: Message) -> pb.Answered | pb.Refusal:
+    """A node's answer (coordinator side); malformed or non-finite values are a refusal."""
+    import json
+
+    if (refused := refusal_of(msg)) is not None:
+        return refused
+    malformed = pb.Refusal(code="malformed-reply", message="query reply lacks or garbles values")
+    try:
+        info, m = msg.content[INFO], msg.content[METRICS]
+        names = [str(v) for v in info.get(QUERY_VALUE_NAMES, [])]
+        keys = [json.loads(str(k)) for k in info.get(QUERY_CELL_KEYS, [])]
+        values, stds = m.get(QUERY_VALUES), m.get(QUERY_NOISE_STD)
+        if not names or not isinstance(values, list) or not isinstance(stds, list):
+            return malformed
+        numbers = [float(v) for v in values + stds]
+        if len(values) != len(stds) or len(values) != len(keys) * len(names):
+            return malformed
+        if not all(math.isfinite(v) for v in numbers) or any(s < 0 for s in numbers[len(values) :]):
+            return malformed
+        if not all(isinstance(k, list) and all(isinstance(x, str) for x in k) for k in keys):
+            return malformed
+        width = len(names)
+        return pb.Answered(
+            node_name=str(info.get(NODE_NAME, "")),
+            value_names=names,
+            cells=[
+                pb.Cell(
+                    key=key,
+                    values=numbers[i * width : (i + 1) * width],
+                    noise_std=numbers[len(values) + i * width : len(values) + (i + 1) * width],
+                )
+                for i, key in enumerate(keys)
+            ],
+            noise_multiplier=_num(m.get(NOISE_MULTIPLIER)),
+            sensitivity=_num(m.get(SENSITIVITY)),
+            epsilon=_num(m.get(QUERY_EPSILON)),
+            budget=_budget_from(m),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return malformed

@@ -7,6 +7,14 @@ hash = sha256 of the canonical JSON of all those fields (plus the format version
 `key_id`), and an Ed25519 signature over that hash. `verify` recomputes everything and names the
 first bad entry; a signed `Checkpoint` kept elsewhere makes truncation of the tail detectable.
 
+Verification never trusts what it verifies: `verify` takes the public keys from the verifier's
+own configuration (pinned), never from beside the writer's key or from the database. A writer's
+key is created only while its log is empty (`AuditLog.open`, `AuditSigner.load_or_create` with
+the log): a missing key for a log that has entries is an error, not a fresh key. `Checkpointer`
+applies a `CheckpointPolicy` (every N entries or M seconds, into a directory kept off the
+writer's host); each checkpoint must extend the previous one, so a truncated-and-regrown log
+gets no new checkpoint to hide behind.
+
 Several logs can share one database (`log_id` "coordinator", "node:marketing", ...).
 
 Failure contract: `AuditLog.append` either commits the entry or raises `AuditWriteError`
@@ -55,7 +63,8 @@ import os
 import re
 import stat
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -68,7 +77,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from sqlalchemy import Connection, Engine, Select, func, insert, select, text
+from sqlalchemy import Connection, Engine, Select, func, insert, inspect, select, text
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -354,9 +363,52 @@ class AuditSigner:
         return cls(key)
 
     @classmethod
-    def load_or_create(cls, path: Path) -> AuditSigner:
-        """The key at `path`, created on first use (a node's or the coordinator's own key)."""
-        return cls.load(path) if Path(path).exists() else cls.create(path)
+    def load_or_create(
+        cls,
+        path: Path,
+        *,
+        engine_or_url: EngineOrURL | None = None,
+        log_id: str | None = None,
+        pinned: Mapping[str, str] | None = None,
+    ) -> AuditSigner:
+        """The key at `path`, created on first use (a node's or the coordinator's own key).
+
+        Give the log the key writes (`engine_or_url` and `log_id`) and a missing key is created
+        only while that log is empty: a log that already has entries lost its key, and a fresh key
+        beside it would silently sign a continuation nobody can tell from a forgery — that is an
+        `AuditKeyError` (restore the key). With `pinned` ({key_id: pem}, the verifier's
+        configuration) the key must be one of them, and a missing key is never created (a new
+        key could not match).
+        """
+        path = Path(path)
+        if path.exists():
+            signer = cls.load(path)
+        else:
+            if engine_or_url is not None and log_id is not None:
+                held = log_length(engine_or_url, log_id)
+                if held:
+                    raise AuditKeyError(
+                        f"audit signing key {path} is missing but log '{log_id}' already holds "
+                        f"{held} entries; restore the key from its backup (it is not re-created: "
+                        "a new key would sign entries no pinned public key vouches for). To "
+                        "retire it for good, create a new key with `atoll audit keygen`, pin its "
+                        ".pub beside the old one in the verifiers' configuration and pass the new "
+                        "key explicitly"
+                    )
+            if pinned:
+                raise AuditKeyError(
+                    f"audit signing key {path} is missing and public keys are pinned for it: a "
+                    "new key would match none of them; restore the key, or create one with "
+                    "`atoll audit keygen` and pin its .pub"
+                )
+            signer = cls.create(path)
+        if pinned and signer.key_id not in pinned:
+            raise AuditKeyError(
+                f"audit signing key {path} (key id {signer.key_id[:16]}...) is not one of the "
+                f"{len(pinned)} pinned public key(s): the key file was replaced or the wrong "
+                "public key is configured; restore the key or pin the right .pub"
+            )
+        return signer
 
     @staticmethod
     def public_key_path(path: Path) -> Path:
@@ -576,19 +628,37 @@ class AuditLog:
         self.log_id = log_id
         self.signer = signer
         self._owns_engine = not isinstance(engine_or_url, Engine)
-        if isinstance(engine_or_url, Engine):
-            self.engine = engine_or_url
-        else:
-            try:
-                self.engine = open_privacy_db(engine_or_url)
-            except DatabaseURLError as exc:
-                raise AuditWriteError(str(exc)) from None
-            except SQLAlchemyError as exc:
-                raise AuditWriteError(
-                    f"cannot open audit database {safe_url(engine_or_url)}: {_db_reason(exc)}; "
-                    "check the URL and that the database server is running"
-                ) from None
+        self.engine = _writer_engine(engine_or_url)
         self._lock = threading.Lock()  # one in-process writer at a time: no self-contention
+
+    @classmethod
+    def open(
+        cls,
+        engine_or_url: EngineOrURL,
+        log_id: str,
+        key_path: Path,
+        *,
+        pinned: Mapping[str, str] | None = None,
+    ) -> AuditLog:
+        """The writer of `log_id` signing with the key at `key_path`.
+
+        The key is created only while the log is empty (first start); see
+        `AuditSigner.load_or_create` for the rules, including `pinned` public keys.
+        """
+        _check_log_id(log_id)
+        engine = _writer_engine(engine_or_url)
+        owned = not isinstance(engine_or_url, Engine)
+        try:
+            signer = AuditSigner.load_or_create(
+                key_path, engine_or_url=engine, log_id=log_id, pinned=pinned
+            )
+        except BaseException:
+            if owned:
+                engine.dispose()
+            raise
+        log = cls(engine, log_id, signer)
+        log._owns_engine = owned
+        return log
 
     def __enter__(self) -> AuditLog:
         return self
@@ -664,6 +734,21 @@ class AuditLog:
     def checkpoint(self, path: Path | None = None) -> Checkpoint:
         """A signed checkpoint of this log now (see `export_checkpoint`)."""
         return export_checkpoint(self.engine, self.log_id, self.signer, path)
+
+
+def _writer_engine(engine_or_url: EngineOrURL) -> Engine:
+    """The engine to write through: given, or the privacy database at a URL (migrated)."""
+    if isinstance(engine_or_url, Engine):
+        return engine_or_url
+    try:
+        return open_privacy_db(engine_or_url)
+    except DatabaseURLError as exc:
+        raise AuditWriteError(str(exc)) from None
+    except SQLAlchemyError as exc:
+        raise AuditWriteError(
+            f"cannot open audit database {safe_url(engine_or_url)}: {_db_reason(exc)}; "
+            "check the URL and that the database server is running"
+        ) from None
 
 
 # ---- reading -----------------------------------------------------------------------------------
@@ -771,6 +856,50 @@ def iter_entries(
                 yield _entry(row)
         except SQLAlchemyError as exc:
             raise _read_error(engine, log_id, exc) from None
+
+
+def _no_table(engine: Engine) -> bool:
+    return not inspect(engine).has_table(AuditEntryRow.__tablename__)
+
+
+def log_length(engine_or_url: EngineOrURL, log_id: str) -> int:
+    """How many entries `log_id` holds (0 for a database or table that does not exist yet)."""
+    _check_log_id(log_id)
+    if isinstance(engine_or_url, str):
+        try:
+            url = parse_url(engine_or_url)
+        except DatabaseURLError as exc:
+            raise AuditReadError(str(exc)) from None
+        path = url.database or ""
+        if (
+            url.get_backend_name() == "sqlite"
+            and path not in {"", ":memory:"}
+            and not path.startswith("file:")
+            and not Path(path).expanduser().is_file()
+        ):
+            return 0
+    with _reading(engine_or_url) as engine:
+        try:
+            if _no_table(engine):
+                return 0
+            with engine.connect() as conn:
+                count = conn.scalar(select(func.count()).where(AuditEntryRow.log_id == log_id))
+        except SQLAlchemyError as exc:
+            raise _read_error(engine, log_id, exc) from None
+    return int(count or 0)
+
+
+def list_log_ids(engine_or_url: EngineOrURL) -> list[str]:
+    """Every log id with at least one entry in the database, sorted."""
+    with _reading(engine_or_url) as engine:
+        try:
+            if _no_table(engine):
+                return []
+            with engine.connect() as conn:
+                ids = conn.scalars(select(AuditEntryRow.log_id).distinct()).all()
+        except SQLAlchemyError as exc:
+            raise _read_error(engine, "*", exc) from None
+    return sorted(ids)
 
 
 def query(
@@ -935,20 +1064,43 @@ def sign_checkpoint(log_id: str, last_seq: int, last_hash: str, signer: AuditSig
     return unsigned.model_copy(update={"signature": signature})
 
 
+class CheckpointBrokenError(AuditError):
+    """The log no longer contains what an earlier checkpoint vouches for: truncated or rewritten."""
+
+
 def export_checkpoint(
-    engine_or_url: EngineOrURL, log_id: str, signer: AuditSigner, path: Path | None = None
+    engine_or_url: EngineOrURL,
+    log_id: str,
+    signer: AuditSigner,
+    path: Path | None = None,
+    *,
+    extends: Checkpoint | None = None,
 ) -> Checkpoint:
     """Sign the log's current count and head hash (written to `path` if given).
 
-    Holds the writers' lock for two indexed reads so count and head belong together. It vouches
-    only for what is stored: run `verify` first if the database may have been touched.
+    Holds the writers' lock for a few indexed reads so count and head belong together. It vouches
+    only for what is stored: run `verify` first if the database may have been touched. With
+    `extends` (the previous checkpoint of this log) it refuses, raising `CheckpointBrokenError`,
+    unless the log still holds that checkpoint's entry unchanged — so a truncated-and-regrown log
+    never gets a fresh checkpoint that would hide the older one.
     """
     _check_log_id(log_id)
+    if extends is not None and extends.log_id != log_id:
+        raise AuditError(f"checkpoint to extend is for log '{extends.log_id}', not '{log_id}'")
     with _reading(engine_or_url) as engine:
         try:
             with _locked(engine, log_id) as conn:
                 last_seq, last_hash = _head(conn, log_id)
                 count = conn.scalar(select(func.count()).where(AuditEntryRow.log_id == log_id))
+                anchor = (
+                    conn.scalar(
+                        select(AuditEntryRow.hash).where(
+                            AuditEntryRow.log_id == log_id, AuditEntryRow.seq == extends.last_seq
+                        )
+                    )
+                    if extends is not None and extends.last_seq > 0
+                    else None
+                )
         except SQLAlchemyError as exc:
             raise _read_error(engine, log_id, exc) from None
     if count != last_seq:
@@ -956,10 +1108,184 @@ def export_checkpoint(
             f"audit log '{log_id}' holds {count} entries but ends at seq {last_seq}; it has gaps "
             "or duplicates — run `atoll audit verify` before checkpointing"
         )
+    if extends is not None and extends.last_seq > 0 and anchor != extends.last_hash:
+        why = (
+            f"ends at seq {last_seq}, below"
+            if last_seq < extends.last_seq
+            else "holds a different entry at"
+        )
+        raise CheckpointBrokenError(
+            f"audit log '{log_id}' {why} seq {extends.last_seq} of its previous checkpoint "
+            f"({extends.ts}): it was truncated or rewritten; not checkpointing over it — run "
+            "`atoll audit verify --checkpoint` and investigate"
+        )
     checkpoint = sign_checkpoint(log_id, last_seq, last_hash, signer)
     if path is not None:
         checkpoint.save(path)
     return checkpoint
+
+
+# ---- checkpoint files and the periodic checkpoint policy ---------------------------------------
+
+_CHECKPOINT_NAME = re.compile(r"^(?P<log>[A-Za-z0-9._@-]+)\.(?P<seq>\d{12})\.json$")
+
+
+def _file_safe(log_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._@-]", "_", log_id)
+
+
+def checkpoint_path(directory: Path, log_id: str, last_seq: int) -> Path:
+    """Where a checkpoint directory keeps `log_id`'s checkpoint at `last_seq`."""
+    return Path(directory) / f"{_file_safe(log_id)}.{last_seq:012d}.json"
+
+
+def latest_checkpoint(directory: Path, log_id: str) -> tuple[Path, Checkpoint] | None:
+    """The checkpoint of `log_id` with the highest seq in `directory` (None if there is none).
+
+    Files named by `checkpoint_path` are read newest first; other *.json files (e.g. the
+    coordinator's per-run checkpoints) are read too. Unreadable files are skipped with a warning
+    (a verifier that fails closed should pass the file it expects explicitly).
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return None
+    safe = _file_safe(log_id)
+    named: list[tuple[int, Path]] = []
+    others: list[Path] = []
+    for path in directory.glob("*.json"):
+        m = _CHECKPOINT_NAME.match(path.name)
+        if m is None:
+            others.append(path)
+        elif m["log"] == safe:
+            named.append((int(m["seq"]), path))
+    best: tuple[Path, Checkpoint] | None = None
+    for _seq, path in sorted(named, reverse=True):
+        found = _load_quietly(path, log_id)
+        if found is not None:
+            best = (path, found)
+            break
+    for path in others:
+        found = _load_quietly(path, log_id)
+        if found is not None and (best is None or found.last_seq > best[1].last_seq):
+            best = (path, found)
+    return best
+
+
+def _load_quietly(path: Path, log_id: str) -> Checkpoint | None:
+    try:
+        found = Checkpoint.load(path)
+    except AuditReadError as exc:
+        log.warning("skipping %s: %s", path.name, exc)
+        return None
+    return found if found.log_id == log_id else None
+
+
+@dataclass(frozen=True)
+class CheckpointPolicy:
+    """Write a signed checkpoint of a log to `directory` once it has grown by `every_entries`
+    entries, or `every_seconds` after the last one if it grew at all. Keep `directory` off the
+    writer's host (or replicate it): whoever can rewrite the database must not reach it."""
+
+    directory: Path
+    every_entries: int = 1000
+    every_seconds: float = 600.0
+
+    def __post_init__(self) -> None:
+        if self.every_entries < 1 or self.every_seconds <= 0:
+            raise ValueError(
+                "checkpoint policy needs every_entries >= 1 and every_seconds > 0, got "
+                f"{self.every_entries} and {self.every_seconds}"
+            )
+
+
+class Checkpointer:
+    """Applies a `CheckpointPolicy` to some logs of one database, signing with `signer`.
+
+    Call `run_due()` now and then (e.g. every few seconds) and `run_due(force=True)` at shutdown.
+    Each new checkpoint must extend the previous one (see `export_checkpoint(extends=)`): a log
+    found truncated or rewritten gets no new checkpoint, only an error in the log, so the last
+    good checkpoint keeps exposing it. Thread-safe.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        log_ids: Iterable[str],
+        signer: AuditSigner,
+        policy: CheckpointPolicy,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.signer = signer
+        self.policy = policy
+        self._clock = clock or time.monotonic
+        self.log_ids = list(log_ids)
+        for log_id in self.log_ids:
+            _check_log_id(log_id)
+        self._lock = threading.Lock()
+        self._last: dict[str, Checkpoint | None] = {}
+        self._last_at: dict[str, float] = {}
+        self._broken: dict[str, tuple[int, str]] = {}
+        now = self._clock()
+        for log_id in self.log_ids:
+            found = latest_checkpoint(policy.directory, log_id)
+            self._last[log_id] = found[1] if found else None
+            self._last_at[log_id] = now
+
+    def last(self, log_id: str) -> Checkpoint | None:
+        return self._last.get(log_id)
+
+    def run_due(self, *, force: bool = False) -> list[Path]:
+        """Checkpoint every log that is due; returns the files written."""
+        written: list[Path] = []
+        with self._lock:
+            for log_id in self.log_ids:
+                try:
+                    path = self._maybe(log_id, force)
+                except CheckpointBrokenError as exc:
+                    state = self._head(log_id)
+                    if self._broken.get(log_id) != state:  # say it once per state, not per tick
+                        log.error("%s", exc)
+                        self._broken[log_id] = state
+                    continue
+                except AuditError as exc:
+                    log.error("checkpoint of audit log '%s' failed: %s", log_id, exc)
+                    continue
+                if path is not None:
+                    written.append(path)
+        return written
+
+    def _head(self, log_id: str) -> tuple[int, str]:
+        try:
+            with self.engine.connect() as conn:
+                return _head(conn, log_id)
+        except SQLAlchemyError:
+            return (-1, "")
+
+    def _maybe(self, log_id: str, force: bool) -> Path | None:
+        last = self._last[log_id]
+        seq, head_hash = self._head(log_id)
+        if seq < 0:
+            raise AuditError("cannot read the log's head")
+        last_seq = last.last_seq if last is not None else 0
+        if last is not None and (seq, head_hash) == (last.last_seq, last.last_hash):
+            return None  # nothing new since the last checkpoint
+        if seq == 0 and last is None:
+            return None  # empty log, nothing to vouch for
+        grown = seq - last_seq
+        elapsed = self._clock() - self._last_at[log_id]
+        if not (
+            force or grown >= self.policy.every_entries or elapsed >= self.policy.every_seconds
+        ):
+            return None
+        mark = export_checkpoint(self.engine, log_id, self.signer, extends=last)
+        path = checkpoint_path(self.policy.directory, log_id, mark.last_seq)
+        if not path.exists():  # never overwrite: an existing file is the record
+            mark.save(path)
+        self._last[log_id], self._last_at[log_id] = mark, self._clock()
+        self._broken.pop(log_id, None)
+        log.info("audit checkpoint %s: log '%s' at seq %d", path, log_id, mark.last_seq)
+        return path
 
 
 # ---- verification ------------------------------------------------------------------------------
@@ -992,6 +1318,7 @@ class VerifyReport(BaseModel):
     message: str
     signers: dict[str, int] = Field(default_factory=dict)  # key_id -> entries signed
     checkpoint_seq: int | None = None
+    checkpoint_file: str | None = None  # which stored checkpoint was used, when one was
 
 
 def _recomputed(entry: AuditEntry, seq: int) -> str | None:
@@ -1038,10 +1365,16 @@ def verify_entries(
     log_id: str,
     public_keys: Mapping[str, str],
     checkpoint: Checkpoint | None = None,
+    *,
+    checkpoint_keys: Mapping[str, str] | None = None,
 ) -> VerifyReport:
     """Check entries given in seq order: continuity from 1, links, hashes, signatures, checkpoint.
 
-    Stops at the first bad entry and says what is wrong with it.
+    Stops at the first bad entry and says what is wrong with it. `public_keys` ({key_id: pem})
+    are the keys entries may be signed with — pinned by the verifier, never read from beside the
+    writer's key; the checkpoint may also be signed by one of `checkpoint_keys` (e.g. the API's key
+    for the admin log it checkpoints). A log that ends below the checkpoint — including an empty
+    log where the checkpoint vouches for entries — is TRUNCATED.
     """
     verifiers = _verifiers(public_keys)
     count, last_seq, last_hash = 0, 0, GENESIS_HASH
@@ -1061,7 +1394,8 @@ def verify_entries(
             checkpoint_seq=checkpoint.last_seq if checkpoint is not None else None,
         )
 
-    if checkpoint is not None and (why := checkpoint.problem(log_id, public_keys)):
+    trusted = {**public_keys, **(checkpoint_keys or {})}
+    if checkpoint is not None and (why := checkpoint.problem(log_id, trusted)):
         return report(Problem.BAD_CHECKPOINT, None, why)
     for entry in entries:
         expected = last_seq + 1
@@ -1110,9 +1444,17 @@ def verify(
     log_id: str,
     public_keys: Mapping[str, str],
     checkpoint: Checkpoint | None = None,
+    *,
+    checkpoint_keys: Mapping[str, str] | None = None,
 ) -> VerifyReport:
     """Verify a stored log (see `verify_entries`); `public_keys` is {key_id: pem}."""
-    return verify_entries(iter_entries(engine_or_url, log_id), log_id, public_keys, checkpoint)
+    return verify_entries(
+        iter_entries(engine_or_url, log_id),
+        log_id,
+        public_keys,
+        checkpoint,
+        checkpoint_keys=checkpoint_keys,
+    )
 
 
 # ---- update digests and the node/coordinator cross-check ---------------------------------------

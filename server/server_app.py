@@ -22,6 +22,7 @@ from common.metrics import histogram_metrics
 from common.model import build_model, weights_to_bytes
 from common.protos.atoll.node.v1 import runtime_pb2 as pb
 from privacy.audit import json_number
+from server.analytics import run_query
 from server.coordinator_audit import CoordinatorAudit
 from server.fleet import FastGrid, Identities, RunFailed, finish_nodes, node_settings, roll_call
 from server.node_names import NodeNames
@@ -61,6 +62,9 @@ def round_summary(rnd: int, evals: dict[int, pb.Evaluated], ids: Identities) -> 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
+    if context.run_config.get(RunSettings.key("query")):  # an analytics query, not training
+        run_query(grid, context)
+        return
     settings = RunSettings.from_run_config(dict(context.run_config))
     contract = load_contract(settings.contract_path)
     registry = Registry(settings.registry_url)  # open (and migrate) before any node spends

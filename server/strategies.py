@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from flwr.app import ArrayRecord, Message, MetricRecord
-from flwr.serverapp.strategy import FedAvg, FedMedian, FedProx, FedTrimmedAvg
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedMedian, FedProx, FedTrimmedAvg
 
 from common import wire
 from common.protos.atoll.node.v1 import runtime_pb2 as pb
@@ -22,6 +22,8 @@ STRATEGIES: dict[str, type[FedAvg]] = {
     "fedprox": FedProx,
     "fedmedian": FedMedian,
     "fedtrimmedavg": FedTrimmedAvg,
+    "fedavgm": FedAvgM,
+    "fedadam": FedAdam,
 }
 
 
@@ -101,6 +103,8 @@ def make_strategy(
     *,
     proximal_mu: float = 0.0,
     trim_beta: float = 0.2,
+    server_learning_rate: float = 1.0,
+    server_momentum: float = 0.0,
     evaluate: bool = True,
 ) -> Any:
     """Build strategy `name` that records per-node replies.
@@ -127,6 +131,12 @@ def make_strategy(
         kwargs["proximal_mu"] = proximal_mu
     if key == "fedtrimmedavg":
         kwargs["beta"] = trim_beta
+    if key == "fedavgm":  # server SGD with momentum on the averaged update
+        kwargs["server_learning_rate"] = server_learning_rate
+        kwargs["server_momentum"] = server_momentum
+    if key == "fedadam":  # server Adam on the averaged update (Reddi et al. 2021)
+        kwargs["eta"] = server_learning_rate
+        kwargs["beta_1"] = server_momentum
     strategy = cls(**kwargs)
     strategy._init_recording()
     return strategy

@@ -71,6 +71,7 @@ EXPECTED = {
         "oracle-A": "weights-nonfinite",
         "oracle-B": "limit-weight-norm",
         "oracle-C": "answered",
+        "oracle-A-in-train": "weights-nonfinite",  # train evaluating its incoming weights
         "train-neg-inf": "weights-nonfinite",
         "shape-extra-column": "weights-shape",
         "shape-missing-tensor": "weights-shape",
@@ -84,7 +85,7 @@ EXPECTED = {
         "contract-hash-other": "contract-mismatch",
         "contract-hash-missing": "contract-hash-missing",
         "server-round-beyond": "setting-server-round",
-        "finish": "answered",
+        "finish": "answered",  # closes the run; its final model (oracle A) is refused inside
         "replay-train": "budget-closed",
         "steal": "answered",  # by the hostile handler itself: it never reaches the runtime
     },
@@ -364,20 +365,35 @@ def test_every_attack_is_refused_with_its_code_or_answered_and_charged(
         # nothing of the hostile runs reached the constant after-the-charge refusal
         hostile = {f"run:{attacked['reports'][p]['run_id']}" for p in EXPECTED}
         ours = [e for e in entries if e.subject in hostile]
-        logged = Counter(e.details["code"] for e in ours if e.action == "request.refused")
+        refusals = [e for e in ours if e.action == "request.refused"]
+        logged = Counter(e.details["code"] for e in refusals if e.details["kind"] != "final")
         assert logged == Counter(r["code"] for r in mine if r["outcome"] == "refused"), node
         assert not [e for e in ours if e.action == "request.failed"]
+        # finish closed the run but refused to evaluate its final weights (the oracle again)
+        (finish,) = [r for r in mine if r["attack"] == "finish"]
+        assert "hist-pos" not in finish["metrics"]
+        final = [e for e in refusals if e.details["kind"] == "final"]
+        assert [(owner[e.seq], e.details["code"]) for e in final] == [
+            (finish["request_id"][:80], "weights-nonfinite")
+        ]
 
 
 def test_oracle_replies_are_byte_identical(attacked: dict[str, Any]) -> None:
     records = _records(attacked, "attack")
-    for variant, code in (("oracle-A", "weights-nonfinite"), ("oracle-B", "limit-weight-norm")):
-        replies = [r for r in records if r["attack"] == variant]
-        assert len(replies) == ORACLE_MESSAGES * len(attacked["names"])
-        assert len({r["param"] for r in replies}) == ORACLE_MESSAGES  # 50 distinct thresholds
+    nodes = len(attacked["names"])
+    for variants, code in (
+        (("oracle-A", "oracle-A-in-train"), "weights-nonfinite"),
+        (("oracle-B",), "limit-weight-norm"),
+    ):
+        replies = [r for r in records if r["attack"] in variants]
+        oracle = [r for r in replies if r["attack"] == variants[0]]
+        assert len(oracle) == ORACLE_MESSAGES * nodes
+        assert len({r["param"] for r in oracle}) == ORACLE_MESSAGES  # 50 distinct thresholds
         assert {r.get("code") for r in replies} == {code}
-        contents = {base64.b64decode(r["content"]) for r in replies}
-        assert len(contents) == 1, f"{variant}: {len(contents)} distinct replies"  # on both nodes
+        contents = Counter(base64.b64decode(r["content"]) for r in replies)
+        # one reply, byte for byte, whatever the threshold, the message type or the node
+        assert len(contents) == 1, f"{variants}: {len(contents)} distinct replies"
+        print(f"{variants}: {len(replies)} replies, 1 distinct: {next(iter(contents))!r}")
     answered = [r for r in records if r["attack"] == "oracle-C"]
     assert all(len(r["metrics"]["hist-pos"]) == 20 for r in answered)
     assert len({base64.b64decode(r["content"]) for r in answered}) == len(answered)  # noised
@@ -445,7 +461,9 @@ def test_relay_runs_as_another_user_and_cannot_read_the_node(attacked: dict[str,
         stolen = r["stolen"]
         assert (stolen["uid"], stolen["gid"]) == (str(user.pw_uid), str(user.pw_gid))
         got = {label: stolen[label] for label in STOLEN}
-        assert got == dict.fromkeys(STOLEN, "PermissionError"), (r["node"], got)
+        print(f"{r['node']}: the relay (uid {stolen['uid']}) tried {got}")
+        others = {k: v for k, v in got.items() if k != "node-toml"}
+        assert others == dict.fromkeys(others, "PermissionError"), (r["node"], got)
     for node_id, name in attacked["names"].items():
         files = attacked["targets"][str(node_id)]
         assert all(os.stat(files[label]).st_uid == 0 for label in STOLEN)  # the owner's
@@ -455,6 +473,8 @@ def test_relay_runs_as_another_user_and_cannot_read_the_node(attacked: dict[str,
         assert (sock.st_uid, sock.st_gid, stat.S_IMODE(sock.st_mode)) == (0, user.pw_gid, 0o660)
         assert _uids(fed.processes[f"node:{name}"].pid) == {user.pw_uid}
         assert _uids(fed.processes[f"runtime:{name}"].pid) == {0}
+    for r in steals:  # last: node.toml is the owner's file too (atoll node init writes it 0600)
+        assert r["stolen"]["node-toml"] == "PermissionError", (r["node"], r["stolen"])
 
 
 def _uids(pid: int) -> set[int]:

@@ -112,7 +112,13 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     url = _registry(tmp_path_factory.mktemp("auth"))
     store = ApiKeyStore.open(url)
     keys = {role: store.create(f"test-{role}", role)[1] for role in Role}
-    app = create_app(url, rate_per_second=1000, rate_burst=1000)
+    app = create_app(
+        url,
+        rate_per_second=1000,
+        rate_burst=1000,
+        client_rate_per_second=1000,  # this module sends hundreds of bad keys on purpose
+        client_rate_burst=1000,
+    )
     with TestClient(app) as client:
         yield Api(client, url, keys, store)
     store.close()

@@ -63,12 +63,15 @@ def gov(tmp_path: Path) -> Iterator[Gov]:
         keys = {
             role: store.create(f"t-{role}", role)[1] for role in ("app", "analyst", "governance")
         }
+    api_key = tmp_path / "api-audit" / "api.pem"
+    AuditSigner.create(api_key)  # `atoll audit keygen`: its .pub is pinned below
     app = create_app(
         url,
         rate_per_second=1000,
         rate_burst=1000,
-        audit_key=tmp_path / "api-audit" / "api.pem",
+        audit_key=api_key,
         audit_public_keys=[AuditSigner.public_key_path(coordinator_key)],
+        api_public_keys=[AuditSigner.public_key_path(api_key)],
     )
     with TestClient(app) as client:
         yield Gov(client, url, db, keys)
@@ -114,6 +117,7 @@ def test_every_call_is_recorded_without_values(gov: Gov) -> None:
     assert resp.status_code == 200, resp.text
     gov.get("/models/toy", role="analyst")
     gov.client.get("/models", headers={"Authorization": "Bearer atoll_nothing_here"})
+    gov.client.app.state.auth_failures.flush(everything=True)  # what the minute's close does
     entries = query(gov.url, "api", limit=100)
     by_action: dict[str, list] = {}
     for e in entries:

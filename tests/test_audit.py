@@ -576,7 +576,10 @@ def test_cli_verify_checkpoint_export_crosscheck(db_url: str, tmp_path: Path) ->
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["entries"] == 6
     mark = tmp_path / "cp.json"
-    result = runner.invoke(audit_app, ["checkpoint", *base, "--key", str(key), "--out", str(mark)])
+    cp_args = ["checkpoint", *base, "--key", str(key), "--out", str(mark)]
+    result = runner.invoke(audit_app, cp_args)
+    assert result.exit_code == 2 and "--public-key" in result.output  # keys are pinned, always
+    result = runner.invoke(audit_app, [*cp_args, "--public-key", pub])
     assert result.exit_code == 0, result.output
     assert Checkpoint.load(mark).last_seq == 6
 

@@ -29,6 +29,7 @@ from client.split import split_mask
 from common.contract import load_contract
 from privacy.audit import Checkpoint, crosscheck, load_public_keys, query, verify
 from privacy.ledger import Ledger, Policy
+from server.registry import Registry
 from server.spend_reports import SpendReports
 
 pytestmark = pytest.mark.e2e
@@ -342,8 +343,8 @@ def test_one_message_per_node_per_round_and_evaluations_every_round(federation) 
         runtime = (fed.logs / f"runtime-{name}.log").read_text(errors="replace")
         answered = re.findall(r"(\w+) answered", runtime)
         assert answered == ["rollcall", "train", "train", "train", "finish"], answered
-    card = federation["reader"].get("/models/telco-churn/versions/latest").json()
-    rounds = card["metrics"]["rounds"]
+    with Registry(fed.registry_url) as registry:  # the API may already be stopped
+        rounds = registry.card("telco-churn").metrics["rounds"]
     assert [r["round"] for r in rounds] == [1, 2, 3]
     for r in rounds:
         assert set(r["nodes"]) == {"node-1", "node-2", "node-3"}

@@ -48,6 +48,9 @@ class _Servicer(pb_grpc.NodeRuntimeServicer):
     def Finish(self, request: pb.FinishRequest, context: grpc.ServicerContext) -> pb.FinishReply:  # noqa: N802
         return self.service.finish(request)
 
+    def Query(self, request: pb.QueryRequest, context: grpc.ServicerContext) -> pb.QueryReply:  # noqa: N802
+        return self.service.query(request)
+
 
 def _bind(server: grpc.Server, socket: Path, group: str) -> None:
     socket.parent.mkdir(parents=True, exist_ok=True)

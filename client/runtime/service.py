@@ -24,6 +24,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
+from client.analytics_data import field_table
 from client.node import NodeData, NodeError, owner_contract
 from client.runtime.admission import (
     RunRequest,
@@ -33,12 +34,14 @@ from client.runtime.admission import (
     admit_weights,
     refuse,
 )
+from client.runtime.analytics import PURPOSE, admit_query, answer, answered
 from client.runtime.config import NodeConfig, bucket_of, parse_bucket
 from client.runtime.data_cache import DataCache
 from client.training import DPTrainConfig, evaluate, noise_multiplier, plan, release_of, train_dp
 from common import wire
 from common.protos.atoll.node.v1 import runtime_pb2 as pb
 from privacy.audit import AuditWriteError, digest_arrays, json_number
+from privacy.dp import PlannedEvent
 from privacy.ledger import BudgetRefused, Ledger, LedgerUnavailable
 
 log = logging.getLogger("atoll.runtime")
@@ -356,6 +359,39 @@ class NodeService:
             )
 
         return self._answer(req.caller, "finish", decide, lambda r: pb.FinishReply(refusal=r))
+
+    def query(self, req: pb.QueryRequest) -> pb.QueryReply:
+        """One analytics query: admission → reservation (purpose analytics) → data → charge
+        → noised cells → audit. A query is a run of its own: one reservation, one release."""
+
+        def decide() -> pb.QueryReply:
+            run_id = req.caller.run_id
+            aq = admit_query(req.spec, self.contract, self.ledger.policy())
+            if run_id in self._runs or self.ledger.planned(run_id) is not None:
+                raise refuse(
+                    "query-run-reused", "a query needs a run of its own; this run already has one"
+                )
+            self._audit(run_id, "query.admitted", **aq.audit_details())
+            planned = [PlannedEvent(*aq.release, PURPOSE)]
+            try:
+                self.ledger.reserve(run_id, self.contract.task, PURPOSE, planned)
+            except BudgetRefused as refusal:
+                raise refuse(f"budget-{refusal.code}", str(refusal)) from None
+            data = self.data.get(run_id)
+            self._charge(req.caller, 1, PURPOSE, aq.release)
+            self.ledger.close(run_id)  # fully spent: nothing is left to hold
+            with _charged():
+                rng = np.random.default_rng(int(self._rng.integers(2**63 - 1)))
+                values, std = answer(
+                    aq, field_table(data, self.contract), self.contract, rng.standard_normal
+                )
+                reply = answered(aq, values, std, self.config.name)
+                reply.epsilon = self.ledger.run_epsilon(run_id)
+                reply.budget.CopyFrom(self._budget(run_id))
+                self._sent(req.caller, 1, "query", reply.budget, digest_arrays({"values": values}))
+                return pb.QueryReply(answered=reply)
+
+        return self._answer(req.caller, "query", decide, lambda r: pb.QueryReply(refusal=r))
 
 
 class _Charged(Exception):

@@ -1,31 +1,44 @@
 """The Atoll scoring API: browse published models and score records with them.
 
-uvicorn --factory server.api.app:app_from_env   (reads ATOLL_REGISTRY_URL)
+uvicorn --factory server.api.app:app_from_env   (reads ATOLL_* variables: server.api.settings)
 
 Every route but /health needs an API key (server.api.auth); bodies, records and request rates
-are limited (server.api.limits).
+are limited (server.api.limits), failed attempts per client address before authentication.
+Audit: server.api.audit_trail (the API's own signed log, aggregated auth failures, checkpoints).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+import anyio.to_thread
 from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError
 
-from privacy.audit import load_public_keys
+from privacy.audit import Checkpointer, CheckpointPolicy, load_public_keys
 from privacy.store import open_privacy_db
-from server.api.audit_trail import ApiAudit, default_key_path
+from server.api.audit_trail import (
+    ADMIN_LOG_ID,
+    LOG_ID,
+    ApiAudit,
+    AuditMaintenance,
+    AuditTrust,
+    AuthFailureTally,
+)
 from server.api.auth import ApiKeyStore, AuthMiddleware, unguarded_routes
 from server.api.deps import ModelCache
 from server.api.limits import (
+    DEFAULT_CLIENT_RATE_BURST,
+    DEFAULT_CLIENT_RATE_PER_SECOND,
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_RATE_BURST,
     DEFAULT_RATE_PER_SECOND,
@@ -33,12 +46,16 @@ from server.api.limits import (
     TokenBucketLimiter,
 )
 from server.api.routes import audit, budgets, health, models, predict
+from server.api.settings import (
+    DEFAULT_CHECKPOINT_EVERY_ENTRIES,
+    DEFAULT_CHECKPOINT_EVERY_MINUTES,
+    DEFAULT_MAX_RECORDS,
+    ApiSettings,
+)
 from server.registry import ModelNotFound, Registry, RegistryError
 from server.spend_reports import SpendReports
 
 log = logging.getLogger(__name__)
-
-DEFAULT_MAX_RECORDS = 1000
 
 
 def _version() -> str:
@@ -87,22 +104,106 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     rate_per_second: float = DEFAULT_RATE_PER_SECOND,
     rate_burst: int = DEFAULT_RATE_BURST,
+    client_rate_per_second: float = DEFAULT_CLIENT_RATE_PER_SECOND,
+    client_rate_burst: int = DEFAULT_CLIENT_RATE_BURST,
     audit_key: Path | None = None,
     audit_public_keys: list[Path] | None = None,
+    api_public_keys: list[Path] | None = None,
+    admin_public_keys: list[Path] | None = None,
+    checkpoint_dir: Path | None = None,
+    checkpoint_every_entries: int = DEFAULT_CHECKPOINT_EVERY_ENTRIES,
+    checkpoint_every_minutes: float = DEFAULT_CHECKPOINT_EVERY_MINUTES,
+    maintenance_seconds: float = 5.0,
 ) -> FastAPI:
-    """Build the API over the registry at `registry_url` (migrated on open; holds the API keys)."""
+    """Build the API over the registry at `registry_url` (migrated on open; holds the API keys).
+
+    The public keys are the verifier's pinned configuration, per log: `api_public_keys` for the
+    API's own log (its signing key `audit_key` must be one of them when given),
+    `admin_public_keys` for the operators' log, `audit_public_keys` for the others (coordinator,
+    nodes). With `checkpoint_dir` the API writes signed checkpoints of the api and admin logs
+    there every `checkpoint_every_entries` entries or `checkpoint_every_minutes` minutes.
+    """
     if max_records < 1:
         raise ValueError(f"max_records must be at least 1, got {max_records}")
-    limiter = TokenBucketLimiter(rate_per_second, rate_burst)
-    registry = Registry(registry_url)
-    privacy_engine = open_privacy_db(registry_url)  # spend reports and audit logs
-    api_audit = ApiAudit(privacy_engine, audit_key or default_key_path(registry_url))
+    try:
+        settings = ApiSettings(
+            registry_url=registry_url,
+            max_records=max_records,
+            model_cache_size=model_cache_size,
+            max_body_bytes=max_body_bytes,
+            rate_per_second=rate_per_second,
+            rate_burst=rate_burst,
+            client_rate_per_second=client_rate_per_second,
+            client_rate_burst=client_rate_burst,
+            audit_key=audit_key,
+            audit_public_keys=audit_public_keys or [],
+            api_public_keys=api_public_keys or [],
+            admin_public_keys=admin_public_keys or [],
+            checkpoint_dir=checkpoint_dir,
+            checkpoint_every_entries=checkpoint_every_entries,
+            checkpoint_every_minutes=checkpoint_every_minutes,
+            maintenance_seconds=maintenance_seconds,
+        )
+    except ValidationError as exc:
+        raise ValueError(_validation_message(exc)) from None
+    return build_app(settings)
+
+
+def build_app(settings: ApiSettings) -> FastAPI:
+    """The API as `settings` describe it (see `create_app`)."""
+    trust = AuditTrust(
+        api=load_public_keys(settings.api_public_keys),
+        admin=load_public_keys(settings.admin_public_keys),
+        other=load_public_keys(settings.audit_public_keys),
+    )
+    limiter = TokenBucketLimiter(settings.rate_per_second, settings.rate_burst)
+    client_limiter = TokenBucketLimiter(
+        settings.client_rate_per_second, settings.client_rate_burst, settings.client_table_size
+    )
+    registry = Registry(settings.registry_url)
+    privacy_engine = open_privacy_db(settings.registry_url)  # spend reports and audit logs
+    try:
+        api_audit = ApiAudit(
+            privacy_engine, settings.key_path(), pinned=trust.api if trust.api else None
+        )
+    except BaseException:
+        registry.close()
+        privacy_engine.dispose()
+        raise
+    tally = AuthFailureTally(
+        api_audit.auth_failures, max_clients_per_minute=settings.auth_failure_max_clients
+    )
+    checkpointer = None
+    if settings.checkpoint_dir is not None:
+        checkpointer = Checkpointer(
+            privacy_engine,
+            [LOG_ID, ADMIN_LOG_ID],
+            api_audit.signer,
+            CheckpointPolicy(
+                settings.checkpoint_dir,
+                every_entries=settings.checkpoint_every_entries,
+                every_seconds=settings.checkpoint_every_minutes * 60,
+            ),
+        )
+    else:
+        log.warning(
+            "no checkpoint directory: the api and admin logs get no signed checkpoints, so a "
+            "deleted tail cannot be detected (serve with --checkpoint-dir)"
+        )
+    maintenance = AuditMaintenance(tally, checkpointer)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        yield
-        registry.close()  # release pooled database connections on shutdown
-        privacy_engine.dispose()
+        task = asyncio.create_task(_maintain(maintenance, settings.maintenance_seconds))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await anyio.to_thread.run_sync(maintenance.shutdown)  # last tallies, checkpoints
+            registry.close()  # release pooled database connections on shutdown
+            privacy_engine.dispose()
 
     app = FastAPI(
         title="Atoll scoring API",
@@ -113,16 +214,18 @@ def create_app(
         docs_url="/docs",
         openapi_url="/openapi.json",
     )
+    app.state.settings = settings
     app.state.registry = registry
     app.state.privacy_engine = privacy_engine
     app.state.spend_reports = SpendReports.from_engine(privacy_engine)
     app.state.api_audit = api_audit
-    app.state.audit_keys = {
-        api_audit.signer.key_id: api_audit.signer.public_key_pem,
-        **load_public_keys(audit_public_keys or []),
-    }
-    app.state.model_cache = ModelCache(model_cache_size)
-    app.state.max_records = max_records
+    app.state.audit_trust = trust
+    app.state.checkpoint_dir = settings.checkpoint_dir
+    app.state.auth_failures = tally
+    app.state.audit_maintenance = maintenance
+    app.state.client_limiter = client_limiter
+    app.state.model_cache = ModelCache(settings.model_cache_size)
+    app.state.max_records = settings.max_records
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(ModelNotFound, _not_found)
     app.add_exception_handler(RegistryError, _registry_error)
@@ -133,10 +236,14 @@ def create_app(
     app.include_router(budgets.router)
     app.include_router(audit.router)
     app.state.api_keys = ApiKeyStore(registry.engine)
-    # Last added runs first: authenticate (and rate-limit) before anything reads the body.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
+    # Last added runs first: limit per address and authenticate before anything reads the body.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(
-        AuthMiddleware, store=app.state.api_keys, limiter=limiter, on_denied=api_audit.denied
+        AuthMiddleware,
+        store=app.state.api_keys,
+        limiter=limiter,
+        client_limiter=client_limiter,
+        failures=tally,
     )
     if unguarded := unguarded_routes(app):
         raise RuntimeError(
@@ -146,9 +253,25 @@ def create_app(
     return app
 
 
+def _validation_message(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"])
+        message = str(error["msg"]).removeprefix("Value error, ")
+        parts.append(f"{where}: {message}" if where else message)
+    return "; ".join(parts)
+
+
+async def _maintain(maintenance: AuditMaintenance, every: float) -> None:
+    """Off the request path: flush closed minutes of auth failures, write due checkpoints."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await anyio.to_thread.run_sync(maintenance.tick)
+        except Exception:  # keep going: the next tick retries (errors are logged)
+            log.exception("audit maintenance failed")
+
+
 def app_from_env() -> FastAPI:
-    """Factory for `uvicorn --factory`: the registry URL comes from ATOLL_REGISTRY_URL."""
-    url = os.environ.get("ATOLL_REGISTRY_URL")
-    if not url:
-        raise RuntimeError("set ATOLL_REGISTRY_URL to the registry database URL to serve models")
-    return create_app(url)
+    """Factory for `uvicorn --factory`: settings from ATOLL_* variables (`ApiSettings.from_env`)."""
+    return build_app(ApiSettings.from_env())

@@ -2,7 +2,17 @@
 
 Entries name the key id and role, the route template, the model and version and how many
 records were scored — never a submitted value. A failed write fails the request (503): no call is
-served unrecorded. Authentication failures are recorded too (reason only, no secret).
+served unrecorded.
+
+Failed authentication is recorded too, but aggregated: `AuthFailureTally` counts failures (and
+requests refused by the per-address limiter) in memory per (client address, minute) and writes one
+`auth.failed` entry per pair once the minute has closed (and at shutdown), so a flood of bad
+requests costs a bounded number of signed rows, never one each.
+
+The signing key is created only for an empty log (first start); a missing key for a log that has
+entries is an error, and with pinned public keys the key must be one of them
+(`privacy.audit.AuditLog.open`). `AuditMaintenance` writes signed checkpoints of the "api" and
+"admin" logs to a configured directory by a `CheckpointPolicy`.
 """
 
 from __future__ import annotations
@@ -10,18 +20,25 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from collections.abc import Callable
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, HTTPException, Request, status
 from sqlalchemy import Engine
 
-from privacy.audit import AuditLog, AuditSigner, AuditWriteError
-from server.api.auth import ApiKeyInfo, KeyEventHook, Principal, PrincipalDep
+from privacy.audit import AuditError, AuditLog, AuditWriteError, Checkpointer
+from server.api.auth import ApiKeyError, ApiKeyInfo, KeyEventHook, Principal, PrincipalDep
 
 log = logging.getLogger(__name__)
 LOG_ID = "api"
+ADMIN_LOG_ID = "admin"
+AUTH_FAILED = "auth.failed"
 
 
 def default_key_path(registry_url: str) -> Path:
@@ -32,9 +49,14 @@ def default_key_path(registry_url: str) -> Path:
 
 
 class ApiAudit:
-    def __init__(self, engine: Engine, key_path: Path) -> None:
-        self.signer = AuditSigner.load_or_create(key_path)
-        self.log = AuditLog(engine, LOG_ID, self.signer)
+    """The writer of the "api" log. `pinned` ({key_id: pem}) are the public keys verifiers are
+    configured with: the signing key must be one of them (see `AuditLog.open`)."""
+
+    def __init__(
+        self, engine: Engine, key_path: Path, *, pinned: Mapping[str, str] | None = None
+    ) -> None:
+        self.log = AuditLog.open(engine, LOG_ID, key_path, pinned=pinned)
+        self.signer = self.log.signer
 
     def record(self, principal: Principal, action: str, subject: str, **details: Any) -> None:
         try:
@@ -51,12 +73,213 @@ class ApiAudit:
                 "the audit trail is unavailable, so the request was not served; retry shortly",
             ) from None
 
-    def denied(self, reason: str) -> None:
-        """An authentication failure; never blocks the 401 it accompanies."""
-        try:
-            self.log.append("anonymous", "auth.failed", "api", {"reason": reason[:200]})
-        except AuditWriteError as err:
-            log.error("audit write for an auth failure failed: %s", type(err).__name__)
+    def auth_failures(self, client: str, details: dict[str, Any]) -> None:
+        """One aggregated `auth.failed` entry; raises AuditWriteError (the tally keeps it)."""
+        self.log.append("anonymous", AUTH_FAILED, f"client:{client}", details)
+
+
+@dataclass(frozen=True)
+class AuditTrust:
+    """The public keys the API verifies with, pinned per log by its configuration.
+
+    "api" entries verify only with `api`, "admin" entries only with `admin`, every other log
+    (coordinator, node:<name>) with `other`. A checkpoint may be signed by any pinned key: it only
+    states "log L held N entries ending in H", and the API signs those of "api" and "admin".
+    """
+
+    api: Mapping[str, str]
+    admin: Mapping[str, str]
+    other: Mapping[str, str]
+
+    def keys_for(self, log_id: str) -> dict[str, str]:
+        if log_id == LOG_ID:
+            return dict(self.api)
+        if log_id == ADMIN_LOG_ID:
+            return dict(self.admin)
+        return dict(self.other)
+
+    @property
+    def checkpoint_keys(self) -> dict[str, str]:
+        return {**self.other, **self.admin, **self.api}
+
+    @staticmethod
+    def option_for(log_id: str) -> str:
+        """The `atoll serve` option that pins keys for `log_id`."""
+        if log_id == LOG_ID:
+            return "--api-audit-public-key"
+        if log_id == ADMIN_LOG_ID:
+            return "--admin-audit-public-key"
+        return "--audit-public-key"
+
+
+# ---- failed authentication, aggregated ---------------------------------------------------------
+
+OTHER_CLIENTS = "other"  # where clients past the per-minute limit are counted together
+
+
+@dataclass
+class _Tally:
+    failed: int = 0
+    throttled: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+    key_ids: set[str] = field(default_factory=set)
+
+    def merge(self, other: _Tally, max_key_ids: int) -> None:
+        self.failed += other.failed
+        self.throttled += other.throttled
+        self.reasons.update(other.reasons)
+        for key_id in sorted(other.key_ids):
+            if len(self.key_ids) >= max_key_ids:
+                break
+            self.key_ids.add(key_id)
+
+
+class AuthFailureTally:
+    """Failed and throttled attempts counted per (client address, minute), written later as one
+    signed `auth.failed` entry each by `write(client, details)`.
+
+    Counting is a dict update under a lock (no I/O on the request path). `flush()` writes the
+    minutes that have closed; `flush(everything=True)` all of them (shutdown). Bounded: at most
+    `max_clients_per_minute` addresses per minute get their own entry (the rest are counted under
+    "other"), at most `max_key_ids` real key ids are named per entry, and if writes keep failing
+    only the newest `max_pending_minutes` minutes are kept (older ones are logged and dropped).
+
+    Entry details: {"client", "minute" (UTC, "YYYY-MM-DDTHH:MMZ"), "count" (failed
+    authentications), "throttled" (refused by the per-address limiter before authentication),
+    "reasons" ({"no credentials" | "malformed key" | "unknown key" | "wrong secret" |
+    "revoked key" | "unknown role": n}), "key_ids" (real keys presented with a wrong secret or
+    revoked)}.
+    """
+
+    def __init__(
+        self,
+        write: Callable[[str, dict[str, Any]], None],
+        *,
+        max_clients_per_minute: int = 1000,
+        max_key_ids: int = 20,
+        max_pending_minutes: int = 60,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if max_clients_per_minute < 1 or max_key_ids < 0 or max_pending_minutes < 1:
+            raise ValueError("auth failure tally limits must be positive")
+        self._write = write
+        self.max_clients_per_minute = max_clients_per_minute
+        self.max_key_ids = max_key_ids
+        self.max_pending_minutes = max_pending_minutes
+        self._clock = clock
+        self._pending: dict[int, dict[str, _Tally]] = {}
+        self._lock = threading.Lock()
+        self._flushing = threading.Lock()
+
+    def _tally(self, client: str) -> _Tally:
+        minute = int(self._clock() // 60)
+        clients = self._pending.get(minute)
+        if clients is None:
+            clients = self._pending[minute] = {}
+            while len(self._pending) > self.max_pending_minutes:
+                self._drop(min(self._pending))
+        tally = clients.get(client)
+        if tally is None:
+            if len(clients) >= self.max_clients_per_minute:
+                client = OTHER_CLIENTS
+                tally = clients.get(client)
+            if tally is None:
+                tally = clients[client] = _Tally()
+        return tally
+
+    def failed(self, client: str, kind: str, key_id: str | None = None) -> None:
+        with self._lock:
+            tally = self._tally(client)
+            tally.failed += 1
+            tally.reasons[kind[:40]] += 1
+            if key_id is not None and len(tally.key_ids) < self.max_key_ids:
+                tally.key_ids.add(key_id)
+
+    def throttled(self, client: str) -> None:
+        with self._lock:
+            self._tally(client).throttled += 1
+
+    def pending(self) -> int:
+        """How many (client, minute) entries are waiting to be written."""
+        with self._lock:
+            return sum(len(c) for c in self._pending.values())
+
+    def flush(self, *, everything: bool = False) -> int:
+        """Write the closed minutes (all minutes if `everything`); returns entries written.
+
+        A failed write keeps that entry and the ones after it for the next flush.
+        """
+        with self._flushing:
+            now_minute = int(self._clock() // 60)
+            with self._lock:
+                ready = sorted(m for m in self._pending if everything or m < now_minute)
+                batch = [(m, self._pending.pop(m)) for m in ready]
+            written = 0
+            for index, (minute, clients) in enumerate(batch):
+                for client in sorted(clients):
+                    try:
+                        self._write(client, self._details(client, minute, clients[client]))
+                    except (AuditError, OSError) as exc:
+                        log.error(
+                            "could not write auth failure records (%s); keeping them for the "
+                            "next flush",
+                            type(exc).__name__,
+                        )
+                        self._restore(minute, {c: t for c, t in clients.items() if c >= client})
+                        for later_minute, later in batch[index + 1 :]:
+                            self._restore(later_minute, later)
+                        return written
+                    written += 1
+            return written
+
+    def _restore(self, minute: int, clients: dict[str, _Tally]) -> None:
+        with self._lock:
+            current = self._pending.setdefault(minute, {})
+            for client, tally in clients.items():
+                current.setdefault(client, _Tally()).merge(tally, self.max_key_ids)
+            while len(self._pending) > self.max_pending_minutes:
+                self._drop(min(self._pending))
+
+    def _drop(self, minute: int) -> None:
+        clients = self._pending.pop(minute)
+        log.error(
+            "dropping unwritten auth failure records of %s: %d addresses, %d failures",
+            _minute_text(minute),
+            len(clients),
+            sum(t.failed + t.throttled for t in clients.values()),
+        )
+
+    def _details(self, client: str, minute: int, tally: _Tally) -> dict[str, Any]:
+        return {
+            "client": client,
+            "minute": _minute_text(minute),
+            "count": tally.failed,
+            "throttled": tally.throttled,
+            "reasons": dict(sorted(tally.reasons.items())),
+            "key_ids": sorted(tally.key_ids),
+        }
+
+
+def _minute_text(minute: int) -> str:
+    return datetime.fromtimestamp(minute * 60, UTC).strftime("%Y-%m-%dT%H:%MZ")
+
+
+class AuditMaintenance:
+    """What the API does off the request path: flush failure tallies, write due checkpoints."""
+
+    def __init__(self, tally: AuthFailureTally, checkpointer: Checkpointer | None) -> None:
+        self.tally = tally
+        self.checkpointer = checkpointer
+
+    def tick(self) -> None:
+        self.tally.flush()
+        if self.checkpointer is not None:
+            self.checkpointer.run_due()
+
+    def shutdown(self) -> None:
+        self.tally.flush(everything=True)
+        if self.checkpointer is not None:
+            self.checkpointer.run_due(force=True)
 
 
 _SAFE = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
@@ -100,18 +323,30 @@ def Audited(action: str) -> Any:  # noqa: N802 - reads like Depends
     return Depends(audited(action))
 
 
+def operator_key_path(registry_url: str) -> Path:
+    """The operators' ("admin" log) signing key: `operator.pem` beside the API's key."""
+    return default_key_path(registry_url).with_name("operator.pem")
+
+
 def operator_log(registry_url: str, key_path: Path | None = None) -> AuditLog:
-    """The "admin" log in the coordinator database: operators' changes (keys, nodes)."""
-    path = key_path or default_key_path(registry_url).with_name("operator.pem")
-    return AuditLog(registry_url, "admin", AuditSigner.load_or_create(path))
+    """The "admin" log in the coordinator database: operators' changes (keys, nodes).
+
+    Its key is created only while the log is empty; a missing key for a log with entries raises
+    `AuditKeyError` (restore it; see `AuditLog.open`).
+    """
+    return AuditLog.open(registry_url, ADMIN_LOG_ID, key_path or operator_key_path(registry_url))
 
 
 def key_change_recorder(registry_url: str, key_path: Path | None = None) -> KeyEventHook:
     """An `ApiKeyStore` hook writing each key change to the "admin" log before it happens.
 
-    If the write fails the hook raises and the store refuses the change (nothing unrecorded).
+    If the write fails the hook raises and the store refuses the change (nothing unrecorded). An
+    admin log that cannot be opened (e.g. its key is missing) is an `ApiKeyError`.
     """
-    log = operator_log(registry_url, key_path)
+    try:
+        log = operator_log(registry_url, key_path)
+    except AuditError as exc:
+        raise ApiKeyError(str(exc)) from None
 
     def record(action: str, info: ApiKeyInfo) -> None:
         log.append(

@@ -13,12 +13,19 @@ nowhere else. A new router is guarded with one line:
     router = APIRouter(dependencies=[Depends(require("budgets:read"))], responses=AUTH_RESPONSES)
 
 `create_app` refuses to build an app with a route that names no permission.
+
+Unauthenticated traffic is cheap: `AuthMiddleware` first takes a token from the caller's
+address's bucket (20/s, bursts of 40 by default) and answers 429 when it is empty, without a
+query; a valid key gets its token back, so only failed attempts count. Requests without
+credentials or with a malformed key are refused on the event loop; failures are counted in
+memory and audited in aggregate (`server.api.audit_trail.AuthFailureTally`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import logging
 import math
 import re
@@ -28,7 +35,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 import anyio.to_thread
 from fastapi import Depends, FastAPI, HTTPException, Request, Security, status
@@ -101,7 +108,10 @@ WWW_AUTHENTICATE = 'Bearer realm="atoll"'
 AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"description": "Missing, malformed, unknown, rotated-out or revoked API key."},
     403: {"description": "The key's role does not have the permission this route needs."},
-    429: {"description": "Rate limit of this API key exceeded; see the Retry-After header."},
+    429: {
+        "description": "Rate limit of this API key, or of failed attempts from this address, "
+        "exceeded; see the Retry-After header."
+    },
 }
 
 
@@ -137,11 +147,17 @@ class ApiKeyError(ValueError):
 
 
 class Unauthenticated(Exception):
-    """Presented credentials are not an active key; `reason` is for logs, never for callers."""
+    """Presented credentials are not an active key; `reason` is for logs, never for callers.
 
-    def __init__(self, reason: str) -> None:
+    `kind` is the reason without identifiers (what failure audit records count); `key_id` is set
+    when the presented id belongs to a real key (a wrong secret or a revoked key).
+    """
+
+    def __init__(self, reason: str, kind: str | None = None, key_id: str | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.kind = kind or reason
+        self.key_id = key_id
 
 
 @dataclass(frozen=True)
@@ -317,15 +333,17 @@ class ApiKeyStore:
             row = session.get(ApiKey, key_id)
         if row is None:
             _digest(_DUMMY_SALT, secret)  # same work as a real check
-            raise Unauthenticated(f"unknown key id {key_id}")
+            raise Unauthenticated(f"unknown key id {key_id}", "unknown key")
         if not hmac.compare_digest(_digest(row.salt, secret), row.secret_hash):
-            raise Unauthenticated(f"wrong secret for key id {key_id}")
+            raise Unauthenticated(f"wrong secret for key id {key_id}", "wrong secret", key_id)
         if row.revoked_at is not None:
-            raise Unauthenticated(f"revoked key id {key_id}")
+            raise Unauthenticated(f"revoked key id {key_id}", "revoked key", key_id)
         try:
             role = Role(row.role)
         except ValueError:
-            raise Unauthenticated(f"key id {key_id} has an unknown role") from None
+            raise Unauthenticated(
+                f"key id {key_id} has an unknown role", "unknown role", key_id
+            ) from None
         return Principal(key_id=row.key_id, name=row.name, role=role)
 
 
@@ -359,11 +377,54 @@ def unauthorized() -> JSONResponse:
     return _json(401, UNAUTHORIZED_DETAIL, {"WWW-Authenticate": WWW_AUTHENTICATE})
 
 
+class AuthFailureSink(Protocol):
+    """Where the gate reports failed and throttled attempts (in memory; it must not block)."""
+
+    def failed(self, client: str, kind: str, key_id: str | None = None) -> None: ...
+
+    def throttled(self, client: str) -> None: ...
+
+
+NO_CREDENTIALS = "no credentials"
+MALFORMED_KEY = "malformed key"
+
+
+def client_address(scope: Scope) -> str:
+    """The caller's address as the limiter and failure records key it.
+
+    IPv4 as is; IPv6 by its /64 (one host usually owns the whole prefix); anything else (a Unix
+    socket, a test client) as a short safe name or a digest of it.
+    """
+    client = scope.get("client")
+    host = str(client[0]) if client else ""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        if _CLIENT_NAME.fullmatch(host):
+            return host
+        return "unknown" if not host else "h:" + hashlib.sha256(host.encode()).hexdigest()[:16]
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
+_CLIENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
 class AuthMiddleware:
     """Pure ASGI: 401 unless the request carries an active key, 429 over the key's rate.
 
     Runs before routing and before the body is read, so an unauthenticated caller gets the same
     401 for every path, method and body (existing or not).
+
+    Unauthenticated traffic is cheap: before anything else a request takes a token from its
+    client address's bucket (`client_limiter`); an empty bucket is a 429 without touching the
+    database. A request whose key turns out valid gets its token back, so only failed attempts
+    count against an address. Requests without credentials or with a malformed key are refused on
+    the event loop (no thread, no query); only well-formed keys are looked up. Failures and
+    throttled requests are reported to `failures` (in memory, aggregated, audited later).
     """
 
     def __init__(
@@ -371,12 +432,14 @@ class AuthMiddleware:
         app: ASGIApp,
         store: ApiKeyStore,
         limiter: TokenBucketLimiter,
-        on_denied: Callable[[str], None] | None = None,
+        client_limiter: TokenBucketLimiter | None = None,
+        failures: AuthFailureSink | None = None,
     ) -> None:
         self.app = app
         self.store = store
         self.limiter = limiter
-        self.on_denied = on_denied  # e.g. the API audit trail: records each 401's reason
+        self.client_limiter = client_limiter
+        self.failures = failures
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
@@ -389,21 +452,35 @@ class AuthMiddleware:
         await self.app(scope, receive, send)
 
     async def _check(self, scope: Scope) -> JSONResponse | None:
+        client = client_address(scope)
+        if self.client_limiter is not None:
+            wait = self.client_limiter.take(client)
+            if wait > 0:
+                if self.failures is not None:
+                    self.failures.throttled(client)
+                retry = max(1, math.ceil(wait))
+                return _json(
+                    429,
+                    "too many unauthenticated requests from this address "
+                    f"({self.client_limiter.describe()}); retry after {retry} s",
+                    {"Retry-After": str(retry)},
+                )
         header = _header(scope, b"authorization")
         scheme, token = get_authorization_scheme_param(header)
         if not header or scheme.lower() != "bearer" or not token:
-            log.info("401: no bearer credentials")  # never the path or header: caller-supplied
-            await self._denied("no bearer credentials")
-            return unauthorized()
+            return self._denied(client, NO_CREDENTIALS)  # never the path or header
+        if parse_key(token) is None:
+            return self._denied(client, MALFORMED_KEY)
         try:
             principal = await anyio.to_thread.run_sync(self.store.authenticate, token)
         except Unauthenticated as exc:
-            log.info("401: %s", exc.reason)
-            await self._denied(exc.reason)
-            return unauthorized()
+            log.debug("401: %s", exc.reason)
+            return self._denied(client, exc.kind, exc.key_id)
         except SQLAlchemyError as exc:
             log.error("key store unavailable: %s", type(exc).__name__)
+            self._refund(client)  # not the caller's failure
             return _json(503, "the key store (registry database) is unavailable; retry shortly")
+        self._refund(client)
         wait = self.limiter.take(principal.key_id)
         if wait > 0:
             retry = max(1, math.ceil(wait))
@@ -416,9 +493,14 @@ class AuthMiddleware:
         scope.setdefault("state", {})[_PRINCIPAL] = principal
         return None
 
-    async def _denied(self, reason: str) -> None:
-        if self.on_denied is not None:
-            await anyio.to_thread.run_sync(self.on_denied, reason)
+    def _refund(self, client: str) -> None:
+        if self.client_limiter is not None:
+            self.client_limiter.refund(client)
+
+    def _denied(self, client: str, kind: str, key_id: str | None = None) -> JSONResponse:
+        if self.failures is not None:
+            self.failures.failed(client, kind, key_id)
+        return unauthorized()
 
 
 def _header(scope: Scope, name: bytes) -> str:

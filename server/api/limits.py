@@ -2,8 +2,10 @@
 
 - `BodyLimitMiddleware`: request bodies above a byte limit get 413 before they are parsed. It
   counts the bytes as they arrive, so a chunked upload (no Content-Length) is cut off too.
-- `TokenBucketLimiter`: requests per API key (used by `server.api.auth.AuthMiddleware`, which
-  answers 429 with Retry-After).
+- `TokenBucketLimiter`: requests per API key, and — before authentication — failed attempts per
+  client address (both used by `server.api.auth.AuthMiddleware`, which answers 429 with
+  Retry-After). The per-client table is bounded (`max_keys`), so a flood from many addresses
+  cannot grow memory without limit.
 The number of records per scoring request is checked by the predict route (`max_records`).
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from starlette.exceptions import HTTPException
@@ -20,6 +23,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 DEFAULT_RATE_PER_SECOND = 20.0
 DEFAULT_RATE_BURST = 40
+# Before authentication, per client address: failed attempts allowed (a valid key gets its token
+# back, so callers with keys are limited only per key).
+DEFAULT_CLIENT_RATE_PER_SECOND = 20.0
+DEFAULT_CLIENT_RATE_BURST = 40
+DEFAULT_CLIENT_TABLE_SIZE = 100_000
 
 
 class BodyTooLarge(HTTPException):
@@ -100,33 +108,75 @@ class _Bucket:
 
 
 class TokenBucketLimiter:
-    """Per-key token buckets in memory: `rate` requests per second, bursts up to `burst`.
+    """Token buckets in memory: `rate` requests per second, bursts up to `burst`, per key.
 
-    Per process: behind several API workers each enforces its own bucket. Keys are the
-    authenticated key ids, so the table is bounded by the number of keys.
+    Per process: behind several API workers each enforces its own bucket. Keyed by authenticated
+    key ids the table is bounded by the number of keys; keyed by client addresses it is bounded by
+    `max_keys`: past it, buckets that have refilled (forgetting them changes nothing) are dropped,
+    then the least recently used.
     """
 
-    def __init__(self, rate: float = DEFAULT_RATE_PER_SECOND, burst: int = DEFAULT_RATE_BURST):
+    def __init__(
+        self,
+        rate: float = DEFAULT_RATE_PER_SECOND,
+        burst: int = DEFAULT_RATE_BURST,
+        max_keys: int | None = None,
+    ):
         if rate <= 0 or burst < 1:
             raise ValueError(f"rate must be > 0 and burst >= 1, got rate={rate}, burst={burst}")
+        if max_keys is not None and max_keys < 1:
+            raise ValueError(f"max_keys must be at least 1, got {max_keys}")
         self.rate = rate
         self.burst = burst
-        self._buckets: dict[str, _Bucket] = {}
+        self.max_keys = max_keys
+        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
         self._lock = threading.Lock()
 
     def take(self, key: str, now: float | None = None) -> float:
         """Spend one token: 0.0 if allowed, else the seconds until one is available."""
         now = time.monotonic() if now is None else now
         with self._lock:
-            bucket = self._buckets.get(key)
-            if bucket is None:
-                bucket = self._buckets[key] = _Bucket(float(self.burst), now)
-            bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.stamp) * self.rate)
-            bucket.stamp = now
+            bucket = self._refilled(key, now)
             if bucket.tokens >= 1:
                 bucket.tokens -= 1
                 return 0.0
             return (1 - bucket.tokens) / self.rate
+
+    def refund(self, key: str, now: float | None = None) -> None:
+        """Give back the token `take` spent (the request turned out not to count)."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            bucket = self._refilled(key, now)
+            bucket.tokens = min(float(self.burst), bucket.tokens + 1)
+
+    def _refilled(self, key: str, now: float) -> _Bucket:
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if self.max_keys is not None and len(self._buckets) >= self.max_keys:
+                self._evict(now)
+            bucket = self._buckets[key] = _Bucket(float(self.burst), now)
+        else:
+            self._buckets.move_to_end(key)
+        bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.stamp) * self.rate)
+        bucket.stamp = now
+        return bucket
+
+    def _evict(self, now: float) -> None:
+        """Make room in bulk (down to half the table), so eviction costs O(1) per new key."""
+        assert self.max_keys is not None
+        target = self.max_keys // 2
+        full = [
+            k
+            for k, b in self._buckets.items()
+            if b.tokens + (now - b.stamp) * self.rate >= self.burst
+        ]
+        for k in full[: max(0, len(self._buckets) - target)]:
+            del self._buckets[k]
+        while len(self._buckets) > target:
+            self._buckets.popitem(last=False)  # least recently seen first
+
+    def __len__(self) -> int:
+        return len(self._buckets)
 
     def describe(self) -> str:
         return f"{self.rate:g} requests/s, bursts of {self.burst}"

@@ -10,8 +10,9 @@ from server.registry import ModelCard
 
 
 class Health(BaseModel):
-    status: Literal["ok"]
-    models: int = Field(description="Number of distinct model names in the registry.")
+    model_config = ConfigDict(extra="forbid")
+
+    status: Literal["ok"] = Field(description="The service is alive; nothing more is said.")
 
 
 class ModelVersions(BaseModel):

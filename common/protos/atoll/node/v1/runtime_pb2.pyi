@@ -211,3 +211,81 @@ class FinishReply(_message.Message):
     finished: Finished
     refusal: Refusal
     def __init__(self, finished: _Optional[_Union[Finished, _Mapping]] = ..., refusal: _Optional[_Union[Refusal, _Mapping]] = ...) -> None: ...
+
+class Filter(_message.Message):
+    __slots__ = ("field", "values", "low", "high")
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    LOW_FIELD_NUMBER: _ClassVar[int]
+    HIGH_FIELD_NUMBER: _ClassVar[int]
+    field: str
+    values: _containers.RepeatedScalarFieldContainer[str]
+    low: float
+    high: float
+    def __init__(self, field: _Optional[str] = ..., values: _Optional[_Iterable[str]] = ..., low: _Optional[float] = ..., high: _Optional[float] = ...) -> None: ...
+
+class QuerySpec(_message.Message):
+    __slots__ = ("kind", "field", "group_by", "filters", "bins", "quantiles", "noise_multiplier", "target_epsilon", "contract_hash")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    GROUP_BY_FIELD_NUMBER: _ClassVar[int]
+    FILTERS_FIELD_NUMBER: _ClassVar[int]
+    BINS_FIELD_NUMBER: _ClassVar[int]
+    QUANTILES_FIELD_NUMBER: _ClassVar[int]
+    NOISE_MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
+    TARGET_EPSILON_FIELD_NUMBER: _ClassVar[int]
+    CONTRACT_HASH_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    field: str
+    group_by: _containers.RepeatedScalarFieldContainer[str]
+    filters: _containers.RepeatedCompositeFieldContainer[Filter]
+    bins: int
+    quantiles: _containers.RepeatedScalarFieldContainer[float]
+    noise_multiplier: float
+    target_epsilon: float
+    contract_hash: str
+    def __init__(self, kind: _Optional[str] = ..., field: _Optional[str] = ..., group_by: _Optional[_Iterable[str]] = ..., filters: _Optional[_Iterable[_Union[Filter, _Mapping]]] = ..., bins: _Optional[int] = ..., quantiles: _Optional[_Iterable[float]] = ..., noise_multiplier: _Optional[float] = ..., target_epsilon: _Optional[float] = ..., contract_hash: _Optional[str] = ...) -> None: ...
+
+class QueryRequest(_message.Message):
+    __slots__ = ("caller", "spec")
+    CALLER_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    caller: Caller
+    spec: QuerySpec
+    def __init__(self, caller: _Optional[_Union[Caller, _Mapping]] = ..., spec: _Optional[_Union[QuerySpec, _Mapping]] = ...) -> None: ...
+
+class Cell(_message.Message):
+    __slots__ = ("key", "values", "noise_std")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    NOISE_STD_FIELD_NUMBER: _ClassVar[int]
+    key: _containers.RepeatedScalarFieldContainer[str]
+    values: _containers.RepeatedScalarFieldContainer[float]
+    noise_std: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, key: _Optional[_Iterable[str]] = ..., values: _Optional[_Iterable[float]] = ..., noise_std: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class Answered(_message.Message):
+    __slots__ = ("node_name", "value_names", "cells", "noise_multiplier", "sensitivity", "epsilon", "budget")
+    NODE_NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUE_NAMES_FIELD_NUMBER: _ClassVar[int]
+    CELLS_FIELD_NUMBER: _ClassVar[int]
+    NOISE_MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
+    SENSITIVITY_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_FIELD_NUMBER: _ClassVar[int]
+    node_name: str
+    value_names: _containers.RepeatedScalarFieldContainer[str]
+    cells: _containers.RepeatedCompositeFieldContainer[Cell]
+    noise_multiplier: float
+    sensitivity: float
+    epsilon: float
+    budget: Budget
+    def __init__(self, node_name: _Optional[str] = ..., value_names: _Optional[_Iterable[str]] = ..., cells: _Optional[_Iterable[_Union[Cell, _Mapping]]] = ..., noise_multiplier: _Optional[float] = ..., sensitivity: _Optional[float] = ..., epsilon: _Optional[float] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ...) -> None: ...
+
+class QueryReply(_message.Message):
+    __slots__ = ("answered", "refusal")
+    ANSWERED_FIELD_NUMBER: _ClassVar[int]
+    REFUSAL_FIELD_NUMBER: _ClassVar[int]
+    answered: Answered
+    refusal: Refusal
+    def __init__(self, answered: _Optional[_Union[Answered, _Mapping]] = ..., refusal: _Optional[_Union[Refusal, _Mapping]] = ...) -> None: ...

@@ -54,6 +54,11 @@ class NodeRuntimeStub:
                 request_serializer=atoll_dot_node_dot_v1_dot_runtime__pb2.FinishRequest.SerializeToString,
                 response_deserializer=atoll_dot_node_dot_v1_dot_runtime__pb2.FinishReply.FromString,
                 _registered_method=True)
+        self.Query = channel.unary_unary(
+                '/atoll.node.v1.NodeRuntime/Query',
+                request_serializer=atoll_dot_node_dot_v1_dot_runtime__pb2.QueryRequest.SerializeToString,
+                response_deserializer=atoll_dot_node_dot_v1_dot_runtime__pb2.QueryReply.FromString,
+                _registered_method=True)
 
 
 class NodeRuntimeServicer:
@@ -87,6 +92,14 @@ class NodeRuntimeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Query(self, request, context):
+        """One federated-analytics query: Gaussian-noised cell statistics over the contract's fields,
+        checked against the owner's limits, reserved and charged (purpose "analytics") before data.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeRuntimeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -109,6 +122,11 @@ def add_NodeRuntimeServicer_to_server(servicer, server):
                     servicer.Finish,
                     request_deserializer=atoll_dot_node_dot_v1_dot_runtime__pb2.FinishRequest.FromString,
                     response_serializer=atoll_dot_node_dot_v1_dot_runtime__pb2.FinishReply.SerializeToString,
+            ),
+            'Query': grpc.unary_unary_rpc_method_handler(
+                    servicer.Query,
+                    request_deserializer=atoll_dot_node_dot_v1_dot_runtime__pb2.QueryRequest.FromString,
+                    response_serializer=atoll_dot_node_dot_v1_dot_runtime__pb2.QueryReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -219,6 +237,33 @@ class NodeRuntime:
             '/atoll.node.v1.NodeRuntime/Finish',
             atoll_dot_node_dot_v1_dot_runtime__pb2.FinishRequest.SerializeToString,
             atoll_dot_node_dot_v1_dot_runtime__pb2.FinishReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Query(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/atoll.node.v1.NodeRuntime/Query',
+            atoll_dot_node_dot_v1_dot_runtime__pb2.QueryRequest.SerializeToString,
+            atoll_dot_node_dot_v1_dot_runtime__pb2.QueryReply.FromString,
             options,
             channel_credentials,
             insecure,
