@@ -190,12 +190,18 @@ def node_register(
     ] = "sqlite:///runs/registry.db",
 ) -> None:
     """Admit a node's public key to the federation under NAME (run on the coordinator)."""
+    from privacy.audit import AuditError
     from server.api.audit_trail import operator_log
     from server.node_names import NodeNames
 
     write_connection(flwr_home.resolve(), "atoll", superlink, ca.resolve())
+    if not public_key.is_file():
+        _fail(f"public key {public_key} not found; the node owner makes it with `atoll keys node`")
     fingerprint = hashlib.sha256(public_key.read_bytes().split()[1]).hexdigest()
-    log = operator_log(registry)
+    try:
+        log = operator_log(registry)
+    except AuditError as err:
+        _fail(str(err))
     details = {"name": name, "public_key_sha256": fingerprint}
     log.append("operator", "node.registered", f"node:{name}", details)  # before it happens
     node_id = register_node(flwr_home.resolve(), "atoll", public_key.resolve(), name)

@@ -527,12 +527,12 @@ def finish(
                 }
             )
         elif query.kind == "rate":
-            est, lo, hi = ratio(
+            r_est, r_lo, r_hi = ratio(
                 float(v[0]), float(v[1]), float(var[0]), float(var[1]), clamp=(0.0, 1.0)
             )
-            row(key, "rate", est, lo, hi, float(v[1]))
+            row(key, "rate", r_est, r_lo, r_hi, float(v[1]))
         elif query.kind == "mean":
-            est, lo, hi = ratio(
+            r_est, r_lo, r_hi = ratio(
                 float(v[0]),
                 float(v[1]),
                 float(var[0]),
@@ -540,7 +540,7 @@ def finish(
                 offset=lay.center,
                 clamp=lay.value_range,
             )
-            row(key, "mean", est, lo, hi, float(v[1]))
+            row(key, "mean", r_est, r_lo, r_hi, float(v[1]))
         elif query.kind == "histogram":
             for j, name in enumerate(lay.value_names):
                 row(key, name, float(v[j]), *_interval(float(v[j]), float(var[j])), float(v[j]))
@@ -555,10 +555,10 @@ def finish(
                     row(key, f"q{p:g}", None, None, None, total)
                     continue
                 b = boot[:, j][~np.isnan(boot[:, j])]
-                lo, hi = (
+                q_lo, q_hi = (
                     (float(np.percentile(b, 2.5)), float(np.percentile(b, 97.5)))
                     if len(b)
                     else (None, None)
                 )
-                row(key, f"q{p:g}", est_q[j], lo, hi, total)
+                row(key, f"q{p:g}", est_q[j], q_lo, q_hi, total)
     return rows

@@ -410,8 +410,11 @@ def answered_of(msg: Message) -> pb.Answered | pb.Refusal:
     malformed = pb.Refusal(code="malformed-reply", message="query reply lacks or garbles values")
     try:
         info, m = msg.content[INFO], msg.content[METRICS]
-        names = [str(v) for v in info.get(QUERY_VALUE_NAMES, [])]
-        keys = [json.loads(str(k)) for k in info.get(QUERY_CELL_KEYS, [])]
+        raw_names, raw_keys = info.get(QUERY_VALUE_NAMES), info.get(QUERY_CELL_KEYS)
+        if not isinstance(raw_names, list) or not isinstance(raw_keys, list):
+            return malformed
+        names = [str(v) for v in raw_names]
+        keys = [json.loads(str(k)) for k in raw_keys]
         values, stds = m.get(QUERY_VALUES), m.get(QUERY_NOISE_STD)
         if not names or not isinstance(values, list) or not isinstance(stds, list):
             return malformed

@@ -13,7 +13,7 @@ from typing import Any, cast
 from flwr.app import Message, MetricRecord, MetricRecordValues
 
 from common import wire
-from privacy.audit import AuditLog, AuditSigner, digest_arrays, json_number
+from privacy.audit import AuditLog, digest_arrays, json_number
 
 LOG_ID = "coordinator"
 ACTOR = "service:coordinator"
@@ -34,7 +34,7 @@ def default_key_path() -> Path:
 class CoordinatorAudit:
     def __init__(self, url: str, key_path: str | Path, run_id: str) -> None:
         self.key_path = Path(key_path) if key_path else default_key_path()
-        self.log = AuditLog(url, LOG_ID, AuditSigner.load_or_create(self.key_path))
+        self.log = AuditLog.open(url, LOG_ID, self.key_path)  # never re-created for a used log
         self.run_id = run_id
         self.names: dict[int, str] = {}
 

@@ -14,7 +14,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.db import utcnow
-from privacy.audit import AuditLog, AuditSigner
+from privacy.audit import AuditLog
 from privacy.dp import PlannedEvent, epsilon
 from privacy.journal import (
     ANCHOR,
@@ -143,8 +143,9 @@ class Ledger:
 
     def audit_log(self) -> AuditLog:
         """The node's own signed audit log; it lives beside the ledger in the same database."""
-        key = AuditSigner.load_or_create(self.state_dir / "audit-key" / "audit.pem")
-        return AuditLog(self.engine, f"node:{self.node_name}", key)
+        return AuditLog.open(
+            self.engine, f"node:{self.node_name}", self.state_dir / "audit-key" / "audit.pem"
+        )  # a lost key is never re-created for a log that already has entries
 
     def _audit_policy(self, policy: Policy, set_by: str, *, seq: int, initial: bool) -> None:
         details: dict[str, object] = {

@@ -1,0 +1,79 @@
+"""A federated analytics query on the real deployment engine (SuperLink, TLS, node auth).
+
+Three SuperNodes on Telco split by `Contract`; the query is a run of the same signed app with the
+run-config key `query` set. Checks: the result is stored with its ε per node and intervals, it is
+close to the pooled truth, every node's ledger holds one `analytics` release, the query is in the
+coordinator's and the nodes' audit logs, and a node whose owner does not allow analytics refuses.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from atoll.federation import LocalFederation, partition_csv
+from common.analytics_math import epsilon_of
+from privacy.audit import query as audit_entries
+from privacy.ledger import Ledger, Policy
+from server.analytics import QueryStore
+
+pytestmark = [pytest.mark.e2e, pytest.mark.analytics]
+
+ROOT = Path(__file__).resolve().parents[1]
+CONTRACT = ROOT / "contracts" / "telco_churn.yaml"
+ANALYTICS = Policy(
+    cap_epsilon=10, delta=1e-5, allowed_purposes=["training", "evaluation", "analytics"]
+)
+QUERY = {"kind": "rate", "field": "Churn", "group_by": ["InternetService"], "noise_multiplier": 2.0}
+
+
+def test_a_query_runs_through_the_deployment_engine(tmp_path: Path, shared_data: Path) -> None:
+    telco = shared_data / "Telco-Customer-Churn.csv"
+    with LocalFederation(tmp_path / "fed") as fed:
+        parts = partition_csv(telco, "Contract", 3, tmp_path / "silos")
+        fed.start_coordinator()
+        for part in parts[:2]:
+            fed.add_node(part.name, part.path, CONTRACT, policy=ANALYTICS)
+        fed.add_node(parts[2].name, parts[2].path, CONTRACT)  # default policy: no analytics
+        outcome = fed.run(
+            {
+                "contract-path": str(CONTRACT),
+                "query": json.dumps(QUERY),
+                "min-nodes": 3,
+                "round-timeout": 120,
+            },
+            timeout=600,
+        )
+        assert outcome.exit_code == 0, (fed.logs / "runs.log").read_text()[-3000:]
+        store = QueryStore(fed.registry_url)
+        record = store.by_run(str(outcome.run_id))
+        assert record is not None
+        row = record.as_dict()
+        store.close()
+        answered = sorted(n for n, v in row["nodes"].items() if v["status"] == "answered")
+        assert answered == sorted(p.name for p in parts[:2])
+        refused = row["nodes"][parts[2].name]
+        assert refused["status"] == "refused" and "budget-purpose" in refused["reason"]
+        eps = epsilon_of(2.0, 1e-5)
+        assert row["result"]["epsilon_per_node"] == pytest.approx({n: eps for n in answered})
+        frame = pd.concat(pd.read_csv(p.path, dtype=str) for p in parts[:2])
+        fibre = frame[frame["InternetService"] == "Fiber optic"]
+        truth = (fibre["Churn"] == "Yes").mean()
+        cell = next(r for r in row["result"]["rows"] if r["cell"] == ["Fiber optic"])
+        assert cell["low"] <= cell["estimate"] <= cell["high"]
+        assert abs(cell["estimate"] - truth) < 0.05
+        for part in parts:
+            ledger = Ledger(fed.workdir / "nodes" / part.name / "state")
+            actions = [e.action for e in audit_entries(ledger.engine, f"node:{part.name}")]
+            assert "request.received" in actions
+            if part.name in answered:
+                assert ledger.epsilon() == pytest.approx(eps)
+                assert "query.admitted" in actions and "reply.sent" in actions
+            else:
+                assert ledger.status().events == 0 and "request.refused" in actions
+            ledger.close_db()
+        coordinator = [e.action for e in audit_entries(fed.registry_url, "coordinator")]
+        assert "query.started" in coordinator and "query.answered" in coordinator
