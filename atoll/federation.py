@@ -223,7 +223,12 @@ class LocalFederation:
             }
         )
         config_path = home / "node.toml"
-        config_path.write_text(node_cfg.to_toml())
+        # the owner's config names the data source: the owner's alone (the SuperNode's user
+        # must traverse the node's directory to reach its socket, so the file itself is 0600)
+        fd = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(node_cfg.to_toml())
+        os.chmod(config_path, 0o600)
         if policy is not None:
             if limits is not None:
                 policy = policy.model_copy(update={"limits": limits})

@@ -69,6 +69,7 @@ class Setting:
     server_learning_rate: float = _d("server-learning-rate")
     server_momentum: float = _d("server-momentum")
     max_grad_norm: float = _d("max-grad-norm")
+    proximal_mu: float = _d("proximal-mu")
     epsilon: float = 1.0  # per node, the whole run (training + every evaluation)
     eval_noise: float = _d("eval-noise")
     eval_bins: int = _d("eval-bins")
@@ -87,7 +88,7 @@ class Setting:
             total_rounds=self.rounds,
             eval_noise=self.eval_noise,
             eval_bins=self.eval_bins,
-            proximal_mu=0.0,
+            proximal_mu=self.proximal_mu,
             optimizer=self.optimizer,
         )
 

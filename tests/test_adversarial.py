@@ -3,7 +3,8 @@
 The coordinator is the adversary: it signs its own app (tests/adversary/) with its app-signing
 key, so every node runs it. The app keeps Atoll's relay (nodes must still answer) and adds a
 `query.steal` handler; its ServerApp sends each node a roll call, a normal round, then the
-attacks: the NaN-threshold oracle (50 evaluations whose answer would differ with the data),
+attacks: the NaN-threshold oracle (50 evaluations whose answer would differ with the data; again
+through a train that evaluates its incoming weights, and through the final model on finish),
 non-finite, misshapen and oversized weights, every out-of-bounds setting, wrong contract
 hashes, a replay after the run finished, a round beyond the run, and reads of the node's files.
 
@@ -464,6 +465,7 @@ def test_relay_runs_as_another_user_and_cannot_read_the_node(attacked: dict[str,
         print(f"{r['node']}: the relay (uid {stolen['uid']}) tried {got}")
         others = {k: v for k, v in got.items() if k != "node-toml"}
         assert others == dict.fromkeys(others, "PermissionError"), (r["node"], got)
+    print("search permission (o+x) added for the suite on:", attacked["opened"])
     for node_id, name in attacked["names"].items():
         files = attacked["targets"][str(node_id)]
         assert all(os.stat(files[label]).st_uid == 0 for label in STOLEN)  # the owner's

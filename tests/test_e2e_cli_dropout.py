@@ -1,8 +1,9 @@
 """The documented deployment commands, each a real process, and a node that dies mid-run.
 
 `atoll certs create`, `atoll keys app-signing` → `atoll app-store serve`, `atoll superlink start
---app-store` → per node `atoll keys node`, `atoll node register`, `atoll budget init`, `atoll node
-init`, `atoll node start --config --trusted-entities` (runtime + SuperNode) → `atoll run --signing-key` (nodes run only the coordinator-signed
+--app-store` → per node `atoll keys node`, `atoll node register`, `atoll budget init`, `atoll
+node init`, `atoll node start --config --trusted-entities` (runtime + SuperNode) → `atoll run
+--signing-key` (nodes run only the coordinator-signed
 build, fetched through the app store). After node-3 has sent its first update it is killed; the
 run must go on with the others, publish, and record the failure — and node-3's ledger keeps what
 it spent (and holds the rest of its reservation until it expires).

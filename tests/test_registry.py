@@ -22,6 +22,7 @@ from common.contract import Contract, parse_contract
 from common.db import default_registry_url
 from common.encoding import Encoder
 from common.model import build_model, load_model, weights_to_bytes
+from server import analytics, auth_models, node_names  # noqa: F401 - their tables join Base
 from server.registry import ModelCard, ModelNotFound, Registry, RegistryError
 from server.registry_models import Base
 

@@ -101,24 +101,36 @@ class NodeService:
         decide: Callable[[], R],
         refused: Callable[[pb.Refusal], R],
     ) -> R:
+        """Decide under the lock; refusals and failures are audited (with the message id)
+        before the lock is released, so the log reads in the order requests were decided."""
+        msg = caller.message_id[:80]
         try:
             with self._request(caller, kind):
-                reply = decide()
+                try:
+                    reply = decide()
+                except NodeError as err:
+                    log.warning("%s refused: code=%s", kind, err.code)
+                    self._audit_quietly(
+                        caller.run_id,
+                        "request.refused",
+                        kind=kind,
+                        message=msg,
+                        code=err.code,
+                        reason=err.reason,
+                    )
+                    return refused(pb.Refusal(code=err.code, message=err.reason[:500]))
+                except _Charged:
+                    self._audit_quietly(caller.run_id, "request.failed", kind=kind, message=msg)
+                    return refused(FAILED)
+                except Exception as err:  # noqa: BLE001 - a bug must not leak detail either
+                    _log_failure(kind, err)
+                    self._audit_quietly(caller.run_id, "request.failed", kind=kind, message=msg)
+                    return refused(INTERNAL)
             log.info("%s answered: run=%s", kind, caller.run_id[:40])
             return reply
-        except NodeError as err:
+        except NodeError as err:  # the ledger check or the first audit write failed
             log.warning("%s refused: code=%s", kind, err.code)
-            self._audit_quietly(
-                caller.run_id, "request.refused", kind=kind, code=err.code, reason=err.reason
-            )
             return refused(pb.Refusal(code=err.code, message=err.reason[:500]))
-        except _Charged:
-            self._audit_quietly(caller.run_id, "request.failed", kind=kind)
-            return refused(FAILED)
-        except Exception as err:  # noqa: BLE001 - a bug must not leak detail either
-            _log_failure(kind, err)
-            self._audit_quietly(caller.run_id, "request.failed", kind=kind)
-            return refused(INTERNAL)
 
     def _audit_quietly(self, run_id: str, action: str, **details: object) -> None:
         try:
