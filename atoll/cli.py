@@ -189,14 +189,32 @@ def superlink_start(
         str | None,
         typer.Option(help="URL of `atoll app-store serve`, where signed app builds come from"),
     ] = "https://127.0.0.1:9095",
+    registry: Annotated[
+        str,
+        typer.Option(
+            help="Coordinator database URL (registry, audit); kept on this host, never sent",
+            envvar="ATOLL_REGISTRY_URL",
+        ),
+    ] = "sqlite:///runs/registry.db",
+    audit_key: Annotated[Path, typer.Option(help="Coordinator's audit signing key")] = Path(
+        "runs/coordinator-audit/coordinator.pem"
+    ),
 ) -> None:
-    """Start a SuperLink with TLS, node authentication and persistent state (foreground)."""
+    """Start a SuperLink with TLS, node authentication and persistent state (foreground).
+
+    The ServerApp it starts reads the coordinator's own settings (database URL, audit key) from
+    a 0600 file beside the state database — never from a run config, which Flower stores and
+    forwards to every node."""
+    from server.coordinator_settings import CoordinatorSettings
+
     tls = pki.tls_files(certs)
     state.parent.mkdir(parents=True, exist_ok=True)
     argv = superlink_argv(
         tls=tls, port=port, state_db=state.resolve(), node_auth=node_auth, host=host
     )
-    os.execve(argv[0], argv, superlink_env(app_store, tls.ca_cert))
+    settings = CoordinatorSettings(registry_url=registry, audit_key=audit_key.resolve())
+    own = settings.write(state.resolve().parent / "coordinator.toml")
+    os.execve(argv[0], argv, superlink_env(app_store, tls.ca_cert, own))
 
 
 # ---- contract --------------------------------------------------------------------------------
@@ -416,13 +434,9 @@ def _progress_runner(fed: Any, config: dict[str, Any]) -> Any:
 @app.command("run")
 def run_cmd(
     contract: Annotated[Path, typer.Option(help="The federation's data contract")],
-    registry: Annotated[str, typer.Option(help="Coordinator database URL (registry)")],
     superlink: SuperLinkAddr = "127.0.0.1:9093",
     ca: CaCert = Path("deploy/certs/ca.crt"),
     flwr_home: CoordinatorHome = Path("runs/coordinator-flwr"),
-    audit_key: Annotated[Path, typer.Option(help="Coordinator's audit signing key")] = Path(
-        "runs/coordinator-audit/coordinator.pem"
-    ),
     rounds: Annotated[int | None, _app_default("rounds")] = None,
     strategy: Annotated[str | None, _app_default("strategy")] = None,
     model: Annotated[str | None, _app_default("model")] = None,
@@ -462,8 +476,6 @@ def run_cmd(
             "sample_rate": sample_rate,
             "min_nodes": min_nodes,
             "contract_path": str(contract),
-            "registry_url": registry,
-            "audit_key": str(audit_key.resolve()),
         },
         set_,
     )

@@ -155,9 +155,6 @@ def run(
     flwr_home: Annotated[Path, typer.Option(help="Coordinator's flwr CLI home")] = Path(
         "runs/coordinator-flwr"
     ),
-    audit_key: Annotated[Path, typer.Option(help="Coordinator's audit signing key")] = Path(
-        "runs/coordinator-audit/coordinator.pem"
-    ),
     min_nodes: Annotated[int | None, typer.Option(help="Wait for this many nodes")] = None,
     signing_key: Annotated[
         Path | None, typer.Option(help="App-signing key: submit a signed build")
@@ -186,8 +183,6 @@ def run(
         {
             "min_nodes": min_nodes,
             "contract_path": str(contract),
-            "registry_url": registry,
-            "audit_key": str(audit_key.resolve()),
             "query": query.model_dump_json(),
         },
         set_,

@@ -45,6 +45,7 @@ from privacy.limits import RequestLimits
 from server.api.audit_trail import key_change_recorder, operator_log
 from server.api.auth import ApiKeyStore
 from server.app_store import SigningKey, StoredApp, publish_app
+from server.coordinator_settings import CoordinatorSettings
 from server.node_names import NodeNames
 
 DEFAULT_POLICY = Policy(cap_epsilon=10.0, delta=1e-5)  # the demo's per-node budget
@@ -156,6 +157,10 @@ class LocalFederation:
             log_path=self.logs / "superlink.log",
             node_auth=self.node_auth,
             app_store=self.app_store_url,
+            coordinator_config=CoordinatorSettings(
+                registry_url=self.registry_url,
+                audit_key=self.coordinator_home / "audit" / "coordinator.pem",
+            ).write(self.coordinator_home / "coordinator.toml"),
         )
         write_connection(self.coordinator_home / "flwr", CONNECTION, self.address, self.tls.ca_cert)
         if self.proxy:
@@ -274,13 +279,6 @@ class LocalFederation:
         return proc
 
     # -- runs ------------------------------------------------------------------------------
-    def run_defaults(self) -> dict[str, Any]:
-        """Run config every run of this federation shares: where to publish, what signs audit."""
-        return {
-            "registry-url": self.registry_url,
-            "audit-key": str(self.coordinator_home / "audit" / "coordinator.pem"),
-        }
-
     def run(
         self,
         config: dict[str, Any],
@@ -288,7 +286,7 @@ class LocalFederation:
         on_line: Callable[[str], None] | None = None,
         timeout: float = 3600,
     ) -> RunOutcome:
-        cfg = {**self.run_defaults(), **config}
+        cfg = dict(config)  # no secret, no coordinator path: those are coordinator.toml's
         app: Path | str = APP_DIR
         if self.app_signing is not None:
             self.last_app = publish_app(

@@ -24,6 +24,7 @@ from typing import IO
 from atoll.pki import TlsFiles
 
 BIN = Path(sys.executable).parent
+COORDINATOR_CONFIG_ENV = "ATOLL_COORDINATOR_CONFIG"  # = server.coordinator_settings.ENV
 SUPEREXEC_POLL_S = 0.1
 
 
@@ -159,20 +160,28 @@ def start_superlink(
     node_auth: bool = True,
     host: str = "127.0.0.1",
     app_store: str | None = None,
+    coordinator_config: Path | None = None,
 ) -> ManagedProcess:
     argv = superlink_argv(tls=tls, port=port, state_db=state_db, node_auth=node_auth, host=host)
-    proc = spawn("superlink", argv, log_path, superlink_env(app_store, tls.ca_cert))
+    env = superlink_env(app_store, tls.ca_cert, coordinator_config)
+    proc = spawn("superlink", argv, log_path, env)
     wait_for_port(port, timeout=60, proc=proc)
     return proc
 
 
-def superlink_env(app_store: str | None, ca_cert: Path) -> dict[str, str]:
-    """The SuperLink's environment; with `app_store`, its app fetches ("the Hub") go to Atoll's
-    app store (server/app_store.py) over HTTPS trusting the federation's CA."""
+def superlink_env(
+    app_store: str | None, ca_cert: Path, coordinator_config: Path | None = None
+) -> dict[str, str]:
+    """The SuperLink's environment (inherited by the ServerApp it starts); with `app_store`, its
+    app fetches ("the Hub") go to Atoll's app store (server/app_store.py) over HTTPS trusting the
+    federation's CA; `coordinator_config` is the coordinator's own settings file (database URL,
+    audit key: server/coordinator_settings.py) — never a run config."""
     env = flower_env()
     if app_store:
         env["FLWR_SUPERGRID_API_URL"] = f"{app_store.rstrip('/')}/v1"
         env["REQUESTS_CA_BUNDLE"] = str(ca_cert)
+    if coordinator_config is not None:
+        env[COORDINATOR_CONFIG_ENV] = str(coordinator_config)
     return env
 
 

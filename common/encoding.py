@@ -215,7 +215,8 @@ class Encoder:
 
 # Number syntax both `float()` and pandas' parser accept identically; anything else goes to pandas.
 _NUMBER_TEXT = re.compile(
-    r"[ \t\n\r\f\v]*[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|inf|infinity|nan)[ \t\n\r\f\v]*",
+    r"[ \t\n\r\f\v]*[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?[ \t\n\r\f\v]*"
+    r"|[+-]?(?:inf|infinity|nan)",  # pandas reads these spellings only without whitespace
     re.IGNORECASE | re.ASCII,
 )
 

@@ -60,9 +60,7 @@ class RunConfig(BaseModel):
     round_timeout: float = Field(600, alias="round-timeout", gt=0)
     seed: int = 42
     contract_path: str = Field(alias="contract-path", min_length=1)
-    registry_url: str = Field(alias="registry-url", min_length=1)
     model_name: str = Field("", alias="model-name")
-    audit_key: str = Field("", alias="audit-key", description="Coordinator's Ed25519 audit key")
     query: str = Field(
         "",
         description="An analytics query (JSON, see common.analytics_math.Query): set, the run "

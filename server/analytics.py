@@ -30,6 +30,7 @@ from common.db import JSONType, UTCDateTime, make_engine, migrate, utcnow
 from common.protos.atoll.node.v1 import runtime_pb2 as pb
 from privacy.audit import digest_arrays, json_number
 from server.coordinator_audit import CoordinatorAudit
+from server.coordinator_settings import CoordinatorSettings
 from server.fleet import Identities, RunFailed, query_nodes, wait_for_nodes
 from server.node_names import NodeNames
 from server.registry import MIGRATIONS_DIR
@@ -162,6 +163,7 @@ def parse_query(text: str) -> Query:
 def run_query(grid: Grid, context: Context) -> int:
     """Answer the run config's query over the connected nodes; returns the stored query's id."""
     settings = RunSettings.from_run_config(dict(context.run_config))
+    coordinator = CoordinatorSettings.load()  # the coordinator host's own, never in a run config
     query = parse_query(settings.query)
     contract = load_contract(settings.contract_path)
     try:
@@ -169,10 +171,10 @@ def run_query(grid: Grid, context: Context) -> int:
     except QueryError as err:
         raise RunFailed(f"the query does not fit contract {contract.name}: {err}") from None
     run_id = str(context.run_id)
-    store = QueryStore(settings.registry_url)
-    reports = SpendReports(settings.registry_url)
-    audit = CoordinatorAudit(settings.registry_url, settings.audit_key, run_id)
-    names = NodeNames(settings.registry_url)
+    store = QueryStore(coordinator.registry_url)
+    reports = SpendReports(coordinator.registry_url)
+    audit = CoordinatorAudit(coordinator.registry_url, coordinator.audit_key, run_id)
+    names = NodeNames(coordinator.registry_url)
     ids = Identities(names.all(), audit)
     names.close()
     audit.names = ids.registered

@@ -24,6 +24,7 @@ from common.protos.atoll.node.v1 import runtime_pb2 as pb
 from privacy.audit import json_number
 from server.analytics import run_query
 from server.coordinator_audit import CoordinatorAudit
+from server.coordinator_settings import CoordinatorSettings
 from server.fleet import FastGrid, Identities, RunFailed, finish_nodes, node_settings, roll_call
 from server.node_names import NodeNames
 from server.registry import Registry
@@ -66,12 +67,13 @@ def main(grid: Grid, context: Context) -> None:
         run_query(grid, context)
         return
     settings = RunSettings.from_run_config(dict(context.run_config))
+    coordinator = CoordinatorSettings.load()  # the coordinator host's own, never in a run config
     contract = load_contract(settings.contract_path)
-    registry = Registry(settings.registry_url)  # open (and migrate) before any node spends
-    reports = SpendReports(settings.registry_url)
+    registry = Registry(coordinator.registry_url)  # open (and migrate) before any node spends
+    reports = SpendReports(coordinator.registry_url)
     run_id = str(context.run_id)
-    audit = CoordinatorAudit(settings.registry_url, settings.audit_key, run_id)
-    names = NodeNames(settings.registry_url)
+    audit = CoordinatorAudit(coordinator.registry_url, coordinator.audit_key, run_id)
+    names = NodeNames(coordinator.registry_url)
     ids = Identities(names.all(), audit)
     names.close()
     audit.names = ids.registered
@@ -79,7 +81,7 @@ def main(grid: Grid, context: Context) -> None:
         "run.started",
         contract=contract.name,
         contract_hash=contract.hash,
-        config=settings.model_dump(mode="json", exclude={"registry_url", "audit_key"}),
+        config=settings.model_dump(mode="json"),
     )
     roster: dict[int, pb.Joined] = {}
     finished = False
@@ -223,7 +225,7 @@ def _publish(
             "run_id": str(context.run_id),
             "strategy": settings.strategy,
             "rounds": settings.rounds,
-            "config": settings.model_dump(mode="json", exclude={"registry_url"}),
+            "config": settings.model_dump(mode="json"),
             "refused_nodes": {ids.name(k): v for k, v in refused.items()},
             "failures_by_round": {
                 str(r): {ids.name(n): why for n, why in f.items()}

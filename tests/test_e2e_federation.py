@@ -349,3 +349,22 @@ def test_one_message_per_node_per_round_and_evaluations_every_round(federation) 
     for r in rounds:
         assert set(r["nodes"]) == {"node-1", "node-2", "node-3"}
         assert 0.5 < r["global"]["roc_auc"] <= 1.0
+
+
+@pytest.mark.hardening
+def test_no_secret_or_coordinator_path_leaves_the_coordinator(federation) -> None:
+    """The registry URL and the audit key's location are the coordinator's own settings
+    (coordinator.toml, 0600): not in the SuperLink's state, any node's Flower files or a card."""
+    fed: LocalFederation = federation["fed"]
+    own = fed.coordinator_home / "coordinator.toml"
+    assert own.stat().st_mode & 0o777 == 0o600
+    needles = [fed.registry_url, str(fed.coordinator_home / "audit"), "coordinator.pem"]
+    blobs = [p.read_bytes() for p in fed.coordinator_home.glob("superlink-state.db*")]
+    for node_home in (fed.workdir / "nodes").iterdir():
+        blobs += [p.read_bytes() for p in (node_home / "flwr").rglob("*") if p.is_file()]
+    with Registry(fed.registry_url) as registry:
+        blobs.append(registry.card("telco-churn").model_dump_json().encode())
+    assert len(blobs) > 3
+    for blob in blobs:
+        text = blob.decode("latin-1")
+        assert not [n for n in needles if n in text]

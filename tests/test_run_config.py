@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from common.run_config import MODEL_KINDS, STRATEGY_NAMES, RunConfig, RunConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
-REQUIRED = {"contract-path": "c", "registry-url": "sqlite://"}
+REQUIRED = {"contract-path": "c"}
 
 
 def _app_config() -> dict[str, Any]:
@@ -53,7 +53,7 @@ def test_keys_and_defaults_by_field_or_alias() -> None:
     assert RunConfig.key("rounds") == "num-server-rounds" and RunConfig.key("seed") == "seed"
     assert RunConfig.default("rounds") == RunConfig.default("num-server-rounds") == 5
     with pytest.raises(KeyError):
-        RunConfig.default("registry-url")  # required: no default
+        RunConfig.default("contract-path")  # required: no default
     with pytest.raises(KeyError):
         RunConfig.default("no-such-key")
 
@@ -124,9 +124,9 @@ def cli() -> Any:
 def test_build_run_config_leaves_out_options_not_given(cli: Any) -> None:
     options = {"rounds": None, "strategy": "fedprox", "sample_rate": None, "eval_noise": 0.0}
     assert cli.build_run_config(options) == {"strategy": "fedprox", "eval-noise": 0.0}
-    assert cli.build_run_config({"rounds": None}, ["round-timeout=30", "audit-key=k"]) == {
+    assert cli.build_run_config({"rounds": None}, ["round-timeout=30", "seed=3"]) == {
         "round-timeout": 30,
-        "audit-key": "k",
+        "seed": 3,
     }
 
 
@@ -177,15 +177,10 @@ def test_run_submits_only_the_options_given(
 
     monkeypatch.setattr(atoll.federation, "follow_run", follow_run)
     monkeypatch.setattr(cli, "write_connection", lambda *a: None)
-    base = ["run", "--contract", "c.yaml", "--registry", "sqlite://", "--flwr-home", str(tmp_path)]
-    base += ["--audit-key", str(tmp_path / "audit.pem")]
+    base = ["run", "--contract", "c.yaml", "--flwr-home", str(tmp_path)]
     res = CliRunner().invoke(cli.app, base)
     assert res.exit_code == 0, res.output
-    assert submitted[-1] == {
-        "contract-path": "c.yaml",
-        "registry-url": "sqlite://",
-        "audit-key": str(tmp_path / "audit.pem"),
-    }
+    assert submitted[-1] == {"contract-path": "c.yaml"}  # no database URL, no key path
     res = CliRunner().invoke(cli.app, [*base, "--sample-rate", "0.1", "--set", "seed=7"])
     assert res.exit_code == 0, res.output
     assert submitted[-1]["sample-rate"] == 0.1 and submitted[-1]["seed"] == 7

@@ -68,9 +68,9 @@ def test_unknown_strategy_and_bad_run_config_are_named() -> None:
         make_strategy("fedfoo")
     with pytest.raises(RunSettingsError, match="strategy"):
         RunSettings.from_run_config(
-            {"strategy": "fedfoo", "contract-path": "c", "registry-url": "r"}
+            {"strategy": "fedfoo", "contract-path": "c"}
         )
     with pytest.raises(RunSettingsError, match="contract-path"):
-        RunSettings.from_run_config({"registry-url": "r"})
+        RunSettings.from_run_config({})
     with pytest.raises(RunSettingsError, match="sample-rate"):
-        RunSettings.from_run_config({"sample-rate": 2, "contract-path": "c", "registry-url": "r"})
+        RunSettings.from_run_config({"sample-rate": 2, "contract-path": "c"})

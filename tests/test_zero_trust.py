@@ -168,7 +168,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Any:
         log_marks = {n: len(fed.processes[n].log_text()) for n in nodes}
         unsigned = follow_run(  # what `flwr run .` submits: a FAB without any signature
             flwr_home=fed.coordinator_home / "flwr",
-            config={**fed.run_defaults(), **config, "round-timeout": 30},
+            config={**config, "round-timeout": 30},
             work=fed.coordinator_home,
             log_path=fed.logs / "unsigned-run.log",
             on_line=unsigned_outputs.append,
