@@ -49,11 +49,13 @@ class LocalHyper:
     eval_noise: float = 0.0
     eval_bins: int = int(RunConfig.default("eval-bins"))
     proximal_mu: float = _default("proximal-mu")
+    optimizer: str = str(RunConfig.default("optimizer"))  # update rule on the noised gradient
 
     def describe(self) -> str:
         return (
-            f"{self.epochs} local epoch(s), Poisson sample rate {self.sample_rate}, learning rate "
-            f"{self.learning_rate}, clipping {self.max_grad_norm}, δ {self.delta}"
+            f"{self.epochs} local epoch(s), Poisson sample rate {self.sample_rate}, "
+            f"{self.optimizer} with learning rate {self.learning_rate}, clipping "
+            f"{self.max_grad_norm}, δ {self.delta}"
         )
 
 
@@ -80,6 +82,7 @@ def make_config(
         eval_noise=hyper.eval_noise,
         eval_bins=hyper.eval_bins,
         proximal_mu=hyper.proximal_mu,
+        optimizer=hyper.optimizer,
     )
 
 

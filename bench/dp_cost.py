@@ -9,7 +9,8 @@ and expected batch size (64, 256), a fresh subprocess loads the data and trains:
 - private: the node's own `client.training.train_dp`, called as the node runtime calls it
   (Opacus, per-sample gradients, clipping, Poisson sampling, the run config's default fixed noise
   multiplier, `public_rows` = the size bucket's lower end) — one call = one round with its set-up;
-- non-private: plain SGD (`bench.plain.train_plain`) with the same model, data and batch size.
+- non-private: `bench.plain.train_plain` (same update rule, no clipping or noise) with the same
+  model, data and batch size.
 
 Reported per configuration: seconds per 1-epoch round (median of `--repeats` calls after a
 warm-up call), the marginal seconds per extra epoch (from a 3-epoch call), the slowdown
@@ -181,7 +182,7 @@ def markdown(meta: dict[str, Any], pairs: list[dict[str, Any]]) -> str:
             "Private = the node's `client.training.train_dp` as the node runtime calls it "
             f"(Opacus per-sample gradients, clipping at {RunConfig.default('max-grad-norm')}, "
             "Poisson sampling, noise multiplier "
-            f"{RunConfig.default('noise-multiplier')}); non-private = plain SGD "
+            f"{RunConfig.default('noise-multiplier')}); non-private = `bench.plain` training "
             "with the same model, rows and (expected) batch size. 'Round' = one call training "
             "one epoch, set-up included (what a node does per federated round); 'epoch' = marginal "
             "cost of one more epoch, (3-epoch call − 1-epoch call) / 2; both medians over "
@@ -226,12 +227,14 @@ def plot(pairs: list[dict[str, Any]], path: Any) -> None:
     labels = [f"{p['dataset']}\n{p['model']} b{p['batch']}" for p in pairs]
     xs = range(len(pairs))
     fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(pairs)), 4))
-    ax.bar([x - 0.2 for x in xs], [p["nonprivate_round_s"] for p in pairs], 0.4, label="plain SGD")
+    ax.bar(
+        [x - 0.2 for x in xs], [p["nonprivate_round_s"] for p in pairs], 0.4, label="non-private"
+    )
     ax.bar([x + 0.2 for x in xs], [p["private_round_s"] for p in pairs], 0.4, label="DP-SGD")
     ax.set_xticks(list(xs), labels, fontsize=7)
     ax.set_ylabel("seconds per 1-epoch round")
     ax.set_yscale("log")
-    ax.set_title("DP-SGD vs plain SGD, same model, data and batch")
+    ax.set_title("DP-SGD vs non-private training, same model, data and batch")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -1,8 +1,9 @@
 """Non-private training with the same model and hyperparameters as `client.training.train_dp`.
 
-Plain mini-batch SGD (shuffled batches of the DP run's expected batch size, no clipping, no
-noise) on the model from `common.model.build_model`: the non-DP reference for federated,
-local-only and centralized runs.
+Plain mini-batch training (shuffled batches of the DP run's expected batch size, no clipping, no
+noise) with the DP run's update rule (`cfg.optimizer`: Adam or SGD, a fresh optimizer per call as
+`train_dp` restarts its moments every round) on the model from `common.model.build_model`: the
+non-DP reference for federated, local-only and centralized runs.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from common.model import predict_logits
 def train_plain(
     model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: DPTrainConfig, seed: int
 ) -> float:
-    """`cfg.epochs` epochs of plain SGD in place (shuffle seeded); returns the mean loss."""
+    """`cfg.epochs` epochs of non-private training in place (shuffle seeded); returns the mean
+    loss."""
     if len(x) == 0:
         raise ValueError("no training rows")
     torch.manual_seed(seed)
@@ -30,7 +32,11 @@ def train_plain(
         torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y.astype(np.float32))
     )
     loader = DataLoader(data, batch_size=plain_batch_size(cfg, len(x)), shuffle=True)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.learning_rate)
+    optimizer: torch.optim.Optimizer = (
+        torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+        if cfg.optimizer == "adam"
+        else torch.optim.SGD(model.parameters(), lr=cfg.learning_rate)
+    )
     criterion = nn.BCEWithLogitsLoss()
     model.train()
     losses: list[float] = []

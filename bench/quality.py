@@ -9,7 +9,7 @@ test rows (hash of the id, 20 %) are the same for every method. Methods:
 
 - centralized references on pooled training rows: scikit-learn LogisticRegression and
   HistGradientBoosting on the contract's encoding, and our own model (`build_model`) trained with
-  plain SGD;
+  non-private training (`bench.plain`);
 - local-only: each silo trains alone (same rounds × epochs, with and without DP), evaluated on
   its own test rows and on the global test set;
 - federated: FedAvg *in process* — the nodes' own `client.training.train_dp` called as the node
@@ -79,7 +79,7 @@ class Hyper:
 
 
 def round_seed(seed: int, rnd: int) -> int:
-    """The benchmark's per-round seed (plain SGD shuffling; DP generators add the node)."""
+    """The benchmark's per-round seed (non-DP shuffling; DP generators add the node)."""
     return seed * 1000 + rnd
 
 
@@ -102,7 +102,7 @@ def local_round(
     seed: int,
     generator_seed: int,
 ) -> float:
-    """One node's round in place: DP-SGD (the node's code) or plain SGD; returns ε so far."""
+    """One node's round in place: DP-SGD (the node's code) or non-DP training; returns ε so far."""
     if not private:
         train_plain(model, x, y, cfg, seed)
         return 0.0
@@ -172,7 +172,7 @@ def local_only(
 
 
 def centralized_torch(data: SiloData, hyper: Hyper, seed: int) -> nn.Module:
-    """Our model on pooled training rows, plain SGD for rounds × local epochs."""
+    """Our model on pooled training rows, non-private training for rounds × local epochs."""
     x, y = data.pooled_train()
     model = init_model(hyper, data.n_features, seed)
     cfg = replace(hyper.train_config(None), epochs=hyper.rounds * hyper.local.epochs)
@@ -300,6 +300,7 @@ def deployed_run_config(data: SiloData, hyper: Hyper, epsilon: float, seed: int)
         "model": hyper.model,
         "local-epochs": h.epochs,
         "sample-rate": h.sample_rate,
+        "optimizer": h.optimizer,
         "learning-rate": h.learning_rate,
         "max-grad-norm": h.max_grad_norm,
         "target-epsilon": epsilon,
@@ -316,7 +317,7 @@ def deployed_run_config(data: SiloData, hyper: Hyper, epsilon: float, seed: int)
     unknown = set(config) - set(RunConfig.defaults())
     if unknown:
         raise ValueError(f"not run-config keys: {', '.join(sorted(unknown))}")
-    RunConfig.from_run_config({**config, "registry-url": "sqlite://"})
+    RunConfig.from_run_config(config)
     return config
 
 
@@ -624,11 +625,11 @@ def run_grid(args: argparse.Namespace, hyper: Hyper) -> None:
         },
         "method_notes": {
             "federated": "FedAvg in process: the nodes' client.training.train_dp called as the "
-            "node runtime calls it (DP) or plain SGD (no DP), averaged with equal weights as "
+            "node runtime calls it (DP) or bench.plain (no DP), averaged with equal weights as "
             "Flower FedAvg does with the nodes' num-examples = 1.0; same training code, no "
             "network",
             "local-only": "each silo alone, same rounds x epochs and per-node budget",
-            "central-torch": "build_model on pooled training rows, plain SGD, rounds x epochs",
+            "central-torch": "build_model on pooled training rows, bench.plain, rounds x epochs",
             "central-sklearn-logreg": "LogisticRegression(max_iter=5000) on the encoding",
             "central-sklearn-hgb": "HistGradientBoostingClassifier on the encoding",
         },
@@ -669,7 +670,8 @@ def run_grid(args: argparse.Namespace, hyper: Hyper) -> None:
         f"network (the deployed check, `{args.name}_deployed.md`, runs one configuration on the "
         "real deployment engine). DP generators are seeded per seed, round and node, so a run "
         f"is a replay. Hyperparameters: {hyper.rounds} rounds, {hyper.local.describe()}; "
-        "non-DP runs use plain SGD with the same values and the DP run's expected batch size.",
+        "non-DP runs train without clipping or noise (same update rule and values) on batches of "
+        "the DP run's expected size.",
         "",
         f"![privacy–utility]({png.name})",
         "",

@@ -617,6 +617,7 @@ def markdown(
             "![rounds](rounds.png)",
             "",
             meta_markdown(meta),
+            *([f"- note: {meta['note']}"] if meta.get("note") else []),
         ]
     )
 
@@ -673,12 +674,13 @@ def main() -> None:
     )
     p.add_argument("--quick", action="store_true")
     p.add_argument("--name", default="rounds", help="result file stem in bench/results/")
+    p.add_argument("--note", default="", help="a remark recorded with the results (meta.note)")
     args = p.parse_args()
     if args.quick:
         args.nodes, args.variants = [3], []
     load = wait_for_quiet()
     t0 = time.monotonic()
-    meta = run_metadata(load_average_after_wait=load)
+    meta = run_metadata(load_average_after_wait=load, **({"note": args.note} if args.note else {}))
     imports = import_costs()
     polls = poll_settings()
     plan = [(n, VARIANTS["default"]) for n in args.nodes]

@@ -83,7 +83,7 @@ def bare_app() -> Any:
 
 
 def publish_model(registry_url: str) -> int:
-    """Train logreg on the pooled Telco training rows (plain SGD) and publish it; return rows."""
+    """Train logreg on the pooled Telco rows (non-private, bench.plain); publish it; return rows."""
     from bench.datasets import load_silos
     from bench.dp import LocalHyper, make_config
     from bench.plain import train_plain
@@ -102,7 +102,7 @@ def publish_model(registry_url: str) -> int:
             model_kind="logreg",
             n_features=data.n_features,
             weights=weights_to_bytes(model.state_dict()),
-            metrics={"note": "benchmark model, centralized plain SGD"},
+            metrics={"note": "benchmark model, centralized non-private training"},
             participants=[{"name": "bench", "train_examples": len(x)}],
             privacy={"delta": None, "epsilon_per_node": {}, "mechanism": "none (benchmark)"},
             run={"run_id": "bench-serving"},

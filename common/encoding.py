@@ -13,9 +13,9 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -193,7 +193,7 @@ class Encoder:
     def _row_path(self) -> _RowPath:
         path = self.__dict__.get("_row_path_cache")
         if path is None:
-            path = self.__dict__["_row_path_cache"] = _RowPath(self.contract)
+            path = self.__dict__["_row_path_cache"] = _RowPath(self)
         return path
 
     def labels(self, frame: pd.DataFrame) -> np.ndarray:
@@ -260,105 +260,179 @@ def cell_number(value: object) -> float:
 
 
 class _RowPath:
-    """Per-contract lookups for the row path, built once per encoder."""
+    """Per-contract constants of the row path, built once per encoder.
 
-    def __init__(self, contract: Contract) -> None:
-        self.index = {
-            f.name: {v: i for i, v in enumerate(f.vocabulary)}
-            for f in contract.features
-            if isinstance(f, CategoricalFeature)
-        }
-        self.true = {
-            f.name: frozenset(f.true_values)
-            for f in contract.features
-            if isinstance(f, BinaryFeature)
-        }
-        self.false = {
-            f.name: frozenset(f.false_values)
-            for f in contract.features
-            if isinstance(f, BinaryFeature)
-        }
+    Features are handled a kind at a time (all numeric features in one array, and so on), so a
+    request of one record costs a handful of numpy calls instead of a dozen per feature. Every
+    arithmetic step is the one `encode` does, element by element, in the same dtype.
+    """
+
+    def __init__(self, encoder: Encoder) -> None:
+        features = encoder.contract.features
+        self.numeric = [f for f in features if isinstance(f, NumericFeature)]
+        self.categorical = [f for f in features if isinstance(f, CategoricalFeature)]
+        self.binary = [f for f in features if isinstance(f, BinaryFeature)]
+        num = self.numeric
+        self.num_cols = np.array([encoder.groups[f.name][0] for f in num], dtype=np.intp)
+        self.num_min = np.array([f.min for f in num], dtype=np.float64)
+        self.num_max = np.array([f.max for f in num], dtype=np.float64)
+        self.num_reject = np.array([f.missing == "reject" for f in num], dtype=bool)
+        self.num_impute = np.array(
+            [np.nan if f.impute is None else f.impute for f in num], dtype=np.float64
+        )
+        self.num_log1p = [j for j, f in enumerate(num) if f.transform == "log1p"]
+        # scale_numeric: (t - center) / scale, or (t - lo) / (hi - lo) over the transformed bounds
+        offsets, divisors = [], []
+        for f in num:
+            if f.center is not None and f.scale is not None:
+                offsets.append(f.center)
+                divisors.append(f.scale)
+            else:
+                lo, hi = f.transformed_bounds
+                offsets.append(lo)
+                divisors.append(hi - lo)
+        self.num_offset = np.array(offsets, dtype=np.float64)
+        self.num_divisor = np.array(divisors, dtype=np.float64)
+        self.cat_index = [{v: i for i, v in enumerate(f.vocabulary)} for f in self.categorical]
+        self.cat_start = [encoder.groups[f.name][0] for f in self.categorical]
+        self.cat_other = [len(f.vocabulary) for f in self.categorical]
+        self.bin_true = [frozenset(f.true_values) for f in self.binary]
+        self.bin_false = [frozenset(f.false_values) for f in self.binary]
+        self.bin_cols = np.array([encoder.groups[f.name][0] for f in self.binary], dtype=np.intp)
+        self.bin_impute = np.array(
+            [f.missing != "reject" and bool(f.impute) for f in self.binary], dtype=bool
+        )
+        self.bin_reject = np.array([f.missing == "reject" for f in self.binary], dtype=bool)
+        # Rejection checks in the order `encode` makes them: features in contract order, then
+        # reasons in the order of each kind's method.
+        kinds: tuple[Sequence[Any], ...] = (self.numeric, self.categorical, self.binary)
+        kind_of = {id(g): (k, j) for k, group in enumerate(kinds) for j, g in enumerate(group)}
+        self.order: list[tuple[str, str, int, int]] = []  # (feature, reason, kind, index)
+        for feature in features:
+            kind, j = kind_of[id(feature)]
+            if kind == 0:
+                reasons = [REJECT_NOT_A_NUMBER, REJECT_NOT_FINITE]
+            elif kind == 1:
+                reasons = [REJECT_UNKNOWN_CATEGORY] if encoder.strict_categories else []
+            else:
+                reasons = [REJECT_NOT_BINARY]
+            reasons += [REJECT_MISSING] if feature.missing == "reject" else []
+            self.order += [(feature.name, reason, kind, j) for reason in reasons]
 
 
-def _encode_columns(encoder: Encoder, columns: Mapping[str, Sequence[object]], n: int) -> Encoded:
-    x = np.zeros((n, encoder.n_features), dtype=np.float32)
-    bad = np.zeros(n, dtype=bool)
-    stats = EncodingStats(rows=n)
-    row_errors: dict[int, list[tuple[str, str]]] = {}
-    path = encoder._row_path()
-
-    def reject(mask: np.ndarray, feature: str, reason: str) -> None:
-        idx = np.flatnonzero(mask)
-        if idx.size == 0:
-            return
-        stats.rejected[f"{feature}:{reason}"] += int(idx.size)
-        for i in idx:
-            row_errors.setdefault(int(i), []).append((feature, reason))
-        bad[idx] = True
-
-    for f in encoder.contract.features:
+def _texts(
+    columns: Mapping[str, Sequence[object]], features: Sequence[Any], n: int
+) -> list[list[str | None]]:
+    out = []
+    for f in features:
         col = columns[f.name]
         if len(col) != n:
             raise ValueError(f"column {f.name} has {len(col)} values, expected {n}")
-        texts = [cell_text(v) for v in col]
-        missing = np.fromiter((t is None for t in texts), dtype=bool, count=n)
-        stats.missing[f.name] += int(missing.sum())
-        cols = encoder.groups[f.name]
-        if isinstance(f, NumericFeature):
-            pairs = zip(col, texts, strict=True)
-            numbers = (math.nan if t is None else cell_number(v) for v, t in pairs)
-            values = np.fromiter(numbers, dtype=np.float64, count=n)
-            x[:, cols[0]] = _numeric_values(f, values, missing, stats, reject)
-        elif isinstance(f, CategoricalFeature):
-            index = path.index[f.name]
-            pos = np.fromiter(
-                (index.get("" if t is None else t, -1) for t in texts), dtype=np.int64, count=n
-            )
-            unknown = (pos < 0) & ~missing
-            stats.unknown_category[f.name] += int(unknown.sum())
-            if encoder.strict_categories:
-                reject(unknown, f.name, REJECT_UNKNOWN_CATEGORY)
-            if f.missing == "reject":
-                reject(missing, f.name, REJECT_MISSING)
-            pos = np.where(pos < 0, len(f.vocabulary), pos)  # unknown and missing -> OTHER
-            block = np.zeros((n, len(f.vocabulary) + 1), dtype=np.float32)
-            block[np.arange(n), pos] = 1.0
-            x[:, cols] = block
-        else:
-            tokens = ["" if t is None else t for t in texts]
-            true_set, false_set = path.true[f.name], path.false[f.name]
-            true = np.fromiter((t in true_set for t in tokens), dtype=bool, count=n)
-            false = np.fromiter((t in false_set for t in tokens), dtype=bool, count=n)
-            reject(~missing & ~true & ~false, f.name, REJECT_NOT_BINARY)
-            if f.missing == "reject":
-                reject(missing, f.name, REJECT_MISSING)
-            elif f.impute:
-                true = true | missing
-            x[:, cols[0]] = true.astype(np.float32)
+        out.append([cell_text(v) for v in col])
+    return out
 
+
+def _encode_columns(encoder: Encoder, columns: Mapping[str, Sequence[object]], n: int) -> Encoded:
+    path = encoder._row_path()
+    for f in encoder.contract.features:
+        columns[f.name]  # noqa: B018 - a missing column is a KeyError by name, as in `encode`
+    x = np.zeros((n, encoder.n_features), dtype=np.float32)
+    stats = EncodingStats(rows=n)
+    masks: dict[tuple[str, int], np.ndarray] = {}  # (reason, kind) -> bool [n, features of kind]
+
+    # numeric: parse, reject, impute, clip (counted), transform, scale -- all features at once
+    num_texts = _texts(columns, path.numeric, n)
+    k = len(path.numeric)
+    if k:
+        miss = np.array([[t is None for t in ts] for ts in num_texts], dtype=bool).T.reshape(n, k)
+        values = np.array(
+            [
+                [
+                    math.nan if t is None else cell_number(v)
+                    for v, t in zip(columns[f.name], ts, strict=True)
+                ]
+                for f, ts in zip(path.numeric, num_texts, strict=True)
+            ],
+            dtype=np.float64,
+        ).T.reshape(n, k)
+        masks[(REJECT_NOT_A_NUMBER, 0)] = ~miss & np.isnan(values)
+        masks[(REJECT_NOT_FINITE, 0)] = ~miss & np.isinf(values)
+        masks[(REJECT_MISSING, 0)] = miss & path.num_reject
+        values = np.where(miss & ~path.num_reject, path.num_impute, values)
+        ok = np.isfinite(values)
+        clipped = ok & ((values < path.num_min) | (values > path.num_max))
+        values = np.clip(np.where(ok, values, path.num_min), path.num_min, path.num_max)
+        for j in path.num_log1p:  # one feature at a time, on a contiguous column, as `encode`
+            values[:, j] = np.log1p(np.ascontiguousarray(values[:, j]))
+        x[:, path.num_cols] = ((values - path.num_offset) / path.num_divisor).astype(np.float32)
+        for j, f in enumerate(path.numeric):
+            stats.missing[f.name] += int(miss[:, j].sum())
+            stats.clipped[f.name] += int(clipped[:, j].sum())
+
+    # categorical: vocabulary position, unknown and missing to the <other> column
+    cat_texts = _texts(columns, path.categorical, n)
+    k = len(path.categorical)
+    if k:
+        miss = np.array([[t is None for t in ts] for ts in cat_texts], dtype=bool).T.reshape(n, k)
+        pos = np.array(
+            [
+                [index.get("" if t is None else t, -1) for t in ts]
+                for index, ts in zip(path.cat_index, cat_texts, strict=True)
+            ],
+            dtype=np.int64,
+        ).T.reshape(n, k)
+        unknown = (pos < 0) & ~miss
+        if encoder.strict_categories:
+            masks[(REJECT_UNKNOWN_CATEGORY, 1)] = unknown
+        masks[(REJECT_MISSING, 1)] = miss & np.array(
+            [f.missing == "reject" for f in path.categorical], dtype=bool
+        )
+        pos = np.where(pos < 0, np.array(path.cat_other, dtype=np.int64), pos)
+        x[np.arange(n)[:, None], pos + np.array(path.cat_start, dtype=np.int64)] = 1.0
+        for j, f in enumerate(path.categorical):
+            stats.missing[f.name] += int(miss[:, j].sum())
+            stats.unknown_category[f.name] += int(unknown[:, j].sum())
+
+    # binary: the contract's spellings; missing imputed or rejected
+    bin_texts = _texts(columns, path.binary, n)
+    k = len(path.binary)
+    if k:
+        miss = np.array([[t is None for t in ts] for ts in bin_texts], dtype=bool).T.reshape(n, k)
+        true = np.array(
+            [[t in trues for t in ts] for trues, ts in zip(path.bin_true, bin_texts, strict=True)],
+            dtype=bool,
+        ).T.reshape(n, k)
+        false = np.array(
+            [
+                [t in falses for t in ts]
+                for falses, ts in zip(path.bin_false, bin_texts, strict=True)
+            ],
+            dtype=bool,
+        ).T.reshape(n, k)
+        # a missing cell's text is "" in `encode`: a contract may spell a value "" (never both)
+        blank_true = np.array(["" in s for s in path.bin_true], dtype=bool)
+        blank_false = np.array(["" in s for s in path.bin_false], dtype=bool)
+        true |= miss & blank_true
+        false |= miss & blank_false
+        masks[(REJECT_NOT_BINARY, 2)] = ~miss & ~true & ~false
+        masks[(REJECT_MISSING, 2)] = miss & path.bin_reject
+        true = true | (miss & path.bin_impute)
+        x[:, path.bin_cols] = true.astype(np.float32)
+        for j, f in enumerate(path.binary):
+            stats.missing[f.name] += int(miss[:, j].sum())
+
+    bad = np.zeros(n, dtype=bool)
+    for mask in masks.values():
+        bad |= mask.any(axis=1)
+    row_errors: dict[int, list[tuple[str, str]]] = {}
+    if bad.any():  # in `encode`'s order: feature by feature, reason by reason, row by row
+        for feature, reason, kind, j in path.order:
+            idx = np.flatnonzero(masks[(reason, kind)][:, j])
+            if idx.size == 0:
+                continue
+            stats.rejected[f"{feature}:{reason}"] += int(idx.size)
+            for i in idx:
+                row_errors.setdefault(int(i), []).append((feature, reason))
     keep = ~bad
     stats.rows_rejected = int(bad.sum())
     return Encoded(x=x[keep], keep=keep, row_errors=row_errors, stats=stats)
-
-
-def _numeric_values(
-    f: NumericFeature,
-    values: np.ndarray,
-    missing: np.ndarray,
-    stats: EncodingStats,
-    reject: Callable[[np.ndarray, str, str], None],
-) -> np.ndarray:
-    """`Encoder._numeric` after parsing: `values` are the parsed numbers, NaN where missing."""
-    unparsable = ~missing & np.isnan(values)
-    not_finite = ~missing & np.isinf(values)
-    reject(unparsable, f.name, REJECT_NOT_A_NUMBER)
-    reject(not_finite, f.name, REJECT_NOT_FINITE)
-    if f.missing == "reject":
-        reject(missing, f.name, REJECT_MISSING)
-    else:
-        values = np.where(missing, np.nan if f.impute is None else f.impute, values)
-    ok = np.isfinite(values)
-    clipped = ok & ((values < f.min) | (values > f.max))
-    stats.clipped[f.name] += int(clipped.sum())
-    values = np.clip(np.where(ok, values, f.min), f.min, f.max)
-    return scale_numeric(f, values).astype(np.float32)

@@ -261,6 +261,8 @@ def test_data_errors_carry_no_values_or_paths(tmp_path: Path) -> None:
     reply = svc.rollcall(pb.RollCallRequest(caller=caller(), settings=settings()))
     assert reply.refusal.code == "data"
     assert CANARY not in reply.refusal.message and str(tmp_path) not in reply.refusal.message
+    status = Ledger(tmp_path / "state").status()  # a node that cannot join holds nothing
+    assert [r.status for r in status.runs] == ["closed"] and status.reserved_epsilon == 0
 
 
 def test_data_is_cached_and_reloaded_when_the_file_changes(tmp_path: Path, data_csv: Path) -> None:

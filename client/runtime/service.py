@@ -207,7 +207,14 @@ class NodeService:
     def rollcall(self, req: pb.RollCallRequest) -> pb.RollCallReply:
         def decide() -> pb.RollCallReply:
             run, cfg = self._admit(req.caller, req.settings)
-            data = self._data(req.caller, cfg)
+            try:
+                data = self._data(req.caller, cfg)
+            except NodeError:
+                # the node will not join: nothing was spent, so release the reservation now
+                # rather than hold it until it expires (a refused node gets no finish)
+                self.ledger.close(req.caller.run_id)
+                self._runs.pop(req.caller.run_id, None)
+                raise
             res = next(r for r in self.ledger.status().runs if r.run_id == req.caller.run_id)
             self._audit(
                 req.caller.run_id,
