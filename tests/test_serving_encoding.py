@@ -158,7 +158,10 @@ def test_row_path_equals_the_pandas_path_on_generated_records(data: st.DataObjec
         return
     assert_same(ref, fast)
     n = len(rows)
-    assert_same(encoder.encode_columns({f: [r.get(f) for r in rows] for f in contract.feature_names}, n), fast)
+    assert_same(
+        encoder.encode_columns({f: [r.get(f) for r in rows] for f in contract.feature_names}, n),
+        fast,
+    )
 
 
 @settings(max_examples=300, deadline=None)

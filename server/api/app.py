@@ -34,8 +34,14 @@ from server.api.audit_trail import (
     AuditTrust,
     AuthFailureTally,
 )
-from server.api.auth import ApiKeyStore, AuthMiddleware, unguarded_routes
-from server.api.deps import ModelCache
+from server.api.auth import (
+    DEFAULT_KEY_CACHE_SECONDS,
+    ApiKeyStore,
+    AuthMiddleware,
+    KeyCache,
+    unguarded_routes,
+)
+from server.api.deps import DEFAULT_LATEST_CACHE_SECONDS, ModelCache
 from server.api.limits import (
     DEFAULT_CLIENT_RATE_BURST,
     DEFAULT_CLIENT_RATE_PER_SECOND,
@@ -43,6 +49,8 @@ from server.api.limits import (
     DEFAULT_RATE_BURST,
     DEFAULT_RATE_PER_SECOND,
     BodyLimitMiddleware,
+    RateLimiter,
+    RedisTokenBucketLimiter,
     TokenBucketLimiter,
 )
 from server.api.routes import audit, budgets, health, models, predict
@@ -114,6 +122,9 @@ def create_app(
     checkpoint_every_entries: int = DEFAULT_CHECKPOINT_EVERY_ENTRIES,
     checkpoint_every_minutes: float = DEFAULT_CHECKPOINT_EVERY_MINUTES,
     maintenance_seconds: float = 5.0,
+    key_cache_seconds: float = DEFAULT_KEY_CACHE_SECONDS,
+    latest_cache_seconds: float = DEFAULT_LATEST_CACHE_SECONDS,
+    rate_limit_url: str | None = None,
 ) -> FastAPI:
     """Build the API over the registry at `registry_url` (migrated on open; holds the API keys).
 
@@ -122,6 +133,11 @@ def create_app(
     `admin_public_keys` for the operators' log, `audit_public_keys` for the others (coordinator,
     nodes). With `checkpoint_dir` the API writes signed checkpoints of the api and admin logs
     there every `checkpoint_every_entries` entries or `checkpoint_every_minutes` minutes.
+
+    A verified key is trusted for `key_cache_seconds` without a query (a revocation or rotation
+    made in this process applies at once, one made elsewhere within that time); "latest" is
+    re-resolved every `latest_cache_seconds`. With `rate_limit_url` (Redis) the per-key rate limit
+    is shared by every worker of the deployment; without it, it is per process.
     """
     if max_records < 1:
         raise ValueError(f"max_records must be at least 1, got {max_records}")
@@ -143,6 +159,9 @@ def create_app(
             checkpoint_every_entries=checkpoint_every_entries,
             checkpoint_every_minutes=checkpoint_every_minutes,
             maintenance_seconds=maintenance_seconds,
+            key_cache_seconds=key_cache_seconds,
+            latest_cache_seconds=latest_cache_seconds,
+            rate_limit_url=rate_limit_url,
         )
     except ValidationError as exc:
         raise ValueError(_validation_message(exc)) from None
@@ -156,7 +175,16 @@ def build_app(settings: ApiSettings) -> FastAPI:
         admin=load_public_keys(settings.admin_public_keys),
         other=load_public_keys(settings.audit_public_keys),
     )
-    limiter = TokenBucketLimiter(settings.rate_per_second, settings.rate_burst)
+    limiter: RateLimiter
+    if settings.rate_limit_url is not None:
+        limiter = RedisTokenBucketLimiter(
+            settings.rate_limit_url,
+            settings.rate_per_second,
+            settings.rate_burst,
+            namespace=RedisTokenBucketLimiter.namespace_for(settings.registry_url),
+        )
+    else:
+        limiter = TokenBucketLimiter(settings.rate_per_second, settings.rate_burst)
     client_limiter = TokenBucketLimiter(
         settings.client_rate_per_second, settings.client_rate_burst, settings.client_table_size
     )
@@ -201,9 +229,14 @@ def build_app(settings: ApiSettings) -> FastAPI:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-            await anyio.to_thread.run_sync(maintenance.shutdown)  # last tallies, checkpoints
-            registry.close()  # release pooled database connections on shutdown
-            privacy_engine.dispose()
+            try:
+                await anyio.to_thread.run_sync(api_audit.close)  # pending request entries
+                await anyio.to_thread.run_sync(maintenance.shutdown)  # last tallies, checkpoints
+                if isinstance(limiter, RedisTokenBucketLimiter):
+                    await limiter.aclose()
+            finally:
+                registry.close()  # release pooled database connections on shutdown
+                privacy_engine.dispose()
 
     app = FastAPI(
         title="Atoll scoring API",
@@ -224,7 +257,9 @@ def build_app(settings: ApiSettings) -> FastAPI:
     app.state.auth_failures = tally
     app.state.audit_maintenance = maintenance
     app.state.client_limiter = client_limiter
-    app.state.model_cache = ModelCache(settings.model_cache_size)
+    app.state.model_cache = ModelCache(
+        settings.model_cache_size, latest_ttl=settings.latest_cache_seconds
+    )
     app.state.max_records = settings.max_records
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(ModelNotFound, _not_found)
@@ -236,6 +271,8 @@ def build_app(settings: ApiSettings) -> FastAPI:
     app.include_router(budgets.router)
     app.include_router(audit.router)
     app.state.api_keys = ApiKeyStore(registry.engine)
+    app.state.key_cache = KeyCache(app.state.api_keys, ttl=settings.key_cache_seconds)
+    app.state.limiter = limiter
     # Last added runs first: limit per address and authenticate before anything reads the body.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(
@@ -244,6 +281,7 @@ def build_app(settings: ApiSettings) -> FastAPI:
         limiter=limiter,
         client_limiter=client_limiter,
         failures=tally,
+        keys=app.state.key_cache,
     )
     if unguarded := unguarded_routes(app):
         raise RuntimeError(
@@ -251,6 +289,15 @@ def build_app(settings: ApiSettings) -> FastAPI:
             "dependencies=[Depends(require(...))] to them (server.api.auth)"
         )
     return app
+
+
+def dispose(app: FastAPI) -> None:
+    """Release what `build_app` opened, for an app that never ran (its lifespan does this
+    otherwise): `atoll serve --workers N` builds one to check the settings, then lets the
+    workers build their own."""
+    app.state.api_audit.close()
+    app.state.registry.close()
+    app.state.privacy_engine.dispose()
 
 
 def _validation_message(exc: ValidationError) -> str:

@@ -2,7 +2,8 @@
 
 Entries name the key id and role, the route template, the model and version and how many
 records were scored — never a submitted value. A failed write fails the request (503): no call is
-served unrecorded.
+served unrecorded. Writes are group-committed (`privacy.audit.GroupCommitWriter`): concurrent
+requests share a transaction, each waits for its own entry before it is answered.
 
 Failed authentication is recorded too, but aggregated: `AuthFailureTally` counts failures (and
 requests refused by the per-address limiter) in memory per (client address, minute) and writes one
@@ -17,13 +18,15 @@ entries is an error, and with pinned public keys the key must be one of them
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,7 +35,14 @@ from typing import Any
 from fastapi import Depends, HTTPException, Request, status
 from sqlalchemy import Engine
 
-from privacy.audit import AuditError, AuditLog, AuditWriteError, Checkpointer
+from privacy.audit import (
+    AuditEntry,
+    AuditError,
+    AuditLog,
+    AuditWriteError,
+    Checkpointer,
+    GroupCommitWriter,
+)
 from server.api.auth import ApiKeyError, ApiKeyInfo, KeyEventHook, Principal, PrincipalDep
 
 log = logging.getLogger(__name__)
@@ -50,32 +60,67 @@ def default_key_path(registry_url: str) -> Path:
 
 class ApiAudit:
     """The writer of the "api" log. `pinned` ({key_id: pem}) are the public keys verifiers are
-    configured with: the signing key must be one of them (see `AuditLog.open`)."""
+    configured with: the signing key must be one of them (see `AuditLog.open`).
+
+    Request entries go through a `GroupCommitWriter`: concurrent requests share one transaction,
+    and each request still waits for its own entry to be committed before it is answered
+    (`record_async` on the event loop, `record` from a thread); if that transaction fails, its
+    requests — and only those — get 503.
+    """
 
     def __init__(
         self, engine: Engine, key_path: Path, *, pinned: Mapping[str, str] | None = None
     ) -> None:
         self.log = AuditLog.open(engine, LOG_ID, key_path, pinned=pinned)
         self.signer = self.log.signer
+        self.writer = GroupCommitWriter(self.log)
 
-    def record(self, principal: Principal, action: str, subject: str, **details: Any) -> None:
+    def _submit(
+        self, principal: Principal, action: str, subject: str, details: dict[str, Any]
+    ) -> Future[AuditEntry]:
         try:
-            self.log.append(
+            return self.writer.submit(
                 f"apikey:{principal.key_id}",
                 action,
                 subject,
                 {"role": str(principal.role), **details},
             )
         except AuditWriteError as err:
-            log.error("audit write failed: %s", type(err).__name__)
-            raise HTTPException(
-                status.HTTP_503_SERVICE_UNAVAILABLE,
-                "the audit trail is unavailable, so the request was not served; retry shortly",
-            ) from None
+            raise _unavailable(err) from None
+
+    def record(self, principal: Principal, action: str, subject: str, **details: Any) -> None:
+        """Record one call and wait until it is committed; 503 (HTTPException) if it was not."""
+        future = self._submit(principal, action, subject, details)
+        try:
+            future.result()
+        except AuditWriteError as err:
+            raise _unavailable(err) from None
+
+    async def record_async(
+        self, principal: Principal, action: str, subject: str, **details: Any
+    ) -> None:
+        """`record` for the event loop: waits for the group commit without blocking the loop."""
+        future = self._submit(principal, action, subject, details)
+        try:
+            await asyncio.wrap_future(future)
+        except AuditWriteError as err:
+            raise _unavailable(err) from None
 
     def auth_failures(self, client: str, details: dict[str, Any]) -> None:
         """One aggregated `auth.failed` entry; raises AuditWriteError (the tally keeps it)."""
         self.log.append("anonymous", AUTH_FAILED, f"client:{client}", details)
+
+    def close(self) -> None:
+        """Write what is pending, stop the group-commit writer."""
+        self.writer.close()
+
+
+def _unavailable(err: AuditWriteError) -> HTTPException:
+    log.error("audit write failed: %s", type(err).__name__)
+    return HTTPException(
+        status.HTTP_503_SERVICE_UNAVAILABLE,
+        "the audit trail is unavailable, so the request was not served; retry shortly",
+    )
 
 
 @dataclass(frozen=True)
@@ -303,12 +348,14 @@ def _subject(request: Request) -> str:
     return "api"
 
 
-def audited(action: str) -> Callable[..., None]:
-    """Router dependency: record the call (after auth) before the handler runs."""
+def audited(action: str) -> Callable[..., Awaitable[None]]:
+    """Router dependency: record the call (after auth) before the handler runs.
 
-    def dependency(request: Request, principal: PrincipalDep) -> None:
+    Async: it waits for the group commit on the event loop, not in a worker thread."""
+
+    async def dependency(request: Request, principal: PrincipalDep) -> None:
         route = request.scope.get("route")
-        request.app.state.api_audit.record(
+        await request.app.state.api_audit.record_async(
             principal,
             action,
             _subject(request),

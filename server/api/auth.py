@@ -30,7 +30,11 @@ import logging
 import math
 import re
 import secrets
-from collections.abc import Callable, Iterator
+import threading
+import time
+import weakref
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -57,7 +61,7 @@ from common.db import (
     safe_url,
     utcnow,
 )
-from server.api.limits import TokenBucketLimiter
+from server.api.limits import LimiterUnavailable, RateLimiter, TokenBucketLimiter
 from server.auth_models import ApiKey
 
 log = logging.getLogger(__name__)
@@ -291,6 +295,7 @@ class ApiKeyStore:
         with self._write() as session:
             row = self._active_row(session, key_id, "rotate")
             row.salt, row.secret_hash, row.rotated_at = salt, _digest(salt, secret), now
+        forget_cached_key(key_id)  # the old secret stops at once in this process
         return info, format_key(key_id, secret)
 
     def revoke(self, key_id: str) -> ApiKeyInfo:
@@ -302,6 +307,7 @@ class ApiKeyStore:
         self._record("revoked", info)
         with self._write() as session:
             self._active_row(session, key_id, "be revoked").revoked_at = now
+        forget_cached_key(key_id)  # 401 at once in this process
         return info
 
     def _active_row(self, session: Session, key_id: str, action: str) -> ApiKey:
@@ -364,6 +370,108 @@ def _role(role: Role | str) -> Role:
         ) from None
 
 
+# ---- verified keys, cached briefly -------------------------------------------------------------
+
+DEFAULT_KEY_CACHE_SECONDS = 1.0
+_KEY_CACHES: weakref.WeakSet[KeyCache] = weakref.WeakSet()
+_KEY_CACHES_LOCK = threading.Lock()
+
+
+def forget_cached_key(key_id: str) -> None:
+    """Drop `key_id` from every key cache in this process (`ApiKeyStore.rotate`/`revoke` call
+    it after their change is committed): the old secret gets 401 on the very next request."""
+    with _KEY_CACHES_LOCK:
+        caches = list(_KEY_CACHES)
+    for cache in caches:
+        cache.forget(key_id)
+
+
+def _token_digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("ascii", "replace")).digest()
+
+
+@dataclass(frozen=True)
+class _CachedKey:
+    digest: bytes  # sha256 of the whole key string that verified
+    principal: Principal
+    expires: float
+
+
+class KeyCache:
+    """Keys that verified against the store, remembered for `ttl` seconds (default 1 s).
+
+    A hit costs one sha256 and a constant-time comparison on the event loop — no thread, no
+    query. Only active keys that verified are cached, never failures: a wrong secret, an unknown
+    id or a revoked key always goes to the store (and counts against the caller's address).
+
+    Revocation and rotation: `ApiKeyStore.rotate`/`revoke` in this process forget the key at once
+    (`forget_cached_key`); a change made by another process (the CLI, another API worker) takes
+    effect here within `ttl` seconds of its commit, because an entry never outlives `ttl` seconds
+    after the query that verified it began. `ttl=0` disables the cache (a query per request).
+    """
+
+    def __init__(
+        self,
+        store: ApiKeyStore,
+        ttl: float = DEFAULT_KEY_CACHE_SECONDS,
+        *,
+        max_keys: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if ttl < 0 or max_keys < 1:
+            raise ValueError(f"ttl must be >= 0 and max_keys >= 1, got {ttl} and {max_keys}")
+        self.store = store
+        self.ttl = ttl
+        self.max_keys = max_keys
+        self._clock = clock
+        self._items: OrderedDict[str, _CachedKey] = OrderedDict()
+        self._lock = threading.Lock()
+        self._generation = 0  # bumped by forget(): a lookup that raced it is not cached
+        with _KEY_CACHES_LOCK:
+            _KEY_CACHES.add(self)
+
+    def lookup(self, token: str) -> Principal | None:
+        """The principal of a well-formed key verified less than `ttl` seconds ago, else None."""
+        parsed = parse_key(token)
+        if parsed is None:
+            return None
+        hit = self._items.get(parsed[0])
+        if hit is None or self._clock() >= hit.expires:
+            return None
+        if not hmac.compare_digest(hit.digest, _token_digest(token)):
+            return None  # another secret for this id (e.g. just rotated elsewhere): ask the store
+        return hit.principal
+
+    def authenticate(self, token: str) -> Principal:
+        """`ApiKeyStore.authenticate` (a query; run it in a thread), caching a success."""
+        with self._lock:
+            generation = self._generation
+        started = self._clock()
+        principal = self.store.authenticate(token)
+        if self.ttl > 0:
+            entry = _CachedKey(_token_digest(token), principal, started + self.ttl)
+            with self._lock:
+                if self._generation == generation:
+                    self._items[principal.key_id] = entry
+                    self._items.move_to_end(principal.key_id)
+                    while len(self._items) > self.max_keys:
+                        self._items.popitem(last=False)
+        return principal
+
+    def forget(self, key_id: str) -> None:
+        with self._lock:
+            self._generation += 1
+            self._items.pop(key_id, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._generation += 1
+            self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
 # ---- the gate: authenticate every non-public request before routing --------------------------
 
 _PRINCIPAL = "principal"
@@ -423,23 +531,29 @@ class AuthMiddleware:
     client address's bucket (`client_limiter`); an empty bucket is a 429 without touching the
     database. A request whose key turns out valid gets its token back, so only failed attempts
     count against an address. Requests without credentials or with a malformed key are refused on
-    the event loop (no thread, no query); only well-formed keys are looked up. Failures and
-    throttled requests are reported to `failures` (in memory, aggregated, audited later).
+    the event loop (no thread, no query); only well-formed keys are looked up — first in
+    `keys` (a `KeyCache`: a recently verified key costs no thread and no query), else in the
+    store, in a worker thread. Failures and throttled requests are reported to `failures` (in
+    memory, aggregated, audited later). The per-key `limiter` may be in process
+    (`TokenBucketLimiter`) or shared by all workers (`RedisTokenBucketLimiter`); if a shared
+    limiter cannot be reached the request gets 503, never a free pass.
     """
 
     def __init__(
         self,
         app: ASGIApp,
         store: ApiKeyStore,
-        limiter: TokenBucketLimiter,
+        limiter: RateLimiter,
         client_limiter: TokenBucketLimiter | None = None,
         failures: AuthFailureSink | None = None,
+        keys: KeyCache | None = None,
     ) -> None:
         self.app = app
         self.store = store
         self.limiter = limiter
         self.client_limiter = client_limiter
         self.failures = failures
+        self.keys = keys
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
@@ -471,17 +585,26 @@ class AuthMiddleware:
             return self._denied(client, NO_CREDENTIALS)  # never the path or header
         if parse_key(token) is None:
             return self._denied(client, MALFORMED_KEY)
-        try:
-            principal = await anyio.to_thread.run_sync(self.store.authenticate, token)
-        except Unauthenticated as exc:
-            log.debug("401: %s", exc.reason)
-            return self._denied(client, exc.kind, exc.key_id)
-        except SQLAlchemyError as exc:
-            log.error("key store unavailable: %s", type(exc).__name__)
-            self._refund(client)  # not the caller's failure
-            return _json(503, "the key store (registry database) is unavailable; retry shortly")
+        principal = self.keys.lookup(token) if self.keys is not None else None
+        if principal is None:
+            verify = self.keys.authenticate if self.keys is not None else self.store.authenticate
+            try:
+                principal = await anyio.to_thread.run_sync(verify, token)
+            except Unauthenticated as exc:
+                log.debug("401: %s", exc.reason)
+                return self._denied(client, exc.kind, exc.key_id)
+            except SQLAlchemyError as exc:
+                log.error("key store unavailable: %s", type(exc).__name__)
+                self._refund(client)  # not the caller's failure
+                return _json(503, "the key store (registry database) is unavailable; retry shortly")
         self._refund(client)
-        wait = self.limiter.take(principal.key_id)
+        try:
+            wait = await self.limiter.acquire(principal.key_id)
+        except LimiterUnavailable as exc:
+            log.error("rate limiter unavailable: %s", exc)
+            return _json(
+                503, "the rate limiter is unavailable, so the request was not served; retry shortly"
+            )
         if wait > 0:
             retry = max(1, math.ceil(wait))
             return _json(
@@ -519,7 +642,7 @@ bearer_scheme = HTTPBearer(
 )
 
 
-def current_principal(
+async def current_principal(
     request: Request,
     _credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)],
 ) -> Principal:
@@ -538,7 +661,7 @@ PrincipalDep = Annotated[Principal, Depends(current_principal)]
 _PERMISSION_ATTR = "__atoll_permission__"
 
 
-def require(permission: Permission | str) -> Callable[[Principal], Principal]:
+def require(permission: Permission | str) -> Callable[[Principal], Awaitable[Principal]]:
     """Dependency: the caller's role must grant `permission` (403 otherwise).
 
     Use as `Depends(require("models:read"))`; an unknown permission fails at import time.
@@ -549,7 +672,7 @@ def require(permission: Permission | str) -> Callable[[Principal], Principal]:
         known = ", ".join(p.value for p in Permission)
         raise ValueError(f"unknown permission '{permission}': use one of {known}") from None
 
-    def check(principal: PrincipalDep) -> Principal:
+    async def check(principal: PrincipalDep) -> Principal:  # async: no threadpool hop
         if not principal.can(needed):
             log.info("403: key %s (%s) lacks %s", principal.key_id, principal.role, needed)
             raise HTTPException(status.HTTP_403_FORBIDDEN, detail=FORBIDDEN_DETAIL)

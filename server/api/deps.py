@@ -1,22 +1,31 @@
 """FastAPI dependencies: the registry, and served models cached by (name, version).
 
-Published versions are immutable, so a loaded model never goes stale; "latest" is resolved on
-every request (one small query) so a new publish is served without a restart.
+Published versions are immutable, so a loaded model never goes stale. "latest" is resolved with
+one small query and remembered for `latest_ttl` seconds (default 1 s): a new publish is served
+within that time, without a restart and without a query per request.
+
+The model dependencies are async: a cached model is found on the event loop (no thread hop);
+only a miss (first use of a version, or "latest" to re-resolve) reads the registry in a thread.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated
 
+import anyio.to_thread
 from fastapi import Depends, HTTPException, Request, status
 
 from common.contract import Contract
 from common.model import load_model
 from server.api.scoring import Scorer
 from server.registry import ModelCard, Registry
+
+DEFAULT_LATEST_CACHE_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -27,16 +36,45 @@ class LoadedModel:
 
 
 class ModelCache:
-    """Thread-safe LRU of loaded models keyed by (name, version)."""
+    """Thread-safe LRU of loaded models keyed by (name, version), plus the latest version of each
+    name for `latest_ttl` seconds (0: ask the registry every time)."""
 
-    def __init__(self, max_size: int = 16) -> None:
+    def __init__(
+        self,
+        max_size: int = 16,
+        latest_ttl: float = DEFAULT_LATEST_CACHE_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if latest_ttl < 0:
+            raise ValueError(f"latest_ttl must be >= 0, got {latest_ttl}")
         self.max_size = max_size
+        self.latest_ttl = latest_ttl
+        self._clock = clock
         self._items: OrderedDict[tuple[str, int], LoadedModel] = OrderedDict()
+        self._latest: dict[str, tuple[int, float]] = {}  # name -> (version, resolved until)
         self._lock = threading.Lock()
         self.loads = 0  # how many times weights were read; lets tests prove the cache works
+        self.latest_queries = 0  # how many times "latest" was resolved in the registry
+
+    def cached(self, name: str, version: int | None) -> LoadedModel | None:
+        """The loaded model if no registry read is needed (non-blocking), else None."""
+        with self._lock:
+            if version is None:
+                latest = self._latest.get(name)
+                if latest is None or self._clock() >= latest[1]:
+                    return None
+                version = latest[0]
+            hit = self._items.get((name, version))
+            if hit is not None:
+                self._items.move_to_end((name, version))
+            return hit
 
     def get(self, registry: Registry, name: str, version: int | None) -> LoadedModel:
-        resolved = registry.latest_version(name) if version is None else version
+        """The model, reading the registry as needed (blocking: call it from a thread)."""
+        hit = self.cached(name, version)
+        if hit is not None:
+            return hit
+        resolved = self._resolve_latest(registry, name) if version is None else version
         key = (name, resolved)
         with self._lock:
             hit = self._items.get(key)
@@ -52,6 +90,15 @@ class ModelCache:
             while len(self._items) > self.max_size:
                 self._items.popitem(last=False)
         return loaded
+
+    def _resolve_latest(self, registry: Registry, name: str) -> int:
+        started = self._clock()
+        version = registry.latest_version(name)  # ModelNotFound (404) is not cached
+        with self._lock:
+            self.latest_queries += 1
+            if self.latest_ttl > 0:
+                self._latest[name] = (version, started + self.latest_ttl)
+        return version
 
 
 def get_registry(request: Request) -> Registry:
@@ -78,11 +125,18 @@ def parse_version(version: str) -> int | None:
     )
 
 
-def latest_model(name: str, registry: RegistryDep, cache: ModelCacheDep) -> LoadedModel:
-    return cache.get(registry, name, None)
+async def _model(request: Request, name: str, version: int | None) -> LoadedModel:
+    cache: ModelCache = request.app.state.model_cache
+    hit = cache.cached(name, version)
+    if hit is not None:
+        return hit
+    registry: Registry = request.app.state.registry
+    return await anyio.to_thread.run_sync(cache.get, registry, name, version)
 
 
-def versioned_model(
-    name: str, version: str, registry: RegistryDep, cache: ModelCacheDep
-) -> LoadedModel:
-    return cache.get(registry, name, parse_version(version))
+async def latest_model(name: str, request: Request) -> LoadedModel:
+    return await _model(request, name, None)
+
+
+async def versioned_model(name: str, version: str, request: Request) -> LoadedModel:
+    return await _model(request, name, parse_version(version))

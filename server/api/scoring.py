@@ -6,14 +6,18 @@ name the record, the field and the reason — never the submitted value, which m
 Reason codes are occlusion in logit space: a feature's contribution is logit(x) minus the logit
 with that feature's encoded columns set to a neutral baseline (numeric: the contract's impute
 value, else the middle of its range; categorical: no category; binary: halfway). For logistic
-regression this is exactly weight x (value - baseline); for an MLP it is the same question asked
-of the real model.
+regression this is exactly weight x (value - baseline) summed over the feature's columns, and
+`LinearExplainer` computes it so, in float64, without a forward pass; for an MLP
+`batched_occlusion` asks the real model, all occluded copies in one forward pass.
+
+Records are encoded with `Encoder.encode_records` (no DataFrame): identical to `Encoder.encode`
+over a frame (tests/test_serving_encoding.py), several times cheaper for a handful of records.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -164,36 +168,105 @@ def _check(feature: NumericFeature | CategoricalFeature | BinaryFeature, value: 
     return _check_binary(feature, value)
 
 
+_SLOW = object()  # a fast check's "not the common case": ask the full check
+_Fast = Callable[[object], object]
+
+
+def _fast_check(feature: NumericFeature | CategoricalFeature | BinaryFeature) -> _Fast:
+    """The common valid case of `_check` without allocating: the normalised value it would give
+    (with no warning), or _SLOW for anything else (missing, out of range, wrong type, padded
+    text, ...). Blank spellings are left to `_check`: a blank value is missing first."""
+    if isinstance(feature, NumericFeature):
+        lo, hi = feature.min, feature.max
+
+        def numeric(value: object) -> object:
+            kind = type(value)
+            if (kind is float or kind is int) and lo <= value <= hi:  # type: ignore[operator]
+                return float(value)  # type: ignore[arg-type]
+            return _SLOW
+
+        return numeric
+    if isinstance(feature, CategoricalFeature):
+        vocabulary = frozenset(v for v in feature.vocabulary if v and v == v.strip())
+
+        def categorical(value: object) -> object:
+            return value if type(value) is str and value in vocabulary else _SLOW
+
+        return categorical
+    spelled = frozenset(
+        v for v in feature.true_values + feature.false_values if v and v == v.strip()
+    )
+    true, false = feature.true_values[0], feature.false_values[0]
+
+    def binary(value: object) -> object:
+        kind = type(value)
+        if kind is str:
+            return value if value in spelled else _SLOW
+        if kind is bool:
+            return true if value else false
+        return _SLOW
+
+    return binary
+
+
+class RecordChecker:
+    """Validates JSON records against one contract into per-feature columns of normalised values
+    (what `Encoder.encode_columns` takes), plus per-record warnings. Built once per served model.
+
+    The id, label and dropped columns may be present (a client may send whole rows); they are
+    ignored. `check` raises RecordsInvalid listing every problem in the batch, record by record.
+    """
+
+    def __init__(self, contract: Contract) -> None:
+        self.contract = contract
+        self.allowed = frozenset(
+            [*contract.feature_names, contract.id, contract.label.column, *contract.drop]
+        )
+        self._features = [(f, f.name, _fast_check(f)) for f in contract.features]
+
+    def check(
+        self, records: Sequence[Mapping[str, Any]]
+    ) -> tuple[dict[str, list[object]], list[list[str]]]:
+        contract, allowed = self.contract, self.allowed
+        problems: list[RecordProblem] = []
+        warnings: list[list[str]] = []
+        columns: dict[str, list[object]] = {name: [] for _f, name, _fast in self._features}
+        plan = [(f, name, fast, columns[name].append) for f, name, fast in self._features]
+        for i, record in enumerate(records):
+            notes: list[str] = []
+            if not record.keys() <= allowed:
+                for key in record:
+                    if key not in allowed:
+                        problem = f"unknown field '{_shown(key)}' — not in contract {contract.name}"
+                        problems.append(RecordProblem(i, _shown(key), problem))
+            get = record.get
+            for f, name, fast, append in plan:
+                value = get(name)
+                normalised = fast(value)
+                if normalised is _SLOW:
+                    checked = _check(f, value)
+                    if checked.problem is not None:
+                        problems.append(RecordProblem(i, name, checked.problem))
+                    if checked.warning is not None:
+                        notes.append(checked.warning)
+                    normalised = checked.value
+                append(normalised)
+            warnings.append(notes)
+        if problems:
+            raise RecordsInvalid(problems)
+        return columns, warnings
+
+
 def prepare_records(
     contract: Contract, records: Sequence[Mapping[str, Any]]
 ) -> tuple[pd.DataFrame, list[list[str]]]:
     """Validate records into a frame the encoder accepts, plus per-record warnings.
 
     The id, label and dropped columns may be present (a client may send whole rows); they are
-    ignored. Raises RecordsInvalid listing every problem in the batch.
+    ignored. Raises RecordsInvalid listing every problem in the batch. (The API itself uses
+    `RecordChecker` and `Encoder.encode_columns`, which skip the frame.)
     """
-    features = contract.features
-    ignored = {contract.id, contract.label.column, *contract.drop}
-    known = set(contract.feature_names)
-    problems: list[RecordProblem] = []
-    warnings: list[list[str]] = []
-    columns: dict[str, list[object]] = {f.name: [] for f in features}
-    for i, record in enumerate(records):
-        notes: list[str] = []
-        for key in record:
-            if key not in known and key not in ignored:
-                problem = f"unknown field '{_shown(key)}' — not in contract {contract.name}"
-                problems.append(RecordProblem(i, _shown(key), problem))
-        for f in features:
-            checked = _check(f, record.get(f.name))
-            if checked.problem is not None:
-                problems.append(RecordProblem(i, f.name, checked.problem))
-            if checked.warning is not None:
-                notes.append(checked.warning)
-            columns[f.name].append(checked.value)
-        warnings.append(notes)
-    if problems:
-        raise RecordsInvalid(problems)
+    columns, warnings = RecordChecker(contract).check(records)
     return pd.DataFrame(columns, dtype=object), warnings
 
 
@@ -213,7 +286,10 @@ def neutral_baseline(encoder: Encoder) -> np.ndarray:
 def occlusion(
     model: nn.Module, x: np.ndarray, encoder: Encoder, baseline: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Logits [n] and per-feature contributions [n, n_contract_features], one pass per feature."""
+    """Logits [n] and per-feature contributions [n, n_contract_features], one pass per feature.
+
+    The reference definition; the API computes the same with `LinearExplainer` (logistic
+    regression, exact) or `batched_occlusion` (any model, one pass)."""
     logits = predict_logits(model, x).astype(np.float64)
     names = encoder.contract.feature_names
     contributions = np.empty((x.shape[0], len(names)), dtype=np.float64)
@@ -223,6 +299,69 @@ def occlusion(
         occluded[:, cols] = baseline[cols]
         contributions[:, j] = logits - predict_logits(model, occluded)
     return logits, contributions
+
+
+def batched_occlusion(
+    model: nn.Module, x: np.ndarray, encoder: Encoder, baseline: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """`occlusion` with the record and all its occluded copies in ONE forward pass.
+
+    Row block 0 is `x`, block j+1 is `x` with feature j's columns at the baseline; the results
+    equal `occlusion`'s up to float32 summation order inside the model (~1e-7).
+    """
+    n, d = x.shape
+    names = encoder.contract.feature_names
+    stacked = np.empty((len(names) + 1, n, d), dtype=np.float32)
+    stacked[:] = x
+    for j, name in enumerate(names):
+        cols = encoder.groups[name]  # contiguous, ascending
+        stacked[j + 1, :, cols[0] : cols[-1] + 1] = baseline[cols[0] : cols[-1] + 1]
+    out = predict_logits(model, stacked.reshape(-1, d)).astype(np.float64).reshape(-1, n)
+    logits = out[0]
+    return logits, (logits[None, :] - out[1:]).T
+
+
+class LinearExplainer:
+    """Exact reason codes of a linear logit (logistic regression): logit = x·w + b, and
+    feature j's occlusion contribution = Σ over its columns of w_c (x_c − baseline_c).
+
+    Computed in float64 from the float32 encoding and weights: no forward pass, no copies. Equal
+    to `occlusion` within its float32 rounding (tests/test_serving_scoring.py: 1e-6).
+    """
+
+    def __init__(
+        self, weight: np.ndarray, bias: float, encoder: Encoder, baseline: np.ndarray
+    ) -> None:
+        self.weight = np.asarray(weight, dtype=np.float64).reshape(-1)
+        if self.weight.shape != (encoder.n_features,):
+            raise ValueError(
+                f"linear weight has {self.weight.size} inputs, the encoding {encoder.n_features}"
+            )
+        self.bias = float(bias)
+        self.baseline = np.asarray(baseline, dtype=np.float64)
+        self.starts = np.array(
+            [encoder.groups[name][0] for name in encoder.contract.feature_names], dtype=np.intp
+        )
+
+    @classmethod
+    def of(cls, model: nn.Module, encoder: Encoder, baseline: np.ndarray) -> LinearExplainer | None:
+        """The explainer of `model` if it is one linear layer with one output, else None."""
+        layers = list(model.children()) if isinstance(model, nn.Sequential) else [model]
+        if len(layers) != 1 or not isinstance(layers[0], nn.Linear):
+            return None
+        layer = layers[0]
+        if layer.out_features != 1:
+            return None
+        weight = layer.weight.detach().cpu().numpy().astype(np.float64)
+        bias = float(layer.bias.detach().cpu().numpy()[0]) if layer.bias is not None else 0.0
+        return cls(weight, bias, encoder, baseline)
+
+    def explain(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Logits [n] and contributions [n, n_contract_features], float64."""
+        xd = x.astype(np.float64)
+        logits = xd @ self.weight + self.bias
+        terms = (xd - self.baseline) * self.weight
+        return logits, np.add.reduceat(terms, self.starts, axis=1)
 
 
 def top_reason_codes(
@@ -248,20 +387,47 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * z))  # no overflow for large |z|
 
 
+@dataclass(frozen=True)
+class Evaluated:
+    """A batch of records scored: arrays, before they become reason codes."""
+
+    probabilities: np.ndarray  # [n]
+    logits: np.ndarray  # [n]
+    contributions: np.ndarray  # [n, n_contract_features]
+    warnings: list[list[str]]
+
+
 class Scorer:
-    """One served model: its contract, encoder, torch module and occlusion baseline."""
+    """One served model: its contract, checker, encoder, torch module and explainer."""
+
+    # A batch up to this many records × features is scored on the event loop (cheaper than a
+    # thread hop); larger batches and models without an exact explainer go to a worker thread.
+    INLINE_CELLS = 4000
 
     def __init__(self, contract: Contract, model: nn.Module) -> None:
         self.contract = contract
         self.encoder = Encoder(contract)
         self.model = model
         self.baseline = neutral_baseline(self.encoder)
+        self.checker = RecordChecker(contract)
+        self.linear = LinearExplainer.of(model, self.encoder, self.baseline)
+        self.names = contract.feature_names
 
-    def score(self, records: Sequence[Mapping[str, Any]], top_k: int = 3) -> list[Score]:
-        """Probability, reason codes and warnings per record; RecordsInvalid on contract errors."""
-        frame, warnings = prepare_records(self.contract, records)
-        encoded = self.encoder.encode(frame)
-        if encoded.row_errors:  # prepare_records should have caught these; never score partially
+    def inline(self, n_records: int) -> bool:
+        """Whether scoring `n_records` is cheap enough to run on the event loop."""
+        return self.linear is not None and n_records * len(self.names) <= self.INLINE_CELLS
+
+    def explain(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Logits and occlusion contributions of encoded records (exact for a linear model)."""
+        if self.linear is not None:
+            return self.linear.explain(x)
+        return batched_occlusion(self.model, x, self.encoder, self.baseline)
+
+    def evaluate(self, records: Sequence[Mapping[str, Any]]) -> Evaluated:
+        """Check, encode and explain; RecordsInvalid on contract errors."""
+        columns, warnings = self.checker.check(records)
+        encoded = self.encoder.encode_columns(columns, len(records))
+        if encoded.row_errors:  # the checker should have caught these; never score partially
             raise RecordsInvalid(
                 [
                     RecordProblem(i, feature, f"cannot be encoded ({reason})")
@@ -269,10 +435,41 @@ class Scorer:
                     for feature, reason in errs
                 ]
             )
-        logits, contributions = occlusion(self.model, encoded.x, self.encoder, self.baseline)
-        reasons = top_reason_codes(contributions, self.contract.feature_names, top_k)
-        probs = _sigmoid(logits)
+        logits, contributions = self.explain(encoded.x)
+        return Evaluated(_sigmoid(logits), logits, contributions, warnings)
+
+    def score(self, records: Sequence[Mapping[str, Any]], top_k: int = 3) -> list[Score]:
+        """Probability, reason codes and warnings per record; RecordsInvalid on contract errors."""
+        out = self.evaluate(records)
+        reasons = top_reason_codes(out.contributions, self.names, top_k)
         return [
             Score(probability=float(p), logit=float(z), reason_codes=r, warnings=w)
-            for p, z, r, w in zip(probs, logits, reasons, warnings, strict=True)
+            for p, z, r, w in zip(out.probabilities, out.logits, reasons, out.warnings, strict=True)
+        ]
+
+    def predictions(
+        self, records: Sequence[Mapping[str, Any]], top_k: int = 3
+    ) -> list[dict[str, Any]]:
+        """`score` as the JSON the API returns (`schemas.Prediction`), built without models."""
+        out = self.evaluate(records)
+        names = self.names
+        k = max(0, min(top_k, len(names)))
+        order = np.argsort(-np.abs(out.contributions), axis=1, kind="stable")[:, :k]
+        chosen = np.take_along_axis(out.contributions, order, axis=1).tolist()
+        return [
+            {
+                "probability": p,
+                "reason_codes": [
+                    {
+                        "feature": names[j],
+                        "contribution": c,
+                        "direction": "increases" if c > 0 else "decreases",
+                    }
+                    for j, c in zip(idx, vals, strict=True)
+                ],
+                "warnings": w,
+            }
+            for p, idx, vals, w in zip(
+                out.probabilities.tolist(), order.tolist(), chosen, out.warnings, strict=True
+            )
         ]

@@ -15,6 +15,8 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from server.api.audit_trail import default_key_path
+from server.api.auth import DEFAULT_KEY_CACHE_SECONDS
+from server.api.deps import DEFAULT_LATEST_CACHE_SECONDS
 from server.api.limits import (
     DEFAULT_CLIENT_RATE_BURST,
     DEFAULT_CLIENT_RATE_PER_SECOND,
@@ -27,6 +29,14 @@ from server.api.limits import (
 DEFAULT_MAX_RECORDS = 1000
 DEFAULT_CHECKPOINT_EVERY_ENTRIES = 1000
 DEFAULT_CHECKPOINT_EVERY_MINUTES = 10.0
+# Further settings read from the environment by `ApiSettings.from_env` (name -> field).
+ENV_FIELDS = {
+    "ATOLL_RATE_LIMIT_URL": "rate_limit_url",
+    "ATOLL_API_RATE_PER_SECOND": "rate_per_second",
+    "ATOLL_API_RATE_BURST": "rate_burst",
+    "ATOLL_API_KEY_CACHE_SECONDS": "key_cache_seconds",
+    "ATOLL_API_LATEST_CACHE_SECONDS": "latest_cache_seconds",
+}
 
 
 class ApiSettings(BaseModel):
@@ -70,6 +80,34 @@ class ApiSettings(BaseModel):
     maintenance_seconds: float = Field(
         5.0, gt=0, description="How often failure tallies are flushed and checkpoints checked"
     )
+    key_cache_seconds: float = Field(
+        DEFAULT_KEY_CACHE_SECONDS,
+        ge=0,
+        le=60,
+        description="How long a verified key is trusted without a query; a key revoked or "
+        "rotated by another process stops working within this time (in this process: at once)",
+    )
+    latest_cache_seconds: float = Field(
+        DEFAULT_LATEST_CACHE_SECONDS,
+        ge=0,
+        le=60,
+        description="How long 'latest' is remembered; a new publish is served within this time",
+    )
+    rate_limit_url: str | None = Field(
+        None,
+        description="Redis URL (redis://host:6379/0) for per-key rate limits shared by all API "
+        "workers; unset: in process (one worker)",
+    )
+
+    @model_validator(mode="after")
+    def _rate_limit_store(self) -> ApiSettings:
+        url = self.rate_limit_url
+        if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(
+                "rate_limit_url must be a Redis URL (redis://host:6379/0, rediss://... or "
+                "unix:///path/redis.sock)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _checkpoints_away_from_the_key(self) -> ApiSettings:
@@ -94,7 +132,10 @@ class ApiSettings(BaseModel):
         """ATOLL_REGISTRY_URL (required), ATOLL_API_AUDIT_KEY, ATOLL_AUDIT_PUBLIC_KEYS,
         ATOLL_API_AUDIT_PUBLIC_KEYS, ATOLL_ADMIN_AUDIT_PUBLIC_KEYS (paths separated by
         os.pathsep), ATOLL_AUDIT_CHECKPOINT_DIR, ATOLL_AUDIT_CHECKPOINT_EVERY (entries),
-        ATOLL_AUDIT_CHECKPOINT_MINUTES."""
+        ATOLL_AUDIT_CHECKPOINT_MINUTES, ATOLL_RATE_LIMIT_URL (Redis, shared by workers),
+        ATOLL_API_RATE_PER_SECOND, ATOLL_API_RATE_BURST, ATOLL_API_KEY_CACHE_SECONDS,
+        ATOLL_API_LATEST_CACHE_SECONDS. `atoll serve --workers N` passes its options to the
+        workers this way."""
         env = os.environ if env is None else env
         url = env.get("ATOLL_REGISTRY_URL")
         if not url:
@@ -119,4 +160,7 @@ class ApiSettings(BaseModel):
             values["checkpoint_every_entries"] = every
         if minutes := env.get("ATOLL_AUDIT_CHECKPOINT_MINUTES"):
             values["checkpoint_every_minutes"] = minutes
+        for name, field in ENV_FIELDS.items():
+            if value := env.get(name):
+                values[field] = value
         return cls.model_validate(values)
