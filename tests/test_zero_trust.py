@@ -160,6 +160,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Any:
             "contract-path": str(CONTRACT),
             "round-timeout": 120,
             "seed": SEED,
+            "sample-rate": 0.05,  # small silos: rows × q must reach the owners' minimum batch
         }
         outcome = fed.run(config, on_line=outputs.append, timeout=600)
         capture.stop()
