@@ -324,6 +324,17 @@ def start_runtime(
 ) -> ManagedProcess:
     """Start a node runtime and wait until its socket accepts connections."""
     proc = spawn(f"runtime-{name}", runtime_argv(config), log_path, flower_env())
+    try:
+        _wait_for_socket(proc, name, socket_path, log_path, timeout)
+    except BaseException:  # interrupted or failed: never leave the runtime behind
+        proc.stop()
+        raise
+    return proc
+
+
+def _wait_for_socket(
+    proc: ManagedProcess, name: str, socket_path: Path, log_path: Path, timeout: float
+) -> None:
     deadline = time.monotonic() + timeout
     while True:
         if not proc.alive:
@@ -333,9 +344,8 @@ def start_runtime(
         if socket_path.exists():
             with socket.socket(socket.AF_UNIX) as s:
                 if s.connect_ex(str(socket_path)) == 0:
-                    return proc
+                    return
         if time.monotonic() > deadline:
-            proc.stop()
             raise TimeoutError(f"node runtime '{name}' did not listen within {timeout:.0f} s")
         time.sleep(0.1)
 

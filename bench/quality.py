@@ -14,10 +14,10 @@ test rows (hash of the id, 20 %) are the same for every method. Methods:
   its own test rows and on the global test set;
 - federated: FedAvg *in process* — the nodes' own `client.training.train_dp` called as the node
   runtime calls it (Opacus DP-SGD, noise calibrated per node so the whole run spends at most ε at
-  δ, floored at the owner's minimum; the update scaled by the node's public size bucket) or plain
-  SGD without DP, and Flower's FedAvg average with the weights the nodes send (`num-examples` =
-  1.0: equal weights, no exact count leaves a node). It is the same training code without the
-  network. One configuration also runs on the real deployment engine
+  δ, floored at the owner's minimum; the update scaled by the node's public size bucket) or the
+  same update rule without clipping or noise, and Flower's FedAvg average with the weights the
+  nodes send (`num-examples` = 1.0: equal weights, no exact count leaves a node). It is the same
+  training code without the network. One configuration also runs on the real deployment engine
   (`atoll.federation.LocalFederation`: TLS SuperLink, authenticated SuperNodes, node runtimes)
   with the same seeds, and the published model is compared with the in-process one.
 

@@ -106,10 +106,7 @@ class Data:
 def load(name: str, draft: bool) -> Data:
     from bench.datasets import load_silos
 
-    if draft:
-        data = _load_drafted(name)
-    else:
-        data = load_silos(name)
+    data = _load_drafted(name) if draft else load_silos(name)
     xg, yg = data.global_test()
     return Data(
         name=name + ("-draft" if draft else ""),
@@ -167,12 +164,18 @@ class _Grid:
         return self.nodes
 
 
-def _reply(ask: Message, state: dict[str, torch.Tensor]) -> Message:
+WEIGHT_BY_BUCKET = False  # experiment: aggregation weight = public size bucket's lower end
+
+
+def _reply(ask: Message, state: dict[str, torch.Tensor], rows: int = 1) -> Message:
     """A node's train reply as the relay builds it (`common.wire.train_content`)."""
     node = ask.metadata.dst_node_id
     weights = pb.Weights(tensors=[wire.tensor_of(k, v.detach().numpy()) for k, v in state.items()])
     trained = pb.Trained(weights=weights, noise_multiplier=1.0, sample_rate=0.02, steps=1)
-    reply = Message(wire.train_content(pb.TrainReply(trained=trained)), reply_to=ask)
+    content = wire.train_content(pb.TrainReply(trained=trained))
+    if WEIGHT_BY_BUCKET:
+        content["metrics"][wire.NUM_EXAMPLES] = float(public_rows(rows))
+    reply = Message(content, reply_to=ask)
     reply.metadata.__dict__["_src_node_id"] = node  # as delivered by the SuperLink
     return reply
 
@@ -218,7 +221,7 @@ def federate(data: Data, s: Setting, seed: int) -> tuple[torch.nn.Module, float]
                 public_rows=public_rows(len(silo.x_train)),
             )
             TaskIdentity.node_id = i
-            replies.append(_reply(ask, res.state))
+            replies.append(_reply(ask, res.state, len(silo.x_train)))
         TaskIdentity.node_id = 0
         out, _ = strategy.aggregate_train(rnd, replies)
         if out is None:
@@ -383,7 +386,8 @@ def _table(rows: list[dict[str, Any]]) -> str:
         d_ll = np.array([r["rep_log_loss"] - r["true_log_loss"] for r in rs])
         lines.append(
             f"| {ds} | {st} | {len(rs)} | {auc.mean():.4f} ± {auc.std():.4f} | "
-            f"{ll.mean():.4f} ± {ll.std():.4f} | {d_auc.mean():+.4f} (max |{np.abs(d_auc).max():.3f}|)"
+            f"{ll.mean():.4f} ± {ll.std():.4f} | {d_auc.mean():+.4f} "
+            f"(max |{np.abs(d_auc).max():.3f}|)"
             f" | {sum(r['covered_roc_auc'] for r in rs)}/{len(rs)} | {d_ll.mean():+.4f} | "
             f"{sum(r['covered_log_loss'] for r in rs)}/{len(rs)} |"
         )

@@ -1,6 +1,6 @@
 """Round overhead on the real deployment engine: 3, 5 and 10 nodes on loopback with TLS.
 
-    .venv/bin/python -m bench.rounds            # ~15 min on 2 cores
+    .venv/bin/python -m bench.rounds            # ~16 min on 2 cores
     .venv/bin/python -m bench.rounds --quick    # 3 nodes, default options only
 
 Each configuration starts a fresh `atoll.federation.LocalFederation` exactly as `make demo` does

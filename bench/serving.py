@@ -1,32 +1,51 @@
 """Serving: scoring throughput and latency through the real HTTP API, next to a bare ceiling.
 
-    .venv/bin/python -m bench.serving           # ~4 min on 2 cores
+    .venv/bin/python -m bench.serving           # ~12 min on 2 cores (all variants)
     .venv/bin/python -m bench.serving --quick   # 3 s per level, concurrency 1 and 8
+    .venv/bin/python -m bench.serving --servers bare api   # a subset of the variants
 
 A logreg model trained on the Telco training rows is published with `server.registry.Registry`
-into a fresh SQLite registry; the scoring API (`server.api.app.create_app`, the real app: auth,
-limits, model cache, validation, reason codes) and a bare FastAPI app (one sync POST route that
-parses the same JSON body and returns a constant) are each served by `uvicorn` (1 worker, access
-log off) on loopback over plain HTTP. A separate load-generating process (httpx async, keep-alive,
-C concurrent requests in flight) posts single records and batches of 100 real Telco test records
-for `--duration` seconds per level after a 1 s warm-up. If the API requires keys (server.api.auth),
-an `app`-role key is created with `ApiKeyStore` and sent as `Authorization: Bearer ...`; its
-per-key rate limit (default 20 requests/s) is raised for this benchmark, or every level would
-measure the limiter. Writes bench/results/serving.{json,md,png}.
+into a fresh SQLite registry (and a fresh PostgreSQL schema for the `-pg` variants); the scoring
+API (`server.api.app.create_app`, the real app: auth with an `app`-role key, per-key rate limit,
+model cache, validation, reason codes, the signed audit log of every call) and a bare FastAPI
+app (one sync POST route that parses the same JSON body and returns a constant) are each served
+by `uvicorn` (access log off) on loopback over plain HTTP. Variants:
+
+    bare        bare FastAPI, 1 worker             (the ceiling for the 1-worker variants)
+    api         the API, 1 worker, SQLite registry and audit log, in-process rate limiter
+    api-redis   ... with the per-key rate limiter in Redis (127.0.0.1:6379)
+    api-pg      ... with PostgreSQL (127.0.0.1:5432, db `test`) as registry and audit log
+    bare-2w     bare FastAPI, 2 workers            (the ceiling for the 2-worker variants)
+    api-2w      the API, 2 workers, SQLite, Redis rate limiter (required with workers > 1)
+    api-pg-2w   the API, 2 workers, PostgreSQL, Redis rate limiter
+
+All servers are started first and stay up; each (payload, concurrency) level is then measured on
+every server back to back, so every api/bare pair comes from the same minute of the same run. A
+separate load-generating process (httpx async, keep-alive, C concurrent requests in flight) posts
+single records and batches of 100 real Telco test records with `top_k` = 3 for `--duration`
+seconds per level after a 1 s warm-up. The per-key rate limit is raised for this benchmark (or
+every level would measure the limiter), but still enforced (its bucket is taken per request).
+Writes bench/results/serving.{json,md,png}: `rows` (one per server, payload, concurrency) and
+`ratios` (each API variant against its bare ceiling, same payload and concurrency).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import inspect
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import time
+import uuid
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -47,21 +66,55 @@ from bench.common import (
 
 MODEL_NAME = "telco-bench"
 NO_LIMIT = 1_000_000_000
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+PG_URL = os.environ.get("ATOLL_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+@dataclass(frozen=True)
+class Server:
+    """One served variant: what runs, how many workers, on which databases and limiter."""
+
+    factory: str
+    workers: int = 1
+    database: str = "sqlite"  # sqlite | postgresql: the registry, keys and audit log
+    limiter: str = "memory"  # memory | redis: the per-key rate limiter
+    ceiling: str | None = None  # the bare server its ratios are taken against
+
+    @property
+    def is_api(self) -> bool:
+        return self.ceiling is not None
+
+
+SERVERS: dict[str, Server] = {
+    "bare": Server("bench.serving:bare_app"),
+    "api": Server("bench.serving:atoll_app", ceiling="bare"),
+    "api-redis": Server("bench.serving:atoll_app", limiter="redis", ceiling="bare"),
+    "api-pg": Server("bench.serving:atoll_app", database="postgresql", ceiling="bare"),
+    "bare-2w": Server("bench.serving:bare_app", workers=2),
+    "api-2w": Server("bench.serving:atoll_app", workers=2, limiter="redis", ceiling="bare-2w"),
+    "api-pg-2w": Server(
+        "bench.serving:atoll_app",
+        workers=2,
+        database="postgresql",
+        limiter="redis",
+        ceiling="bare-2w",
+    ),
+}
 
 
 # ---- the two apps (uvicorn --factory bench.serving:atoll_app / bare_app) ---------------------
 
 
 def atoll_app() -> Any:
-    """The real scoring API over ATOLL_REGISTRY_URL, per-key rate limit raised if it has one."""
+    """The real scoring API over ATOLL_REGISTRY_URL (per-key rate limit raised; in Redis when
+    ATOLL_RATE_LIMIT_URL is set; signing key BENCH_AUDIT_KEY when set)."""
     from server.api.app import create_app
 
-    params = inspect.signature(create_app).parameters
-    kwargs: dict[str, Any] = {}
-    if "rate_per_second" in params:
-        kwargs["rate_per_second"] = float(NO_LIMIT)
-    if "rate_burst" in params:
-        kwargs["rate_burst"] = NO_LIMIT
+    kwargs: dict[str, Any] = {"rate_per_second": float(NO_LIMIT), "rate_burst": NO_LIMIT}
+    if url := os.environ.get("ATOLL_RATE_LIMIT_URL"):
+        kwargs["rate_limit_url"] = url
+    if key := os.environ.get("BENCH_AUDIT_KEY"):
+        kwargs["audit_key"] = Path(key)
     return create_app(os.environ["ATOLL_REGISTRY_URL"], **kwargs)
 
 
@@ -136,7 +189,9 @@ def api_key(registry_url: str) -> str | None:
     return key
 
 
-def start_server(factory: str, port: int, env: dict[str, str], log: Path) -> subprocess.Popen:
+def start_server(
+    factory: str, port: int, env: dict[str, str], log: Path, workers: int = 1
+) -> subprocess.Popen:
     argv = [
         sys.executable,
         "-m",
@@ -148,7 +203,7 @@ def start_server(factory: str, port: int, env: dict[str, str], log: Path) -> sub
         "--port",
         str(port),
         "--workers",
-        "1",
+        str(workers),
         "--log-level",
         "warning",
         "--no-access-log",
@@ -247,16 +302,120 @@ def run_load(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def server_cpu_seconds(pid: int) -> float:
+    """CPU time of the server and its worker processes."""
     import psutil
 
-    t = psutil.Process(pid).cpu_times()
-    return t.user + t.system
+    total = 0.0
+    root = psutil.Process(pid)
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            t = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += t.user + t.system
+    return total
+
+
+@contextmanager
+def postgres_schema() -> Iterator[str]:
+    """A registry URL into a fresh schema of the local PostgreSQL (dropped afterwards)."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    base = make_url(PG_URL)
+    admin = base.set(drivername="postgresql").render_as_string(hide_password=False)
+    schema = f"bench_serving_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+        try:
+            yield base.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
+                hide_password=False
+            )
+        finally:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
 # ---- main -------------------------------------------------------------------------------------
 
 
-def markdown(meta: dict[str, Any], rows: list[dict[str, Any]], setup: dict[str, Any]) -> str:
+def ratio_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each API variant against its bare ceiling at the same payload and concurrency."""
+    by_key = {(r["server"], r["payload"], r["concurrency"]): r for r in rows}
+    out = []
+    for r in rows:
+        spec = SERVERS.get(r["server"])
+        if spec is None or not spec.is_api:
+            continue
+        bare = by_key.get((spec.ceiling, r["payload"], r["concurrency"]))
+        if bare is None or not bare["requests_per_s"]:
+            continue
+        out.append(
+            {
+                "server": r["server"],
+                "ceiling": spec.ceiling,
+                "payload": r["payload"],
+                "concurrency": r["concurrency"],
+                "throughput_ratio": r["rows_per_s"] / bare["rows_per_s"],
+                "p99_ratio": r["p99_ms"] / bare["p99_ms"] if bare["p99_ms"] else None,
+            }
+        )
+    return out
+
+
+def checks(rows: list[dict[str, Any]], ratios: list[dict[str, Any]]) -> list[str]:
+    """The targets of the issue, as measured in this run (1-worker API vs bare)."""
+
+    def ratio(payload: str, conc: int, field: str = "throughput_ratio") -> float | None:
+        for q in ratios:
+            if (q["server"], q["payload"], q["concurrency"]) == ("api", payload, conc):
+                return q[field]
+        return None
+
+    lines = []
+    for payload, conc, target in (
+        ("single", 1, 0.6),
+        ("single", 8, 0.7),
+        ("single", 32, 0.7),
+        ("batch100", 1, 0.3),
+        ("batch100", 8, 0.3),
+        ("batch100", 32, 0.3),
+    ):
+        got = ratio(payload, conc)
+        if got is not None:
+            ok = "met" if got >= target else "NOT met"
+            lines.append(
+                f"- {payload}, concurrency {conc}: {got:.2f}× bare (target ≥ {target}): {ok}"
+            )
+    p99 = ratio("single", 8, "p99_ratio")
+    if p99 is not None:
+        ok = "met" if p99 <= 2 else "NOT met"
+        lines.append(f"- p99 at concurrency 8 (single): {p99:.2f}× bare's (target ≤ 2): {ok}")
+    for server in dict.fromkeys(r["server"] for r in rows):
+        if not SERVERS.get(server, Server("")).is_api:
+            continue
+        for payload in dict.fromkeys(r["payload"] for r in rows):
+            rs = sorted(
+                (r for r in rows if r["server"] == server and r["payload"] == payload),
+                key=lambda r: r["concurrency"],
+            )
+            if len(rs) < 2:
+                continue
+            worst = min(b["requests_per_s"] / a["requests_per_s"] for a, b in pairwise(rs))
+            trend = " → ".join(f"{r['requests_per_s']:.0f}" for r in rs)
+            ok = "does not fall" if worst >= 0.9 else "FALLS"
+            lines.append(
+                f"- {server} {payload}: requests/s by concurrency {trend} ({ok}; worst step "
+                f"{worst:.2f}×, noise allowance 0.9×)"
+            )
+    return lines
+
+
+def markdown(
+    meta: dict[str, Any],
+    rows: list[dict[str, Any]],
+    ratios: list[dict[str, Any]],
+    setup: dict[str, Any],
+) -> str:
     table = [
         [
             r["server"],
@@ -270,24 +429,58 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]], setup: dict[str, 
             f"{r['server_cpu_ms_per_request']:.2f}",
             ", ".join(f"{k}: {v}" for k, v in r["status_counts"].items()),
         ]
-        for r in rows
+        for r in sorted(
+            rows,
+            key=lambda r: (
+                list(SERVERS).index(r["server"]) if r["server"] in SERVERS else 99,
+                r["payload"] != "single",
+                r["concurrency"],
+            ),
+        )
     ]
-    auth = "yes (`app`-role key, rate limit raised)" if setup["auth"] else "no (API has none)"
+    ratio_table = [
+        [
+            q["server"],
+            q["ceiling"],
+            q["payload"],
+            q["concurrency"],
+            f"{q['throughput_ratio']:.2f}×",
+            f"{q['p99_ratio']:.2f}×" if q["p99_ratio"] is not None else "—",
+        ]
+        for q in ratios
+    ]
+    variants = ", ".join(f"`{name}`" for name in setup["servers"])
     return "\n".join(
         [
             "# Serving: the scoring API vs a bare FastAPI endpoint",
             "",
             f"Model: logreg on Telco ({setup['train_rows']} training rows), published with "
-            f"`Registry.publish` into SQLite. API: `server.api.app.create_app` under uvicorn, "
-            f"1 worker, HTTP on loopback, access log off; API key: {auth}; `api-torch1thread` "
-            "is the same API started with `OMP_NUM_THREADS=1` (torch uses one thread per "
-            "request). Bare: one sync "
-            "FastAPI route parsing the same JSON and returning a constant, same uvicorn flags. "
-            "Load: a separate process (httpx async, keep-alive), real Telco test records, "
-            "`top_k` = 3 reason codes per record, "
-            f"{setup['duration']} s per level after a 1 s warm-up. **2 cores**: the load "
-            "generator (one Python process) and the server share them, so the bare endpoint's "
-            "numbers are also the load generator's own ceiling.",
+            "`Registry.publish`. API: `server.api.app.create_app` under uvicorn, HTTP on "
+            "loopback, access log off, an `app`-role API key on every request (per-key rate "
+            "limit raised, still taken per request), every call written to the signed `api` "
+            "audit log (group commit) before it is answered. Bare: one sync FastAPI route "
+            "parsing the same JSON and returning a constant, same uvicorn flags. Variants "
+            f"({variants}): see `bench/serving.py`; `-2w` = 2 uvicorn workers (with the rate "
+            "limiter in Redis), `-pg` = PostgreSQL registry and audit log, `-redis` = the "
+            "1-worker API with the rate limiter in Redis. Load: a separate process (httpx "
+            "async, keep-alive), real Telco test records, `top_k` = 3 reason codes per record, "
+            f"{setup['duration']} s per level after a 1 s warm-up; every level is measured on "
+            "every server back to back. **2 cores**, shared with the load generator (and with "
+            "other engineers' test runs — see the load average below): compare ratios within "
+            "this run, not absolute numbers across runs.",
+            "",
+            "## Against the targets (1 worker, SQLite: `api` / `bare`)",
+            "",
+            *checks(rows, ratios),
+            "",
+            "## Ratios (same run, same payload and concurrency)",
+            "",
+            md_table(
+                ["server", "against", "payload", "concurrency", "rows/s ratio", "p99 ratio"],
+                ratio_table,
+            ),
+            "",
+            "## All measurements",
             "",
             md_table(
                 [
@@ -318,20 +511,25 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     for server in dict.fromkeys(r["server"] for r in rows):
         for payload in dict.fromkeys(r["payload"] for r in rows):
-            rs = [r for r in rows if r["server"] == server and r["payload"] == payload]
+            rs = sorted(
+                (r for r in rows if r["server"] == server and r["payload"] == payload),
+                key=lambda r: r["concurrency"],
+            )
             xs = [r["concurrency"] for r in rs]
-            axes[0].plot(xs, [r["rows_per_s"] for r in rs], marker="o", label=f"{server} {payload}")
-            axes[1].plot(xs, [r["p95_ms"] for r in rs], marker="o", label=f"{server} {payload}")
-    for ax, label in zip(axes, ["rows scored per second", "p95 latency, ms"], strict=True):
+            style = "--" if server.startswith("bare") else "-"
+            label = f"{server} {payload}"
+            axes[0].plot(xs, [r["rows_per_s"] for r in rs], style, marker="o", label=label)
+            axes[1].plot(xs, [r["p99_ms"] for r in rs], style, marker="o", label=label)
+    for ax, label in zip(axes, ["rows scored per second", "p99 latency, ms"], strict=True):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("concurrent requests")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=6, ncol=2)
     fig.suptitle("Scoring API vs bare FastAPI (2 cores, loopback)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -343,7 +541,9 @@ def main() -> None:
     p.add_argument("--concurrency", nargs="+", type=int, default=[1, 8, 32])
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--batch", type=int, default=100)
+    p.add_argument("--servers", nargs="+", choices=list(SERVERS), default=list(SERVERS))
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--out", default="serving", help="result file name under bench/results")
     p.add_argument("--load", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.load:
@@ -351,16 +551,17 @@ def main() -> None:
         return
     if args.quick:
         args.concurrency, args.duration = [1, 8], 3.0
+    for name in list(args.servers):  # a variant needs its ceiling in the same run
+        ceiling = SERVERS[name].ceiling
+        if ceiling is not None and ceiling not in args.servers:
+            args.servers.insert(0, ceiling)
+    servers = {name: SERVERS[name] for name in SERVERS if name in args.servers}
     load = wait_for_quiet()
     t0 = time.monotonic()
     meta = run_metadata(load_average_after_wait=load)
     work = WORK / "serving"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    registry_url = f"sqlite:///{work / 'registry.db'}"
-    train_rows = publish_model(registry_url)
-    key = api_key(registry_url)
-    headers = {"authorization": f"Bearer {key}"} if key else {}
     records = test_records(args.batch)
     bodies = {
         "single": (work / "single.json", 1),
@@ -368,61 +569,84 @@ def main() -> None:
     }
     for path, n in bodies.values():
         path.write_text(json.dumps({"records": records[:n], "top_k": 3}))
-    env = {**bench_env(), "ATOLL_REGISTRY_URL": registry_url}
+    route = f"/models/{MODEL_NAME}/predict"
     from atoll.processes import free_port
 
-    route = f"/models/{MODEL_NAME}/predict"
-    servers = {
-        "api": ("bench.serving:atoll_app", route, headers, {}),
-        # Same API with torch limited to one intra-op thread (many request threads × torch's
-        # own thread pool oversubscribe 2 cores).
-        "api-torch1thread": ("bench.serving:atoll_app", route, headers, {"OMP_NUM_THREADS": "1"}),
-        "bare": ("bench.serving:bare_app", "/predict", {}, {}),
-    }
-    rows = []
-    for server, (factory, route, hdrs, extra_env) in servers.items():
-        port = free_port()
-        proc = start_server(factory, port, {**env, **extra_env}, work / f"{server}.log")
+    with contextlib.ExitStack() as stack:
+        registries = {"sqlite": f"sqlite:///{work / 'registry.db'}"}
+        if any(s.database == "postgresql" for s in servers.values()):
+            registries["postgresql"] = stack.enter_context(postgres_schema())
+        train_rows, keys = 0, {}
+        for database, url in registries.items():
+            train_rows = publish_model(url)
+            keys[database] = api_key(url)
+        procs: dict[str, tuple[subprocess.Popen, str, dict[str, str]]] = {}
         try:
-            url = f"http://127.0.0.1:{port}{route}"
+            for name, spec in servers.items():
+                env = {**bench_env()}
+                headers: dict[str, str] = {}
+                if spec.is_api:
+                    env["ATOLL_REGISTRY_URL"] = registries[spec.database]
+                    env["BENCH_AUDIT_KEY"] = str(work / "audit" / spec.database / "api.pem")
+                    if spec.limiter == "redis":
+                        env["ATOLL_RATE_LIMIT_URL"] = REDIS_URL
+                    headers = {"authorization": f"Bearer {keys[spec.database]}"}
+                port = free_port()
+                proc = start_server(spec.factory, port, env, work / f"{name}.log", spec.workers)
+                url = f"http://127.0.0.1:{port}{route if spec.is_api else '/predict'}"
+                procs[name] = (proc, url, headers)
+            rows = []
             for payload, (path, n) in bodies.items():
                 for conc in args.concurrency:
-                    cpu0 = server_cpu_seconds(proc.pid)
-                    spec = {
-                        "url": url,
-                        "body_file": str(path),
-                        "headers": hdrs,
-                        "concurrency": conc,
-                        "duration": args.duration,
-                        "warmup": 1.0,
-                        "records": n,
-                    }
-                    res = run_load(spec)
-                    cpu = server_cpu_seconds(proc.pid) - cpu0
-                    rows.append(
-                        {
-                            "server": server,
-                            "payload": payload,
-                            "records": n,
+                    for name, (proc, url, headers) in procs.items():
+                        cpu0 = server_cpu_seconds(proc.pid)
+                        spec_load = {
+                            "url": url,
+                            "body_file": str(path),
+                            "headers": headers,
                             "concurrency": conc,
-                            **res,
-                            "server_cpu_ms_per_request": 1000 * cpu / max(res["requests"], 1),
+                            "duration": args.duration,
+                            "warmup": 1.0,
+                            "records": n,
                         }
-                    )
-                    print(json.dumps(rows[-1]), flush=True)
+                        res = run_load(spec_load)
+                        cpu = server_cpu_seconds(proc.pid) - cpu0
+                        rows.append(
+                            {
+                                "server": name,
+                                "workers": servers[name].workers,
+                                "database": servers[name].database
+                                if servers[name].is_api
+                                else None,
+                                "limiter": servers[name].limiter if servers[name].is_api else None,
+                                "payload": payload,
+                                "records": n,
+                                "concurrency": conc,
+                                **res,
+                                "server_cpu_ms_per_request": 1000 * cpu / max(res["requests"], 1),
+                            }
+                        )
+                        print(json.dumps(rows[-1]), flush=True)
         finally:
-            stop_server(proc)
+            for proc, _url, _headers in procs.values():
+                stop_server(proc)
     finish_metadata(meta, t0)
+    ratios = ratio_rows(rows)
     setup = {
         "train_rows": train_rows,
-        "auth": key is not None,
+        "auth": True,
         "duration": args.duration,
         "batch": args.batch,
+        "servers": list(servers),
+        "variants": {name: vars(spec) for name, spec in servers.items()},
+        "redis": REDIS_URL if any(s.limiter == "redis" for s in servers.values()) else None,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    plot(rows, RESULTS / "serving.png")
+    plot(rows, RESULTS / f"{args.out}.png")
     write_results(
-        "serving", {"meta": meta, "setup": setup, "results": rows}, markdown(meta, rows, setup)
+        args.out,
+        {"meta": meta, "setup": setup, "rows": rows, "ratios": ratios},
+        markdown(meta, rows, ratios, setup).replace("serving.png", f"{args.out}.png"),
     )
 
 
