@@ -352,6 +352,25 @@ def serve(
     checkpoint_minutes: Annotated[
         float, typer.Option(min=0.01, help="... or this many minutes after the last checkpoint")
     ] = 10.0,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="API worker processes; more than 1 needs --rate-limit-url (the per-key rate "
+            "limit must be shared, or each worker would allow the full rate)",
+        ),
+    ] = 1,
+    rate_limit_url: Annotated[
+        str | None,
+        typer.Option(
+            help="Redis URL for per-key rate limits shared by all workers, e.g. "
+            "redis://127.0.0.1:6379/0 (default: in process)"
+        ),
+    ] = None,
+    rate_per_second: Annotated[
+        float, typer.Option(min=0.001, help="Requests per second per API key")
+    ] = 20.0,
+    rate_burst: Annotated[int, typer.Option(min=1, help="Burst per API key")] = 40,
 ) -> None:
     """Serve the scoring API; every route but /health needs an API key (`atoll apikey`)."""
     import ipaddress
@@ -359,7 +378,7 @@ def serve(
     import uvicorn
 
     from privacy.audit import AuditError
-    from server.api.app import create_app
+    from server.api.app import create_app, dispose
 
     if (certfile is None) != (keyfile is None):
         _fail("give both --certfile and --keyfile to serve HTTPS, or neither for plain HTTP")
@@ -377,6 +396,12 @@ def serve(
                 "network unencrypted; pass --certfile and --keyfile (`atoll certs create`), bind "
                 "127.0.0.1 behind a TLS proxy, or add --insecure-http if you really mean it"
             )
+    if workers > 1 and rate_limit_url is None:
+        _fail(
+            f"--workers {workers} needs --rate-limit-url redis://HOST:6379/0: each worker is its "
+            "own process, and without a shared store every one of them would allow each key the "
+            "full rate"
+        )
     try:
         api = create_app(
             registry,
@@ -387,6 +412,9 @@ def serve(
             checkpoint_dir=checkpoint_dir,
             checkpoint_every_entries=checkpoint_every,
             checkpoint_every_minutes=checkpoint_minutes,
+            rate_limit_url=rate_limit_url,
+            rate_per_second=rate_per_second,
+            rate_burst=rate_burst,
         )
     except (AuditError, ValueError) as exc:
         _fail(str(exc))
@@ -395,13 +423,25 @@ def serve(
             "[yellow]warning:[/] no --api-audit-public-key: GET /audit/verify?log=api has no "
             "pinned key to verify the API's own log with"
         )
+    tls: dict[str, Any] = {
+        "ssl_certfile": str(certfile) if certfile else None,
+        "ssl_keyfile": str(keyfile) if keyfile else None,
+    }
+    if workers == 1:
+        uvicorn.run(api, host=host, port=port, log_level="warning", **tls)
+        return
+    # Several processes: each worker builds the same app from the same settings (checked above,
+    # signing key created if this is the first start), passed as ATOLL_* variables.
+    os.environ.update(api.state.settings.to_env())
+    dispose(api)
     uvicorn.run(
-        api,
+        "server.api.app:app_from_env",
+        factory=True,
+        workers=workers,
         host=host,
         port=port,
         log_level="warning",
-        ssl_certfile=str(certfile) if certfile else None,
-        ssl_keyfile=str(keyfile) if keyfile else None,
+        **tls,
     )
 
 

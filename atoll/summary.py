@@ -37,6 +37,7 @@ def build_summary(
                 "train_examples": participant.train_examples if participant else None,
                 "test_examples": participant.test_examples if participant else None,
                 "roc_auc": m.get("roc_auc"),
+                "roc_auc_ci95": m.get("ci95", {}).get("roc_auc"),
                 "epsilon": card.privacy.epsilon_per_node.get(part.name),
                 "participated": participant is not None,
             }
@@ -70,6 +71,17 @@ def build_summary(
     }
 
 
+def _with_interval(value: Any, ci95: Any) -> str:
+    """'0.812 [0.771, 0.850]', '0.812' without an interval, '—' without a value."""
+    if not isinstance(value, int | float) or value != value:  # None or NaN
+        return "—"
+    if isinstance(ci95, list | tuple) and len(ci95) == 2 and all(
+        isinstance(v, int | float) and v == v for v in ci95
+    ):
+        return f"{value:.3f} [{ci95[0]:.3f}, {ci95[1]:.3f}]"
+    return f"{value:.3f}"
+
+
 def _app(fed: LocalFederation) -> dict[str, Any]:
     """Which code the nodes ran: the signed build (its hash is what node owners can pin)."""
     if fed.last_app is None:
@@ -88,23 +100,38 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
         f"({summary['model']['task']}, {summary['run']['strategy']}, "
         f"{summary['run']['rounds']} rounds)"
     )
-    # AUCs come from Gaussian-noised score histograms (DP evaluation): estimates, not exact.
-    for col in ("node", "silo", "rows", "ROC AUC, own test (DP estimate)", "ε this run"):
+    # AUCs come from Gaussian-noised score histograms (DP evaluation): estimates with 95 % intervals
+    for col in ("node", "silo", "rows", "ROC AUC, own test (DP estimate, 95% CI)", "ε this run"):
         table.add_column(col)
     for n in summary["nodes"]:
         silo = "; ".join(f"{k}={'/'.join(v)}" for k, v in n["partition"].items())
-        auc = f"{n['roc_auc']:.3f}" if n["roc_auc"] is not None else "—"
+        auc = _with_interval(n["roc_auc"], n.get("roc_auc_ci95"))
         eps = f"{n['epsilon']:.2f}" if n["epsilon"] is not None else "did not train"
         table.add_row(n["name"], silo, str(n["rows"]), auc, eps)
     g = summary["global"]
+    estimates = g.get("estimates", {})
     table.add_row(
         "[bold]global[/]",
         "all test rows (noised count)",
         str(g.get("examples", "")),
-        f"[bold]{g.get('roc_auc', float('nan')):.3f}[/]",
+        f"[bold]{_with_interval(g.get('roc_auc'), estimates.get('roc_auc', {}).get('ci95'))}[/]",
         f"δ={summary['privacy']['delta']}",
     )
     console.print(table)
+    if estimates:
+        parts = [
+            f"{label} {_with_interval(g.get(key), estimates.get(key, {}).get('ci95'))}"
+            for key, label in (("log_loss", "log loss"), ("brier", "Brier"))
+        ]
+        cal = g.get("calibration", {})
+        if cal.get("applied"):
+            parts.append(
+                f"Platt-calibrated (logit × {cal['slope']:.3f} + {cal['intercept']:.3f}, "
+                "fitted on the final DP releases, no extra ε)"
+            )
+        console.print("published model: " + "; ".join(parts))
+        if g.get("interval_covers"):
+            console.print(f"[dim]{g['interval_covers']}[/]")
     app = summary["app"]
     if app["signed"]:
         console.print(

@@ -18,8 +18,9 @@ union of the silos' test rows, and what the model card would report (estimate an
 from the noised histograms), so the bias and coverage of the reported numbers can be read off.
 
 Data: ../shared/data (read only), loaded through the node's own pipeline by `bench.datasets`.
-`--draft` also runs each data set with a contract drafted from its own columns
-(`common.contract_draft`), i.e. an encoding nobody tuned: the "new user" case.
+`--variants draft naive` also runs each data set under contracts nobody tuned: one drafted from
+its columns (`common.contract_draft`) and one whose numeric ranges are the data's own min/max
+(amounts and counts squeezed into a corner of [0, 1]: the "new user" case of the issue).
 """
 
 from __future__ import annotations
@@ -74,6 +75,10 @@ class Setting:
     eval_noise: float = _d("eval-noise")
     eval_bins: int = _d("eval-bins")
     calibrate: bool = _d("calibrate")
+    # What the proposed wire change would allow (not the product today): the final evaluation
+    # (on finish) at its own σ; > 0 switches it on and per-round evaluations then use
+    # `eval_noise` (0: none). The training noise is calibrated to the whole run either way.
+    final_eval_noise: float = 0.0
     label: str = ""
 
     def train_config(self) -> DPTrainConfig:
@@ -103,13 +108,25 @@ class Data:
     notes: dict[str, Any] = field(default_factory=dict)
 
 
-def load(name: str, draft: bool) -> Data:
+def load(name: str, variant: str | bool = "") -> Data:
+    """Data set `name` under its reference contract, or a variant of it: "draft" (a contract
+    drafted from the data, `common.contract_draft`) or "naive" (the reference contract with every
+    numeric range set to the data's own min and max, as a new user would write it: amounts and
+    counts then sit in a corner of [0, 1])."""
     from bench.datasets import load_silos
 
-    data = _load_drafted(name) if draft else load_silos(name)
+    if name == "corner":
+        _corner_spec()
+    variant = "draft" if variant is True else (variant or "")
+    if variant == "draft":
+        data = _load_drafted(name)
+    elif variant == "naive":
+        data = _load_naive(name)
+    else:
+        data = load_silos(name)
     xg, yg = data.global_test()
     return Data(
-        name=name + ("-draft" if draft else ""),
+        name=name + (f"-{variant}" if variant else ""),
         silos=data.silos,
         n_features=data.n_features,
         x_test=xg,
@@ -151,6 +168,81 @@ def _load_drafted(name: str) -> Any:
     return load_silos(f"{name}-draft")
 
 
+def _corner_spec() -> Any:
+    """Synthetic "unseen" data like the issue's, as a CSV with a contract written from its columns.
+
+    12 right-skewed amounts (lognormal), one 4-valued category, a region (3 nodes, different base
+    rates); the label is logistic in the log-amounts. The contract gives every amount the data's
+    own min/max — what a new user writes — so most rows sit below 0.05 of the range. `--variants
+    draft` runs it under `atoll contract draft`'s proposal (log1p + centre/scale) instead.
+    """
+    import pandas as pd
+    import yaml
+
+    from bench.datasets import DATASETS, DatasetSpec
+
+    if "corner" in DATASETS:
+        return DATASETS["corner"]
+    rng = np.random.default_rng(7)
+    n, features = 12_000, 12
+    w = rng.normal(0, 1.0, features)
+    raw = rng.lognormal(0.0, 1.0, (n, features)).round(2) + 0.01
+    cat = rng.integers(0, 4, n)
+    region = rng.integers(0, 3, n)
+    logit = np.log(raw) @ w * 1.2 + np.array([0.5, -0.5, 0.0, 1.0])[cat] - 1.0 + 0.5 * region
+    y = rng.random(n) < 1 / (1 + np.exp(-logit))
+    frame = pd.DataFrame({f"amount_{j}": raw[:, j] for j in range(features)})
+    frame.insert(0, "customer_id", [f"c{i:06d}" for i in range(n)])
+    frame["segment"] = np.array(["a", "b", "c", "d"])[cat]
+    frame["region"] = np.array(["north", "south", "east"])[region]
+    frame["label"] = np.where(y, "yes", "no")
+    OUT.mkdir(parents=True, exist_ok=True)
+    csv = OUT / "corner.csv"
+    frame.to_csv(csv, index=False)
+    contract = {
+        "name": "corner",
+        "version": 1,
+        "task": "churn",
+        "label": {"column": "label", "positive": "yes"},
+        "id": "customer_id",
+        "drop": ["region"],
+        "features": [
+            {"name": f"amount_{j}", "type": "numeric", "min": float(raw[:, j].min()),
+             "max": float(raw[:, j].max())}
+            for j in range(features)
+        ]
+        + [{"name": "segment", "type": "categorical", "vocabulary": ["a", "b", "c", "d"]}],
+    }  # fmt: skip
+    path = OUT / "corner.yaml"
+    path.write_text(yaml.safe_dump(contract, sort_keys=False))
+    DATASETS["corner"] = DatasetSpec("corner", csv.resolve(), path.resolve(), "region", 3)
+    return DATASETS["corner"]
+
+
+def _load_naive(name: str) -> Any:
+    import yaml
+
+    from bench.datasets import DATASETS, load_silos
+    from client.data_source import read_records
+
+    spec = DATASETS[name]
+    doc = yaml.safe_load(spec.contract.read_text())
+    frame = read_records(spec.csv)
+    for feature in doc["features"]:
+        if feature.get("type") == "numeric" and "transform" not in feature:
+            values = frame[feature["name"]].astype(str).str.strip()
+            numbers = values[values != ""].astype(float)
+            feature["min"], feature["max"] = float(numbers.min()), float(numbers.max())
+            feature.pop("center", None)
+            feature.pop("scale", None)
+    doc["name"] = f"{doc['name']}-naive"
+    path = OUT / f"{name}-naive.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    DATASETS[f"{name}-naive"] = replace(spec, name=f"{name}-naive", contract=path.resolve())
+    return load_silos(f"{name}-naive")
+
+
 # ---- one federated run ----------------------------------------------------------------------
 
 
@@ -180,6 +272,38 @@ def _reply(ask: Message, state: dict[str, torch.Tensor], rows: int = 1) -> Messa
     return reply
 
 
+def history(s: Setting, sigma: float) -> list[tuple[float, float, int]]:
+    """Every release one node makes in the run: training rounds, per-round and final evaluations."""
+    q = 1.0 / max(1, round(1 / s.sample_rate))
+    steps = s.epochs * max(1, round(1 / s.sample_rate))
+    events = [(sigma, q, steps)] * s.rounds
+    if s.final_eval_noise > 0:
+        events += [(s.eval_noise, 1.0, 1)] * (s.rounds - 1) if s.eval_noise > 0 else []
+        events += [(s.final_eval_noise, 1.0, 1)]
+    elif s.eval_noise > 0:
+        events += [(s.eval_noise, 1.0, 1)] * s.rounds
+    return events
+
+
+def train_noise(s: Setting) -> float:
+    """The σ a node trains with: the product's calibration, or (with a separate final evaluation)
+    the same target ε solved for that plan by bisection on log σ; floored at the owner's minimum."""
+    if s.final_eval_noise <= 0:
+        return node_noise(s.train_config())
+    from privacy.dp import epsilon
+
+    lo, hi = math.log(0.3), math.log(200.0)
+    if epsilon(history(s, math.exp(hi)), 1e-5) > s.epsilon:
+        raise ValueError(f"{s.label}: evaluations alone exceed ε = {s.epsilon}")
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        if epsilon(history(s, math.exp(mid)), 1e-5) > s.epsilon:
+            lo = mid
+        else:
+            hi = mid
+    return max(math.exp(hi), 0.5)
+
+
 def federate(data: Data, s: Setting, seed: int) -> tuple[torch.nn.Module, float]:
     """The coordinator's rounds with the nodes' own training; returns (global model, σ).
 
@@ -190,7 +314,7 @@ def federate(data: Data, s: Setting, seed: int) -> tuple[torch.nn.Module, float]
     from server.strategies import make_strategy
 
     cfg = s.train_config()
-    sigma = node_noise(cfg)
+    sigma = train_noise(s)
     torch.manual_seed(seed)
     model = build_model(s.model, data.n_features)
     strategy = make_strategy(
@@ -237,8 +361,9 @@ def federate(data: Data, s: Setting, seed: int) -> tuple[torch.nn.Module, float]
 def final_releases(data: Data, model: torch.nn.Module, s: Setting, seed: int) -> list[Any]:
     """Each node's `finish` release of the final model: noised histograms of its test rows."""
     rng = np.random.default_rng(10_000 + seed)
+    sigma = s.final_eval_noise if s.final_eval_noise > 0 else s.eval_noise
     return [
-        evaluate(model, silo.x_test, silo.y_test, s.eval_noise, s.eval_bins, rng=rng)
+        evaluate(model, silo.x_test, silo.y_test, sigma, s.eval_bins, rng=rng)
         for silo in data.silos
     ]
 
@@ -257,8 +382,9 @@ def one_run(data: Data, s: Setting, seed: int) -> dict[str, Any]:
     model, sigma = federate(data, s, seed)
     raw = true_metrics(model, data)
     releases = final_releases(data, model, s, seed)
+    final_sigma = s.final_eval_noise if s.final_eval_noise > 0 else s.eval_noise
     pub = publish_calibrated(
-        s.model, model.state_dict(), releases, s.eval_noise, calibrate=s.calibrate
+        s.model, model.state_dict(), releases, final_sigma, calibrate=s.calibrate
     )
     published = build_model(s.model, data.n_features)
     published.load_state_dict(pub.state)
@@ -270,6 +396,7 @@ def one_run(data: Data, s: Setting, seed: int) -> dict[str, Any]:
         "setting": s.label,
         "seed": seed,
         "sigma_train": round(sigma, 3),
+        "epsilon_spent": round(_spent(s, sigma), 3),
         "raw_auc": raw["roc_auc"],
         "raw_log_loss": raw["log_loss"],
         "true_auc": true["roc_auc"],
@@ -289,6 +416,50 @@ def one_run(data: Data, s: Setting, seed: int) -> dict[str, Any]:
     return row
 
 
+def honesty(data: Data, s: Setting, seed: int, repeats: int) -> dict[str, Any]:
+    """Coverage and bias of the reported numbers over many noise draws of ONE trained model.
+
+    The held-out rows are fixed, so what varies between runs of the final evaluation is only the
+    DP noise: redraw it `repeats` times (the nodes' own `evaluate`), calibrate and estimate each
+    time, and compare with the true metrics of the model published that time.
+    """
+    from server.calibration import publish_calibrated
+
+    model, sigma = federate(data, s, seed)
+    final_sigma = s.final_eval_noise if s.final_eval_noise > 0 else s.eval_noise
+    hits = {k: 0 for k in ("roc_auc", "log_loss", "brier")}
+    errors: dict[str, list[float]] = {k: [] for k in hits}
+    widths: dict[str, list[float]] = {k: [] for k in hits}
+    for r in range(repeats):
+        releases = final_releases(data, model, s, 100_000 + 1000 * seed + r)
+        pub = publish_calibrated(
+            s.model, model.state_dict(), releases, final_sigma, calibrate=s.calibrate, draws=200
+        )
+        assert pub.report is not None
+        published = build_model(s.model, data.n_features)
+        published.load_state_dict(pub.state)
+        true = true_metrics(published, data)
+        for k in hits:
+            est = pub.report.metrics[k]
+            hits[k] += int(est.ci95[0] <= true[k] <= est.ci95[1])
+            errors[k].append(est.estimate - true[k])
+            widths[k].append(est.ci95[1] - est.ci95[0])
+    out: dict[str, Any] = {"dataset": data.name, "setting": s.label, "seed": seed}
+    for k in hits:
+        out[f"{k}_coverage"] = hits[k] / repeats
+        out[f"{k}_bias"] = float(np.mean(errors[k]))
+        out[f"{k}_sd"] = float(np.std(errors[k]))
+        out[f"{k}_width"] = float(np.mean(widths[k]))
+    out["true_auc"] = true_metrics(model, data)["roc_auc"]
+    return out
+
+
+def _spent(s: Setting, sigma: float) -> float:
+    from privacy.dp import epsilon
+
+    return float(epsilon(history(s, sigma), 1e-5))
+
+
 def _base_log_loss(rate: float) -> float:
     return float(-(rate * math.log(rate) + (1 - rate) * math.log(1 - rate)))
 
@@ -298,15 +469,26 @@ def _base_log_loss(rate: float) -> float:
 D = Setting()
 GRIDS: dict[str, list[Setting]] = {
     "default": [replace(D, label="defaults")],
-    "explore": [
-        replace(D, optimizer="sgd", learning_rate=0.5, model="logreg", label="sgd-0.5-logreg"),
-        replace(D, learning_rate=0.02, model="logreg", label="adam-0.02-logreg"),
-        replace(D, learning_rate=0.05, model="logreg", label="adam-0.05-logreg"),
+    # the evidence for the defaults (README of the report): old vs new, and what was rejected
+    "evidence": [
         replace(
-            D, learning_rate=0.02, model="logreg", max_grad_norm=3.0, label="adam-0.02-logreg-C3"
+            D, optimizer="sgd", learning_rate=0.5, max_grad_norm=1.0, calibrate=False,
+            label="old: sgd 0.5, C 1, no calibration",
         ),
-        replace(D, learning_rate=0.02, model="mlp", label="adam-0.02-mlp"),
-        replace(D, learning_rate=0.02, model="mlp", max_grad_norm=3.0, label="adam-0.02-mlp-C3"),
+        replace(D, optimizer="sgd", learning_rate=0.5, max_grad_norm=1.0, label="sgd C1 + platt"),
+        replace(D, max_grad_norm=1.0, label="adam 0.02 C1 + platt"),
+        replace(D, max_grad_norm=2.0, label="adam 0.02 C2 + platt"),
+        replace(D, learning_rate=0.05, label="adam 0.05 + platt"),
+        replace(D, model="mlp", label="mlp adam 0.02 + platt"),
+        replace(D, strategy="fedavgm", server_momentum=0.5, label="fedavgm m0.5 + platt"),
+        replace(D, strategy="fedadam", server_learning_rate=0.1, server_momentum=0.9,
+                label="fedadam 0.1 + platt"),
+    ],  # fmt: skip
+    # what a separate, more precise final evaluation (proposed wire field) would report
+    "final-eval": [
+        replace(D, label="defaults (5 evals at σ 10)"),
+        replace(D, eval_noise=0.0, final_eval_noise=4.0, label="final only, σ 4"),
+        replace(D, eval_noise=30.0, final_eval_noise=4.0, label="rounds σ 30 + final σ 4"),
     ],
 }
 
@@ -316,9 +498,20 @@ def main() -> None:
     p.add_argument("--datasets", nargs="+", default=["telco", "bank"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--grid", default="default", choices=list(GRIDS))
-    p.add_argument("--draft", action="store_true", help="also: contracts drafted from the data")
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        default=[""],
+        help="contract variants: '' (reference), draft, naive (data min/max ranges)",
+    )
     p.add_argument("--set", nargs="*", default=[], help="override KEY=VALUE on every setting")
     p.add_argument("--out", default="")
+    p.add_argument(
+        "--honesty",
+        type=int,
+        default=0,
+        help="instead: coverage of the reported intervals over N noise draws per trained model",
+    )
     args = p.parse_args()
     torch.set_num_threads(1)  # 2 shared cores: one thread is several times faster here
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -327,19 +520,24 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     settings = [_override(s, args.set) for s in GRIDS[args.grid]]
     rows = []
-    variants = [False, True] if args.draft else [False]
     for name in args.datasets:
-        for draft in variants:
-            data = load(name, draft)
+        for variant in args.variants:
+            data = load(name, variant)
             for s in settings:
                 for seed in args.seeds:
+                    if args.honesty:
+                        h = honesty(data, s, seed, args.honesty)
+                        rows.append({**h, "config": asdict(s)})
+                        print(_honesty_line(h), flush=True)
+                        continue
                     row = one_run(data, s, seed)
                     rows.append({**row, "config": asdict(s)})
                     print(_line(row), flush=True)
     OUT.mkdir(parents=True, exist_ok=True)
     out = Path(args.out) if args.out else OUT / f"{args.grid}-{int(time.time())}.json"
     out.write_text(json.dumps(rows, indent=1, default=float))
-    print(_table(rows))
+    if not args.honesty:
+        print(_table(rows))
     print(f"wrote {out}")
 
 
@@ -357,6 +555,15 @@ def _override(s: Setting, items: list[str]) -> Setting:
         suffix = ",".join(f"{k}={v}" for k, v in changes.items())
         changes["label"] = f"{s.label}[{suffix}]"
     return replace(s, **changes)
+
+
+def _honesty_line(h: dict[str, Any]) -> str:
+    head = f"{h['dataset']:>12} {h['setting']:<28} seed={h['seed']} AUC {h['true_auc']:.4f} "
+    return head + " ".join(
+        f"| {k}: cov {h[f'{k}_coverage']:.2f} bias {h[f'{k}_bias']:+.4f} sd {h[f'{k}_sd']:.4f} "
+        f"width {h[f'{k}_width']:.3f}"
+        for k in ("roc_auc", "log_loss", "brier")
+    )
 
 
 def _line(r: dict[str, Any]) -> str:

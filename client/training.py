@@ -22,7 +22,7 @@ from opacus import GradSampleModule
 from opacus.optimizers import DPOptimizer
 from torch import nn
 
-from common.metrics import score_histogram
+from common.metrics import logit_histogram
 from common.model import predict_logits
 from privacy.dp import (
     PlannedEvent,
@@ -306,8 +306,10 @@ def evaluate(
 ) -> EvalRelease:
     """Release only Gaussian-noised score histograms (L2 sensitivity 1).
 
-    One customer changes one bin of one histogram by one, so N(0, noise²) per bin is a Gaussian
-    mechanism with noise multiplier `noise` — accounted in the ledger like a DP-SGD step at q=1.
+    The bins are the model's output logit in `common.metrics.logit_bin_edges(bins)` (fixed
+    equal-width bins, never from data). One customer changes one bin of one histogram by one, so
+    N(0, noise²) per bin is a Gaussian mechanism with noise multiplier `noise` — accounted in the
+    ledger like a DP-SGD step at q=1.
     Any weights and any rows (none included) give two finite histograms of `bins` bins. `rng`
     is for tests; by default the noise comes from the OS, never from anything the coordinator
     sends.
@@ -317,18 +319,17 @@ def evaluate(
     if bins < 1:
         raise ValueError(f"bins must be >= 1, got {bins}")
     gen = rng if rng is not None else np.random.default_rng(secrets.randbits(128))
-    p = _probabilities(predict_logits(model, x))
+    z = _bounded(predict_logits(model, x))
     # labels were validated on load; binarising keeps this total whatever they hold
     labels = (np.asarray(y, dtype=np.float64).reshape(-1) >= 0.5).astype(np.float64)
-    pos, neg = score_histogram(labels, p, bins=bins)
+    pos, neg = logit_histogram(labels, z, bins=bins)
     return EvalRelease(
         hist_pos=[float(v) for v in pos + gen.normal(0.0, noise, bins)],
         hist_neg=[float(v) for v in neg + gen.normal(0.0, noise, bins)],
     )
 
 
-def _probabilities(logits: np.ndarray) -> np.ndarray:
-    """Sigmoid of bounded logits: a NaN logit scores 0.5, ±inf the bound."""
+def _bounded(logits: np.ndarray) -> np.ndarray:
+    """Logits in [-LOGIT_BOUND, LOGIT_BOUND]: a NaN logit scores 0 (p = 0.5), ±inf the bound."""
     z = np.nan_to_num(np.asarray(logits, dtype=np.float64).reshape(-1), nan=0.0)
-    z = np.clip(z, -LOGIT_BOUND, LOGIT_BOUND)
-    return 1.0 / (1.0 + np.exp(-z))
+    return np.clip(z, -LOGIT_BOUND, LOGIT_BOUND)

@@ -15,7 +15,7 @@ import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -234,28 +234,25 @@ def _pandas_cell(value: object) -> tuple[str | None, float]:
 
 def cell_text(value: object) -> str | None:
     """The stripped text `encode` sees in one cell; None where it sees a missing value."""
-    kind = type(value)
-    if kind is str:
-        return cast(str, value).strip() or None
+    if type(value) is str:
+        return value.strip() or None
     if value is None:
         return None
-    if kind is bool or kind is int:
+    if type(value) is bool or type(value) is int:
         return str(value)
-    if kind is float:
-        number = cast(float, value)
-        return None if math.isnan(number) else str(number)
+    if type(value) is float:
+        return None if value != value else str(value)  # NaN is missing
     return _pandas_cell(value)[0]
 
 
 def cell_number(value: object) -> float:
     """The number `encode` reads from one non-missing cell (NaN when it is not a number)."""
-    kind = type(value)
-    if kind is float:
-        return cast(float, value)
-    if kind is int or kind is bool:
-        return float(cast(int, value))  # OverflowError beyond float's range, as in pandas
-    if kind is str and _NUMBER_TEXT.fullmatch(cast(str, value)):
-        return float(cast(str, value))
+    if type(value) is float:
+        return value
+    if type(value) is int or type(value) is bool:
+        return float(value)  # OverflowError beyond float's range, as in pandas
+    if type(value) is str and _NUMBER_TEXT.fullmatch(value):
+        return float(value)
     return _pandas_cell(value)[1]
 
 
@@ -272,6 +269,9 @@ class _RowPath:
         self.numeric = [f for f in features if isinstance(f, NumericFeature)]
         self.categorical = [f for f in features if isinstance(f, CategoricalFeature)]
         self.binary = [f for f in features if isinstance(f, BinaryFeature)]
+        self.numeric_names = [f.name for f in self.numeric]
+        self.categorical_names = [f.name for f in self.categorical]
+        self.binary_names = [f.name for f in self.binary]
         num = self.numeric
         self.num_cols = np.array([encoder.groups[f.name][0] for f in num], dtype=np.intp)
         self.num_min = np.array([f.min for f in num], dtype=np.float64)
@@ -294,8 +294,11 @@ class _RowPath:
         self.num_offset = np.array(offsets, dtype=np.float64)
         self.num_divisor = np.array(divisors, dtype=np.float64)
         self.cat_index = [{v: i for i, v in enumerate(f.vocabulary)} for f in self.categorical]
-        self.cat_start = [encoder.groups[f.name][0] for f in self.categorical]
-        self.cat_other = [len(f.vocabulary) for f in self.categorical]
+        self.cat_start = np.array(
+            [encoder.groups[f.name][0] for f in self.categorical], dtype=np.int64
+        )
+        self.cat_other = np.array([len(f.vocabulary) for f in self.categorical], dtype=np.int64)
+        self.cat_reject = np.array([f.missing == "reject" for f in self.categorical], dtype=bool)
         self.bin_true = [frozenset(f.true_values) for f in self.binary]
         self.bin_false = [frozenset(f.false_values) for f in self.binary]
         self.bin_cols = np.array([encoder.groups[f.name][0] for f in self.binary], dtype=np.intp)
@@ -320,16 +323,46 @@ class _RowPath:
             self.order += [(feature.name, reason, kind, j) for reason in reasons]
 
 
+def _column(columns: Mapping[str, Sequence[object]], name: str, n: int) -> Sequence[object]:
+    col = columns[name]
+    if len(col) != n:
+        raise ValueError(f"column {name} has {len(col)} values, expected {n}")
+    return col
+
+
 def _texts(
     columns: Mapping[str, Sequence[object]], features: Sequence[Any], n: int
 ) -> list[list[str | None]]:
-    out = []
+    """`cell_text` of every cell, per feature (text and None inlined: the common cells)."""
+    return [
+        [
+            (v.strip() or None) if type(v) is str else None if v is None else cell_text(v)
+            for v in _column(columns, f.name, n)
+        ]
+        for f in features
+    ]
+
+
+def _numbers(
+    columns: Mapping[str, Sequence[object]], features: Sequence[Any], n: int
+) -> tuple[list[list[bool]], list[list[float]]]:
+    """(missing, number or NaN) of every cell, per feature; a float cell is its own number."""
+    missing: list[list[bool]] = []
+    numbers: list[list[float]] = []
     for f in features:
-        col = columns[f.name]
-        if len(col) != n:
-            raise ValueError(f"column {f.name} has {len(col)} values, expected {n}")
-        out.append([cell_text(v) for v in col])
-    return out
+        miss_f: list[bool] = []
+        num_f: list[float] = []
+        for v in _column(columns, f.name, n):
+            if type(v) is float:
+                miss_f.append(v != v)  # NaN is missing (and its number is NaN)
+                num_f.append(v)
+            else:
+                absent = cell_text(v) is None
+                miss_f.append(absent)
+                num_f.append(math.nan if absent else cell_number(v))
+        missing.append(miss_f)
+        numbers.append(num_f)
+    return missing, numbers
 
 
 def _encode_columns(encoder: Encoder, columns: Mapping[str, Sequence[object]], n: int) -> Encoded:
@@ -341,20 +374,11 @@ def _encode_columns(encoder: Encoder, columns: Mapping[str, Sequence[object]], n
     masks: dict[tuple[str, int], np.ndarray] = {}  # (reason, kind) -> bool [n, features of kind]
 
     # numeric: parse, reject, impute, clip (counted), transform, scale -- all features at once
-    num_texts = _texts(columns, path.numeric, n)
+    num_missing, num_values = _numbers(columns, path.numeric, n)
     k = len(path.numeric)
     if k:
-        miss = np.array([[t is None for t in ts] for ts in num_texts], dtype=bool).T.reshape(n, k)
-        values = np.array(
-            [
-                [
-                    math.nan if t is None else cell_number(v)
-                    for v, t in zip(columns[f.name], ts, strict=True)
-                ]
-                for f, ts in zip(path.numeric, num_texts, strict=True)
-            ],
-            dtype=np.float64,
-        ).T.reshape(n, k)
+        miss = np.array(num_missing, dtype=bool).T.reshape(n, k)
+        values = np.array(num_values, dtype=np.float64).T.reshape(n, k)
         masks[(REJECT_NOT_A_NUMBER, 0)] = ~miss & np.isnan(values)
         masks[(REJECT_NOT_FINITE, 0)] = ~miss & np.isinf(values)
         masks[(REJECT_MISSING, 0)] = miss & path.num_reject
@@ -365,10 +389,9 @@ def _encode_columns(encoder: Encoder, columns: Mapping[str, Sequence[object]], n
         for j in path.num_log1p:  # one feature at a time, on a contiguous column, as `encode`
             values[:, j] = np.log1p(np.ascontiguousarray(values[:, j]))
         x[:, path.num_cols] = ((values - path.num_offset) / path.num_divisor).astype(np.float32)
-        counts = zip(miss.sum(axis=0).tolist(), clipped.sum(axis=0).tolist(), strict=True)
-        for f, (n_missing, n_clipped) in zip(path.numeric, counts, strict=True):
-            stats.missing[f.name] += n_missing
-            stats.clipped[f.name] += n_clipped
+        names = path.numeric_names
+        stats.missing.update(dict(zip(names, miss.sum(axis=0).tolist(), strict=True)))
+        stats.clipped.update(dict(zip(names, clipped.sum(axis=0).tolist(), strict=True)))
 
     # categorical: vocabulary position, unknown and missing to the <other> column
     cat_texts = _texts(columns, path.categorical, n)
@@ -385,47 +408,38 @@ def _encode_columns(encoder: Encoder, columns: Mapping[str, Sequence[object]], n
         unknown = (pos < 0) & ~miss
         if encoder.strict_categories:
             masks[(REJECT_UNKNOWN_CATEGORY, 1)] = unknown
-        masks[(REJECT_MISSING, 1)] = miss & np.array(
-            [f.missing == "reject" for f in path.categorical], dtype=bool
-        )
-        pos = np.where(pos < 0, np.array(path.cat_other, dtype=np.int64), pos)
-        x[np.arange(n)[:, None], pos + np.array(path.cat_start, dtype=np.int64)] = 1.0
-        counts = zip(miss.sum(axis=0).tolist(), unknown.sum(axis=0).tolist(), strict=True)
-        for f, (n_missing, n_unknown) in zip(path.categorical, counts, strict=True):
-            stats.missing[f.name] += n_missing
-            stats.unknown_category[f.name] += n_unknown
+        masks[(REJECT_MISSING, 1)] = miss & path.cat_reject
+        pos = np.where(pos < 0, path.cat_other, pos)
+        x[np.arange(n)[:, None], pos + path.cat_start] = 1.0
+        names = path.categorical_names
+        stats.missing.update(dict(zip(names, miss.sum(axis=0).tolist(), strict=True)))
+        stats.unknown_category.update(dict(zip(names, unknown.sum(axis=0).tolist(), strict=True)))
 
     # binary: the contract's spellings; missing imputed or rejected
     bin_texts = _texts(columns, path.binary, n)
     k = len(path.binary)
     if k:
         miss = np.array([[t is None for t in ts] for ts in bin_texts], dtype=bool).T.reshape(n, k)
+        # a missing cell's text is "" in `encode` (a contract could spell a value "")
+        tokens = [["" if t is None else t for t in ts] for ts in bin_texts]
         true = np.array(
-            [[t in trues for t in ts] for trues, ts in zip(path.bin_true, bin_texts, strict=True)],
+            [[t in trues for t in ts] for trues, ts in zip(path.bin_true, tokens, strict=True)],
             dtype=bool,
         ).T.reshape(n, k)
         false = np.array(
-            [
-                [t in falses for t in ts]
-                for falses, ts in zip(path.bin_false, bin_texts, strict=True)
-            ],
+            [[t in falses for t in ts] for falses, ts in zip(path.bin_false, tokens, strict=True)],
             dtype=bool,
         ).T.reshape(n, k)
-        # a missing cell's text is "" in `encode`: a contract may spell a value "" (never both)
-        blank_true = np.array(["" in s for s in path.bin_true], dtype=bool)
-        blank_false = np.array(["" in s for s in path.bin_false], dtype=bool)
-        true |= miss & blank_true
-        false |= miss & blank_false
         masks[(REJECT_NOT_BINARY, 2)] = ~miss & ~true & ~false
         masks[(REJECT_MISSING, 2)] = miss & path.bin_reject
         true = true | (miss & path.bin_impute)
         x[:, path.bin_cols] = true.astype(np.float32)
-        for f, n_missing in zip(path.binary, miss.sum(axis=0).tolist(), strict=True):
-            stats.missing[f.name] += n_missing
+        names = path.binary_names
+        stats.missing.update(dict(zip(names, miss.sum(axis=0).tolist(), strict=True)))
 
     bad = np.zeros(n, dtype=bool)
-    for mask in masks.values():
-        bad |= mask.any(axis=1)
+    if masks:
+        bad = np.asarray(np.concatenate(list(masks.values()), axis=1).any(axis=1), dtype=bool)
     row_errors: dict[int, list[tuple[str, str]]] = {}
     if bad.any():  # in `encode`'s order: feature by feature, reason by reason, row by row
         for feature, reason, kind, j in path.order:

@@ -1,8 +1,8 @@
 """Nearly unbiased estimates, with 95 % intervals, of held-out metrics from DP-noised histograms.
 
 What the nodes release about a model is, per node, two score histograms (positives, negatives) on
-`bins` equal-width probability bins of [0, 1] (`common.metrics.score_histogram`), each bin plus
-N(0, σ²) noise. The coordinator pools them: the pooled counts are the true held-out counts plus
+`bins` fixed bins of the output logit (`common.metrics.logit_histogram`), each bin plus N(0, σ²)
+noise. The coordinator pools them: the pooled counts are the true held-out counts plus
 Gaussian noise of known variance v = Σ_nodes σ² per bin. Everything here is post-processing of
 those releases (no ε).
 
@@ -11,13 +11,13 @@ Why not the old plug-in (clip the noised counts at 0, then compute AUC / log los
 loss up (0.02–0.10 AUC too low in practice). Here:
 
 1. Counts are used **unclipped**: every metric is a ratio of sums that are linear (log loss, Brier,
-   calibration) or bilinear in independent noises (AUC's numerator Σ P_i N_j), so numerators and
-   denominators are unbiased; the remaining ratio bias is second order and is removed by the
+   calibration) or bilinear in independent noises (AUC's numerator Σ_{i>j} P_i N_j), so numerators
+   and denominators are unbiased; the remaining ratio bias is second order and is removed by the
    bootstrap below.
 2. **Within-bin model.** A bin holds scores from a whole range; ties (AUC) and bin-centre losses
    are a discretisation error that does not shrink with more data. Within each bin the score
-   density is taken uniform in probability and the share of positives follows a fitted logistic
-   map of the raw logit, q(z) = σ(a·z + b) (`fit_map`: the same Platt fit that calibrates the
+   density is taken uniform (`Grid`) and the share of positives follows a fitted logistic map of
+   the raw logit, q(z) = σ(a·z + b) (`fit_map`: the same Platt fit that calibrates the
    published model). AUC counts a within-bin pair by that model instead of ½; losses are averaged
    over the bin instead of read at its centre.
 3. **Parametric bootstrap.** The noise distribution is known exactly, so the estimator's error is
@@ -26,9 +26,14 @@ loss up (0.02–0.10 AUC too low in practice). Here:
    histograms — that is the "optimism" of fitting and reporting on one release), and compare with
    the same published map on the observed counts. The mean error is subtracted (bias
    correction) and its 2.5 / 97.5 % quantiles give the interval (basic bootstrap).
-4. **Discretisation allowance.** What the within-bin model may still get wrong is bounded by how
-   much it moved the number away from the crude bin-centre value; half of that shift is added, in
-   quadrature, to each side of the interval.
+4. **Discretisation allowance.** The within-bin density is tilted by the slope of the log counts
+   of the neighbouring bins. What the within-bin model may get wrong is taken as the largest shift
+   of the number under models the counts cannot rule out — a share of positives flat within each
+   bin, or twice as steep (at least 2 per logit unit) — or 1.5 × the shift to an untilted
+   density, or 0.75 × the shift from the crude bin-centre value; it is added as a 1.96-sd term
+   in quadrature to each side of the interval. When a model's scores all fall in one or two
+   bins the histograms say little about its ranking, and this allowance makes the AUC interval
+   say so.
 
 The interval covers the DP noise on the held-out rows' histograms; the held-out rows themselves are
 fixed (a different test set would give a different true value — that sampling error is not in
@@ -106,6 +111,21 @@ def pool(releases: Iterable[tuple[Sequence[float], Sequence[float], float]]) -> 
     return Pooled(pos=pos, neg=neg, noise_var=var, nodes=nodes)
 
 
+# ---- the bins the nodes release ------------------------------------------------------------
+
+# `bins` − 2 equal-width bins of the output logit over [LOW, HIGH] and one open bin on each side.
+# The range holds calibrated scores of positive rates from ~0.03 % to ~98 % with room for a
+# miscalibrated model; it is fixed (never from data), so a bin says nothing beyond its count.
+LOGIT_BIN_LOW, LOGIT_BIN_HIGH = -8.0, 4.0
+
+
+def logit_bin_edges(bins: int) -> np.ndarray:
+    """The bins − 1 inner edges (logits) of the evaluation histograms' bins."""
+    if bins < 2:
+        raise ValueError(f"bins must be >= 2, got {bins}")
+    return np.linspace(LOGIT_BIN_LOW, LOGIT_BIN_HIGH, bins - 1)
+
+
 # ---- the affine map of the output logit ------------------------------------------------------
 
 
@@ -127,18 +147,28 @@ IDENTITY = Affine()
 
 
 class Grid:
-    """Raw logits of a uniform sub-grid of each equal-width probability bin (bins × SUBGRID)."""
+    """Raw logits of a sub-grid of each evaluation bin (bins × SUBGRID): the within-bin model.
+
+    The bins are `common.metrics.logit_bin_edges(bins)`: inner bins are equal-width in the logit
+    and their sub-grid is uniform in it; the two open outer bins reach the nodes' logit bound
+    (±30) and are taken uniform in probability, which puts their mass next to the finite edge
+    (where a decaying score density has it).
+    """
 
     def __init__(self, bins: int) -> None:
-        edges = np.linspace(0.0, 1.0, bins + 1)
+        edges = logit_bin_edges(bins)
+        lo = np.r_[-_LOGIT_CLAMP, edges]
+        hi = np.r_[edges, _LOGIT_CLAMP]
         u = (np.arange(SUBGRID) + 0.5) / SUBGRID
-        p = edges[:-1, None] + (edges[1:] - edges[:-1])[:, None] * u
-        lo = 1.0 / (1.0 + math.exp(_LOGIT_CLAMP))
-        p = np.clip(p, lo, 1.0 - lo)
+        z_uniform = lo[:, None] + (hi - lo)[:, None] * u
+        p_lo, p_hi = _sigmoid(lo), _sigmoid(hi)
+        p = p_lo[:, None] + (p_hi - p_lo)[:, None] * u
+        z_outer = np.log(p) - np.log1p(-p)
+        outer = np.zeros(bins, dtype=bool)
+        outer[[0, -1]] = True
         self.bins = bins
-        self.z = np.log(p) - np.log1p(-p)  # (bins, SUBGRID)
-        centre = np.clip((np.arange(bins) + 0.5) / bins, lo, 1.0 - lo)
-        self.z_centre = np.log(centre) - np.log1p(-centre)
+        self.z = np.where(outer[:, None], z_outer, z_uniform)
+        self.z_centre = self.z.mean(axis=1)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -149,18 +179,48 @@ def _log_sigmoid(x: np.ndarray) -> np.ndarray:
     return -np.logaddexp(0.0, -x)
 
 
-def _bin_terms(grid: Grid, cond: np.ndarray, pub: np.ndarray) -> dict[str, np.ndarray]:
+def _tilts(pos: np.ndarray, neg: np.ndarray, grid: Grid) -> np.ndarray:
+    """Per-bin slope of the log score density, from the neighbouring bins' totals (..., bins).
+
+    Inner bins only (the open outer bins keep their uniform-in-probability shape); totals are
+    floored at 1 so a noised count cannot make a log undefined; slopes are kept in [−2, 2] per
+    logit unit.
+    """
+    total = np.log(np.maximum(pos + neg, 1.0))
+    mid = grid.z.mean(axis=1)
+    tilt = np.zeros(total.shape)
+    inner = np.arange(1, grid.bins - 1)
+    if inner.size:
+        left = np.maximum(inner - 1, 1)
+        right = np.minimum(inner + 1, grid.bins - 2)
+        span = np.where(right > left, mid[right] - mid[left], 1.0)
+        slope = (total[..., right] - total[..., left]) / span
+        tilt[..., inner] = np.where(right > left, np.clip(slope, -2.0, 2.0), 0.0)
+    return tilt
+
+
+def _bin_terms(
+    grid: Grid, cond: np.ndarray, pub: np.ndarray, tilt: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
     """Per-bin expectations for positives and negatives under the within-bin model.
 
     `cond` and `pub` are (..., 2) arrays of (slope, intercept): the within-bin share of positives
-    q = σ(cond(z)) and the published probability g = σ(pub(z)). Returns arrays (..., bins).
+    q = σ(cond(z)) and the published probability g = σ(pub(z)). The score density inside a bin is
+    its sub-grid's (`Grid`) tilted by exp(tilt·(z − bin middle)) (`_tilts`; None: untilted).
+    Returns arrays (..., bins).
     """
     z = grid.z
     ca, cb = cond[..., 0, None, None], cond[..., 1, None, None]
     pa, pb = pub[..., 0, None, None], pub[..., 1, None, None]
     q = _sigmoid(ca * z + cb)
-    wp = q / np.maximum(q.sum(-1, keepdims=True), 1e-300)
-    wn = (1 - q) / np.maximum((1 - q).sum(-1, keepdims=True), 1e-300)
+    if tilt is None:
+        dens = np.ones(z.shape)
+    else:
+        dens = np.exp(tilt[..., None] * (z - z.mean(axis=1, keepdims=True)))
+    wp = dens * q
+    wn = dens * (1 - q)
+    wp = wp / np.maximum(wp.sum(-1, keepdims=True), 1e-300)
+    wn = wn / np.maximum(wn.sum(-1, keepdims=True), 1e-300)
     t = pa * z + pb
     g = _sigmoid(t)
     cum_n = np.cumsum(wn, axis=-1) - wn
@@ -217,9 +277,12 @@ def fit_map(
     Works on noised, unclipped counts (`pos`, `neg`: (..., bins)). Estimating equation: in each bin
     the residual r = P − (P + N)·q̄(θ) has mean 0 at the true map whatever the bin's size (an empty
     bin has r = pure noise), so Σ J·r / V = 0 is unbiased; V = (P + N)⁺ q̄(1 − q̄) + v((1 − q̄)² +
-    q̄²) is r's variance (sampling + DP noise). Solved by damped Gauss–Newton with weights refreshed
-    each step, a weak pull towards the identity, slope kept in [0.02, 50] (never reverses the
-    ranking), intercept in [−30, 30]. Vectorised over leading dimensions (bootstrap draws).
+    q̄²) is r's variance (sampling + DP noise). The leverage J counts only bins whose total is
+    clearly above the noise, so empty bins (pure noise) cannot steer the slope; with all rows in
+    one bin the slope is not identified and the pull towards the identity keeps it. Solved by
+    damped Gauss–Newton with weights refreshed each step, slope kept in [0.02, 50] (never
+    reverses the ranking), intercept in [−30, 30]. Vectorised over leading dimensions (bootstrap
+    draws).
     """
     pos = np.asarray(pos, dtype=np.float64)
     neg = np.asarray(neg, dtype=np.float64)
@@ -227,14 +290,17 @@ def fit_map(
     theta = np.zeros((*lead, 2))
     theta[..., 0] = 1.0
     total = pos + neg
+    # leverage only from bins that clearly hold rows (3 sd of the noise on P + N above 0): an empty
+    # bin's noised total would otherwise lend its noise leverage over the slope
+    held = np.where(total > 3.0 * math.sqrt(2.0 * noise_var), total, 0.0)
     z = grid.z
     for _ in range(iters):
         a, b = theta[..., 0, None, None], theta[..., 1, None, None]
         q = _sigmoid(a * z + b)
         qbar = q.mean(-1)
         dq = q * (1 - q)
-        da = -(total * (dq * z).mean(-1))
-        db = -(total * dq.mean(-1))
+        da = -(held * (dq * z).mean(-1))
+        db = -(held * dq.mean(-1))
         r = pos - total * qbar
         var = np.maximum(total, 0.0) * qbar * (1 - qbar) + noise_var * ((1 - qbar) ** 2 + qbar**2)
         w = 1.0 / np.maximum(var, 1e-9)
@@ -250,7 +316,8 @@ def fit_map(
         step_b = (haa * gb - hab * ga) / det
         step = np.stack([step_a, step_b], axis=-1)
         # damping: no more than a factor e in slope and 4 logits in intercept per step
-        scale = np.maximum(1.0, np.maximum(np.abs(step_a) / np.maximum(theta[..., 0], 1e-3), np.abs(step_b) / 4.0))
+        rel_a = np.abs(step_a) / np.maximum(theta[..., 0], 1e-3)
+        scale = np.maximum(1.0, np.maximum(rel_a, np.abs(step_b) / 4.0))
         theta = theta - step / scale[..., None]
         theta[..., 0] = np.clip(np.nan_to_num(theta[..., 0], nan=1.0), 0.02, 50.0)
         theta[..., 1] = np.clip(np.nan_to_num(theta[..., 1], nan=0.0), -30.0, 30.0)
@@ -316,13 +383,26 @@ def estimate(
     else:
         c = calibration or IDENTITY
         pub = np.array([c.slope, c.intercept], dtype=np.float64)
-    terms = _bin_terms(grid, cond, pub)
-    plug = _metrics(pos, neg, terms)
+    tilt = _tilts(pos, neg, grid)
+    plug = _metrics(pos, neg, _bin_terms(grid, cond, pub, tilt))
+    # other within-bin models the counts cannot rule out: untilted density; a within-bin trend
+    # of the share of positives flat or twice as steep (at least 2 per logit unit)
+    untilted = _metrics(pos, neg, _bin_terms(grid, cond, pub))
+    flat = _metrics(pos, neg, _bin_terms(grid, np.array([0.0, cond[1]]), pub, tilt))
+    steep = np.array([2 * max(1.0, cond[0]), cond[1]])
+    steeper = _metrics(pos, neg, _bin_terms(grid, steep, pub, tilt))
     crude = _metrics(pos, neg, _centre_terms(grid, pub))
     errors = _bootstrap_errors(pooled, grid, cond, pub, calibrate, draws, seed)
     out: dict[str, Estimate] = {}
     for i, name in enumerate(METRICS):
-        out[name] = _interval(name, float(plug[i]), float(crude[i]), errors[:, i])
+        shifts = [
+            1.5 * abs(plug[i] - untilted[i]),
+            0.75 * abs(plug[i] - crude[i]),
+            abs(plug[i] - flat[i]),
+            abs(plug[i] - steeper[i]),
+        ]
+        allowance = max(shifts) if all(math.isfinite(x) for x in shifts) else math.nan
+        out[name] = _interval(name, float(plug[i]), float(allowance), errors[:, i])
     return Report(
         metrics=out,
         calibration=Affine(float(pub[0]), float(pub[1])),
@@ -351,15 +431,15 @@ def _bootstrap_errors(
     neg_b = pooled.neg + rng.normal(0.0, sd, shape)
     cond_b = fit_map(pos_b, neg_b, pooled.noise_var, grid)
     pub_b = cond_b if calibrate else np.broadcast_to(pub, cond_b.shape)
-    est = _metrics(pos_b, neg_b, _bin_terms(grid, cond_b, pub_b))
+    est = _metrics(pos_b, neg_b, _bin_terms(grid, cond_b, pub_b, _tilts(pos_b, neg_b, grid)))
     # the truth of each world: its published map on the observed counts, within-bin model fixed
-    truth = _metrics(
-        pooled.pos[None, :], pooled.neg[None, :], _bin_terms(grid, np.broadcast_to(cond, pub_b.shape), pub_b)
-    )
+    fixed = np.broadcast_to(cond, pub_b.shape)
+    tilt = _tilts(pooled.pos, pooled.neg, grid)
+    truth = _metrics(pooled.pos[None, :], pooled.neg[None, :], _bin_terms(grid, fixed, pub_b, tilt))
     return np.asarray(est - truth)
 
 
-def _interval(name: str, plug: float, crude: float, errors: np.ndarray) -> Estimate:
+def _interval(name: str, plug: float, allowance: float, errors: np.ndarray) -> Estimate:
     lo_ok, hi_ok = _RANGE[name]
     ok = errors[np.isfinite(errors)]
     if not math.isfinite(plug) or ok.size < 0.9 * errors.size or ok.size < 20:
@@ -367,7 +447,7 @@ def _interval(name: str, plug: float, crude: float, errors: np.ndarray) -> Estim
     bias = float(ok.mean())
     point = plug - bias
     q_lo, q_hi = np.quantile(ok, [0.025, 0.975])
-    allowance = 0.5 * abs(plug - crude) if math.isfinite(crude) else 0.0
+    allowance = allowance if math.isfinite(allowance) else 0.0
     # basic bootstrap around the bias-corrected point, widened for the binning
     below = math.hypot(float(q_hi) - bias, Z95 * allowance)
     above = math.hypot(bias - float(q_lo), Z95 * allowance)

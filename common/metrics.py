@@ -1,8 +1,11 @@
 """Binary-classification metrics, and a ROC AUC that federates.
 
 `binary_metrics` evaluates one node's (or the server's) predictions. For a *global* AUC over all
-nodes without pooling any scores, each node sends only `score_histogram` counts; the server sums
-them and calls `auc_from_histograms`. With fine bins the error is far below sampling noise.
+nodes without pooling any scores, each node sends only histogram counts; the server sums them.
+`score_histogram` / `auc_from_histograms` work on exact counts in equal-width probability bins.
+What nodes release for DP evaluation is `logit_histogram` (equal-width bins of the output logit,
+`logit_bin_edges`) plus Gaussian noise; `common.estimation` turns the pooled noised counts into
+nearly unbiased estimates with intervals.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ import math
 
 import numpy as np
 from sklearn.metrics import average_precision_score, log_loss, roc_auc_score
+
+from common.estimation import logit_bin_edges as logit_bin_edges
 
 _EPS = 1e-7
 
@@ -73,6 +78,20 @@ def score_histogram(y: np.ndarray, p: np.ndarray, bins: int = 200) -> tuple[np.n
     return pos, neg
 
 
+def logit_histogram(y: np.ndarray, z: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """Counts of positives and of negatives per logit bin (`logit_bin_edges`); z finite."""
+    y = np.asarray(y, dtype=np.float64).ravel()
+    z = np.asarray(z, dtype=np.float64).ravel()
+    if y.shape != z.shape:
+        raise ValueError(f"labels and logits differ in length ({y.size} vs {z.size})")
+    if not np.isfinite(z).all():
+        raise ValueError("logits must be finite")
+    idx = np.searchsorted(logit_bin_edges(bins), z, side="right")
+    pos = np.bincount(idx[y == 1], minlength=bins).astype(np.int64)
+    neg = np.bincount(idx[y != 1], minlength=bins).astype(np.int64)
+    return pos, neg
+
+
 def auc_from_histograms(pos_counts: np.ndarray, neg_counts: np.ndarray) -> float:
     """ROC AUC from (summed) score histograms; pairs in the same bin count as ties (half).
 
@@ -96,10 +115,11 @@ def auc_from_histograms(pos_counts: np.ndarray, neg_counts: np.ndarray) -> float
 
 
 def histogram_metrics(pos_counts: np.ndarray, neg_counts: np.ndarray) -> dict[str, float]:
-    """Metrics recoverable from (possibly noised, clipped) score histograms alone.
+    """Metrics of exact counts in equal-width probability bins, read at bin centres.
 
     Scores are taken at bin centres, so log loss and Brier are approximations; ROC AUC treats
-    pairs within a bin as ties. Used for DP evaluation, where only histograms leave a node.
+    pairs within a bin as ties. Noised counts are clipped at 0, which biases every metric (towards
+    AUC 0.5): for DP releases use `common.estimation.estimate` instead.
     """
     pos = np.clip(np.asarray(pos_counts, dtype=np.float64), 0, None)
     neg = np.clip(np.asarray(neg_counts, dtype=np.float64), 0, None)

@@ -44,17 +44,24 @@ class RunConfig(BaseModel):
     local_epochs: int = Field(1, alias="local-epochs", ge=1)
     sample_rate: float = Field(0.02, alias="sample-rate", gt=0, le=1)
     eval_noise: float = Field(10.0, alias="eval-noise", ge=0)
-    eval_bins: int = Field(20, alias="eval-bins", ge=2, le=1000)
+    # logit bins (common.estimation.logit_bin_edges): 12 = width 1.2 over [-8, 4] plus two open
+    # ends; fewer bins add less DP noise to every estimate, the within-bin model covers the rest
+    eval_bins: int = Field(12, alias="eval-bins", ge=2, le=1000)
+    # the update rule on the privatised gradient (post-processing: ε unchanged). Adam's step is
+    # independent of the gradient's scale (clipping norm, batch, feature ranges), so one learning
+    # rate converges across data sets; evidence in bench/quality_sweep.py (--grid evidence)
     optimizer: OptimizerName = "adam"
-    learning_rate: float = Field(0.05, alias="learning-rate", gt=0)
+    learning_rate: float = Field(0.02, alias="learning-rate", gt=0)
     max_grad_norm: float = Field(1.0, alias="max-grad-norm", gt=0)
     noise_multiplier: float = Field(1.0, alias="noise-multiplier", gt=0)
     target_epsilon: float = Field(0.0, alias="target-epsilon", ge=0)
     delta: float = Field(1e-5, gt=0, lt=1)
     proximal_mu: float = Field(0.0, alias="proximal-mu", ge=0)
     trim_beta: float = Field(0.2, alias="trim-beta", ge=0, lt=0.5)
+    # fedavgm: server SGD step and momentum; fedadam: server Adam's eta and beta_1
     server_learning_rate: float = Field(1.0, alias="server-learning-rate", gt=0)
     server_momentum: float = Field(0.0, alias="server-momentum", ge=0, lt=1)
+    # Platt-scale the published model on the nodes' final noised histograms (no extra ε)
     calibrate: bool = True
     min_nodes: int = Field(2, alias="min-nodes", ge=1)
     round_timeout: float = Field(600, alias="round-timeout", gt=0)

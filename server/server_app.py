@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import numpy as np
 import torch
 from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
@@ -18,11 +17,12 @@ from flwr.serverapp.strategy import Result
 
 from common.contract import Contract, load_contract
 from common.encoding import Encoder
-from common.metrics import histogram_metrics
+from common.estimation import Report, estimate, pool
 from common.model import build_model, weights_to_bytes
 from common.protos.atoll.node.v1 import runtime_pb2 as pb
 from privacy.audit import json_number
 from server.analytics import run_query
+from server.calibration import publish_calibrated
 from server.coordinator_audit import CoordinatorAudit
 from server.coordinator_settings import CoordinatorSettings
 from server.fleet import FastGrid, Identities, RunFailed, finish_nodes, node_settings, roll_call
@@ -36,29 +36,52 @@ log = logging.getLogger("flwr")
 app = ServerApp()
 
 
-def round_summary(rnd: int, evals: dict[int, pb.Evaluated], ids: Identities) -> dict[str, Any]:
-    """Global metrics of one round from per-node noised histograms (pooled → global AUC)."""
+ROUND_DRAWS = 200  # bootstrap draws per per-round estimate (the final one uses the default)
+
+
+def _estimates(evals: list[pb.Evaluated], noise: float) -> Report | None:
+    """The raw model's metrics from noised histograms (unclipped, with 95 % intervals)."""
+    pooled = pool((e.hist_pos, e.hist_neg, float(e.noise or noise)) for e in evals)
+    if pooled is None or pooled.noise_var <= 0:
+        return None
+    return estimate(pooled, draws=ROUND_DRAWS)
+
+
+def _plain(report: Report) -> dict[str, Any]:
+    """Floats for existing readers (roc_auc, log_loss, brier) and each one's interval."""
+    return {
+        "roc_auc": report.value("roc_auc"),
+        "log_loss": report.value("log_loss"),
+        "brier": report.value("brier"),
+        "ci95": {k: list(report.metrics[k].ci95) for k in ("roc_auc", "log_loss", "brier")},
+    }
+
+
+def round_summary(
+    rnd: int, evals: dict[int, pb.Evaluated], ids: Identities, noise: float = 0.0
+) -> dict[str, Any]:
+    """Metrics of one round's global model from the nodes' noised histograms.
+
+    Global: pooled over the nodes; per node: its own release. Nearly unbiased estimates with 95 %
+    intervals (`common.estimation`: unclipped counts, known noise variance, bootstrap), of the
+    model as trained in that round (the published model's calibrated numbers are
+    `metrics.final`). `noise` is the run's eval-noise, used if a release does not state its own.
+    """
     if not evals:
         return {"round": rnd, "nodes": {}}
-    pos = np.sum([np.asarray(e.hist_pos) for e in evals.values()], axis=0)
-    neg = np.sum([np.asarray(e.hist_neg) for e in evals.values()], axis=0)
-    g = histogram_metrics(pos, neg)
-    return {
-        "round": rnd,
-        "global": {"roc_auc": g["roc_auc"], "log_loss": g["log_loss"], "examples": round(g["n"])},
-        "nodes": {
-            ids.name(node): {
-                **{
-                    k: float(v)
-                    for k, v in histogram_metrics(
-                        np.asarray(e.hist_pos), np.asarray(e.hist_neg)
-                    ).items()
-                },
-                "epsilon": e.budget.epsilon_run,
-            }
-            for node, e in evals.items()
-        },
-    }
+    out: dict[str, Any] = {"round": rnd, "nodes": {}}
+    pooled = _estimates(list(evals.values()), noise)
+    if pooled is not None:
+        out["global"] = {**_plain(pooled), "examples": round(pooled.examples)}
+    for node, e in evals.items():
+        own = _estimates([e], noise)
+        out["nodes"][ids.name(node)] = {
+            **(_plain(own) if own is not None else {}),
+            "n": own.examples if own is not None else 0.0,
+            "positives": own.positives if own is not None else 0.0,
+            "epsilon": e.budget.epsilon_run,
+        }
+    return out
 
 
 @app.main()
@@ -121,12 +144,13 @@ def main(grid: Grid, context: Context) -> None:
     )
     audit("run.finished", run=run_id, participants=sorted(p.name for p in card.participants))
     audit.checkpoint()
-    log.info(
-        "ATOLL published model=%s version=%s run=%s global_auc=%.4f",
+    auc = card.metrics["final"].get("roc_auc")
+    log.info(  # one line the CLI watches for: it must never fail to format
+        "ATOLL published model=%s version=%s run=%s global_auc=%s",
         card.name,
         card.version,
         run_id,
-        card.metrics["final"].get("roc_auc", float("nan")),
+        f"{auc:.4f}" if isinstance(auc, int | float) else "n/a",
     )
 
 
@@ -172,7 +196,7 @@ def _publish(
 ) -> Any:
     n_features = Encoder(contract).n_features
     rounds = [
-        round_summary(r, strategy.eval_by_node.get(r, {}), ids)
+        round_summary(r, strategy.eval_by_node.get(r, {}), ids, settings.eval_noise)
         for r in range(1, settings.rounds + 1)
     ]
     epsilon: dict[str, float] = {}
@@ -197,14 +221,25 @@ def _publish(
                 "noise_multiplier": float(trained.noise_multiplier),
                 "sample_rate": float(trained.sample_rate),
             }
-    final: dict[str, Any] = next((r["global"] for r in reversed(rounds) if "global" in r), {})
+    # the final model's releases on finish: Platt-calibrate it on them (post-processing, no ε) and
+    # report the published model's metrics, each with its 95 % interval
+    published = publish_calibrated(
+        settings.model,
+        result.arrays.to_torch_state_dict(),
+        strategy.eval_by_node.get(settings.rounds, {}).values(),
+        settings.eval_noise,
+        calibrate=settings.calibrate,
+    )
+    final: dict[str, Any] = published.metrics or next(
+        (r["global"] for r in reversed(rounds) if "global" in r), {}
+    )
     return registry.publish(
         name=settings.model_name or contract.name,
         task=contract.task,
         contract=contract,
         model_kind=settings.model,
         n_features=n_features,
-        weights=weights_to_bytes(result.arrays.to_torch_state_dict()),
+        weights=weights_to_bytes(published.state),
         metrics={"rounds": rounds, "final": final},
         participants=list(participants.values()),
         privacy={

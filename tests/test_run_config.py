@@ -12,7 +12,13 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from common.run_config import MODEL_KINDS, STRATEGY_NAMES, RunConfig, RunConfigError
+from common.run_config import (
+    MODEL_KINDS,
+    OPTIMIZER_NAMES,
+    STRATEGY_NAMES,
+    RunConfig,
+    RunConfigError,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUIRED = {"contract-path": "c"}
@@ -62,6 +68,29 @@ def test_node_config_is_kept() -> None:
     node = RunConfig.from_run_config(REQUIRED).node_config("abc")
     assert node["contract-hash"] == "abc" and node["total-rounds"] == 5
     assert node["sample-rate"] == 0.02 and node["eval-noise"] == 10.0
+    assert node["optimizer"] == "adam" and node["learning-rate"] == 0.02
+
+
+def test_the_defaults_a_new_run_gets() -> None:
+    """The chosen defaults (evidence: bench/quality_sweep.py, `--grid evidence`)."""
+    d = RunConfig.from_run_config(REQUIRED)
+    assert (d.optimizer, d.learning_rate, d.max_grad_norm) == ("adam", 0.02, 1.0)
+    assert (d.strategy, d.model, d.rounds, d.local_epochs, d.sample_rate) == (
+        "fedavg",
+        "logreg",
+        5,
+        1,
+        0.02,
+    )
+    assert (d.eval_noise, d.eval_bins, d.calibrate) == (10.0, 12, True)
+    assert (d.server_learning_rate, d.server_momentum) == (1.0, 0.0)
+
+
+def test_optimizer_names_are_the_nodes() -> None:
+    from client.training import OPTIMIZERS
+
+    assert set(OPTIMIZER_NAMES) == set(OPTIMIZERS)
+    assert RunConfig.from_run_config({**REQUIRED, "optimizer": "sgd"}).optimizer == "sgd"
 
 
 # ---- validation --------------------------------------------------------------------------------
@@ -75,6 +104,11 @@ def test_node_config_is_kept() -> None:
         ("eval-noise", -1),
         ("eval-bins", 1),
         ("learning-rate", 0),
+        ("optimizer", "lbfgs"),
+        ("server-learning-rate", 0),
+        ("server-momentum", 1.0),
+        ("server-momentum", -0.1),
+        ("calibrate", "maybe"),
         ("noise-multiplier", 0),
         ("delta", 1),
         ("trim-beta", 0.5),

@@ -74,3 +74,43 @@ def test_unknown_strategy_and_bad_run_config_are_named() -> None:
         RunSettings.from_run_config({})
     with pytest.raises(RunSettingsError, match="sample-rate"):
         RunSettings.from_run_config({"sample-rate": 2, "contract-path": "c"})
+
+
+def _prime(strategy, values: list[float]) -> None:  # type: ignore[no-untyped-def]
+    """What `configure_train` records before a round: the global model the replies started from."""
+    arrays = ArrayRecord([np.full((2,), v, dtype=np.float32) for v in values])
+    if hasattr(strategy, "m_t"):  # FedOpt keeps numpy arrays by key
+        strategy.current_arrays = {k: a.numpy() for k, a in arrays.items()}
+    else:
+        strategy.current_arrays = arrays
+
+
+def test_fedavgm_applies_server_learning_rate_and_momentum() -> None:
+    strategy = make_strategy("fedavgm", server_learning_rate=2.0, server_momentum=0.5)
+    _prime(strategy, [0.0])
+    arrays, _ = strategy.aggregate_train(1, _replies([1.0, 3.0], [1, 1]))
+    got = arrays.to_numpy_ndarrays()[0]
+    assert np.allclose(got, 4.0)  # average update +2, server lr 2 → +4
+    assert sorted(strategy.train_by_node[1]) == [1, 2]
+    # round 2 from 4.0: update +1 (avg of 5, 5 − 4), momentum 0.5 × (−2) + (−1) = −2 → +4 → 8
+    arrays, _ = strategy.aggregate_train(2, _replies([5.0, 5.0], [1, 1]))
+    assert np.allclose(arrays.to_numpy_ndarrays()[0], 8.0)
+
+
+def test_fedadam_moves_each_coordinate_by_about_its_server_learning_rate() -> None:
+    strategy = make_strategy("fedadam", server_learning_rate=0.1, server_momentum=0.9)
+    _prime(strategy, [0.0])
+    arrays, _ = strategy.aggregate_train(1, _replies([10.0, 30.0], [1, 1]))
+    got = arrays.to_numpy_ndarrays()[0]
+    assert np.all(got > 0) and np.all(got < 0.5)  # Adam: a step of order eta, not the raw +20
+    assert strategy.eta == 0.1 and strategy.beta_1 == 0.9
+
+
+def test_the_default_run_builds_the_default_strategy() -> None:
+    settings = RunSettings.from_run_config({"contract-path": "c", "registry-url": "r"})
+    strategy = make_strategy(
+        settings.strategy,
+        server_learning_rate=settings.server_learning_rate,
+        server_momentum=settings.server_momentum,
+    )
+    assert type(strategy).__name__ == "RecordingFedAvg"

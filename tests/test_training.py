@@ -15,6 +15,8 @@ from opacus.optimizers import DPOptimizer
 from torch import nn
 
 from client.training import (
+    OPTIMIZERS,
+    TRANSITIONAL_OPTIMIZER,
     DPTrainConfig,
     EvalRelease,
     TrainResult,
@@ -28,6 +30,7 @@ from client.training import (
 )
 from common.metrics import binary_metrics
 from common.model import build_model
+from common.run_config import OPTIMIZER_NAMES, RunConfig
 from privacy.dp import epsilon
 
 _BASE: dict[str, Any] = {
@@ -42,6 +45,7 @@ _BASE: dict[str, Any] = {
     "eval_noise": 10.0,
     "eval_bins": 20,
     "proximal_mu": 0.0,
+    "optimizer": "sgd",
 }
 HOSTILE = (math.inf, -math.inf, math.nan, 1e30, 3e38)  # 3e38: finite, but overflows in forward
 
@@ -136,10 +140,16 @@ def test_nothing_but_the_noised_weights_depends_on_the_data() -> None:
 
 
 def test_the_node_invents_no_run_defaults() -> None:
+    """Every setting comes from the run config; the one transitional default (`optimizer`, until
+    the wire carries it) is the run config's own default, so node and coordinator agree."""
     missing = dataclasses.MISSING
     for f in dataclasses.fields(DPTrainConfig):
+        if f.name == "optimizer":
+            assert f.default == TRANSITIONAL_OPTIMIZER == RunConfig.default("optimizer")
+            continue
         assert f.default is missing and f.default_factory is missing, f.name
     assert set(_BASE) == {f.name for f in dataclasses.fields(DPTrainConfig)}
+    assert set(OPTIMIZERS) == set(OPTIMIZER_NAMES)
 
 
 # --- learning and noise ----------------------------------------------------------------------
@@ -153,6 +163,45 @@ def test_training_learns_despite_noise() -> None:
         model.load_state_dict(train_dp(model, x, y, cfg, 1.0).state)
     p = torch.sigmoid(model(torch.from_numpy(x)).squeeze(-1)).detach().numpy()
     assert binary_metrics(y, p)["roc_auc"] > 0.85
+
+
+def _corner_data(n: int = 4000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Features whose mass sits in a corner of [0, 1] (like min-max-scaled amounts)."""
+    rng = np.random.default_rng(seed)
+    raw = rng.lognormal(0.0, 1.0, (n, 6))
+    x = (raw / 60.0).clip(0, 1).astype(np.float32)  # ~all rows below 0.1
+    logit = 3.0 * (np.log(raw[:, 0]) - 0.5 * np.log(raw[:, 1]))
+    y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.float32)
+    return x, y
+
+
+def test_adam_converges_where_sgd_stalls_on_corner_features() -> None:
+    """The issue's failure: SGD at the old default (lr 0.5) barely moves on features squeezed
+    into a corner of their range; Adam on the same privatised gradients (same ε) converges."""
+    x, y = _corner_data()
+    auc = {}
+    for optimizer, lr in (("sgd", 0.5), ("adam", RunConfig.default("learning-rate"))):
+        torch.manual_seed(0)
+        model = build_model("logreg", 6)
+        cfg = _cfg(sample_rate=0.02, epochs=1, learning_rate=lr, optimizer=optimizer)
+        for rnd in range(5):
+            model.load_state_dict(train_dp(model, x, y, cfg, 1.0, generator_seed=rnd).state)
+        p = torch.sigmoid(model(torch.from_numpy(x)).squeeze(-1)).detach().numpy()
+        auc[optimizer] = binary_metrics(y, p)["roc_auc"]
+    assert auc["adam"] > 0.8 and auc["adam"] > auc["sgd"] + 0.03, auc
+
+
+def test_the_optimizer_changes_no_release_and_unknown_ones_are_refused() -> None:
+    x, y = _data(500)
+    releases = set()
+    for optimizer in OPTIMIZERS:
+        cfg = _cfg(optimizer=optimizer)
+        result = train_dp(build_model("logreg", 6), x, y, cfg, 1.0, generator_seed=0)
+        releases.add((result.noise_multiplier, result.sample_rate, result.steps))
+        assert _finite_state(result)
+    assert releases == {release_of(_cfg(), 1.0)}  # ε depends on (σ, q, steps) only
+    with pytest.raises(ValueError, match="optimizer"):
+        train_dp(build_model("logreg", 6), x, y, _cfg(optimizer="lbfgs"), 1.0)
 
 
 def _train_from(start: dict[str, torch.Tensor], seed: int | None) -> torch.Tensor:
@@ -197,12 +246,15 @@ def test_target_epsilon_covers_training_and_evaluation() -> None:
 # --- totality under hostile weights and any data ---------------------------------------------
 
 
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
 @pytest.mark.parametrize("kind", ["logreg", "mlp"])
 @pytest.mark.parametrize("value", HOSTILE)
 @pytest.mark.parametrize("everywhere", [True, False])
-def test_hostile_weights_give_finite_releases(kind: str, value: float, everywhere: bool) -> None:
+def test_hostile_weights_give_finite_releases(
+    kind: str, value: float, everywhere: bool, optimizer: str
+) -> None:
     x, y = _data(300)
-    cfg = _cfg(sample_rate=0.1)
+    cfg = _cfg(sample_rate=0.1, optimizer=optimizer)
     result = train_dp(_filled(kind, value, everywhere), x, y, cfg, 1.0, generator_seed=0)
     assert _finite_state(result) and result.steps == release_of(cfg, 1.0)[2]
     release = evaluate(

@@ -19,13 +19,14 @@ entries is an error, and with pinned public keys the key must be one of them
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -42,6 +43,8 @@ from privacy.audit import (
     AuditWriteError,
     Checkpointer,
     GroupCommitWriter,
+    PreparedEntry,
+    prepare_entry,
 )
 from server.api.auth import ApiKeyError, ApiKeyInfo, KeyEventHook, Principal, PrincipalDep
 
@@ -49,6 +52,7 @@ log = logging.getLogger(__name__)
 LOG_ID = "api"
 ADMIN_LOG_ID = "admin"
 AUTH_FAILED = "auth.failed"
+CHECKPOINT_EVERY = 100  # commits on the event loop between WAL checkpoints (in a thread)
 
 
 def default_key_path(registry_url: str) -> Path:
@@ -62,10 +66,13 @@ class ApiAudit:
     """The writer of the "api" log. `pinned` ({key_id: pem}) are the public keys verifiers are
     configured with: the signing key must be one of them (see `AuditLog.open`).
 
-    Request entries go through a `GroupCommitWriter`: concurrent requests share one transaction,
-    and each request still waits for its own entry to be committed before it is answered
-    (`record_async` on the event loop, `record` from a thread); if that transaction fails, its
-    requests — and only those — get 503.
+    Request entries are group-committed: `record_async` (on the event loop) collects the entries
+    of all requests that reach it in one turn of the loop and commits them in one transaction —
+    right there on SQLite when the database's write lock is free (a short local transaction,
+    cheaper than a thread hop), else in the `GroupCommitWriter` thread (PostgreSQL, or another
+    worker holding the lock). Each request waits for its own entry to be committed before it is
+    answered; a failed transaction fails its requests — and only those — with 503. `record`
+    does the same from a worker thread.
     """
 
     def __init__(
@@ -74,12 +81,36 @@ class ApiAudit:
         self.log = AuditLog.open(engine, LOG_ID, key_path, pinned=pinned)
         self.signer = self.log.signer
         self.writer = GroupCommitWriter(self.log)
+        self.inline = engine.dialect.name == "sqlite"  # see try_append_prepared
+        self._batches: dict[asyncio.AbstractEventLoop, _LoopBatch] = {}
+        if self.inline:  # WAL checkpoints run in a worker thread, never inside a loop commit
+            self.log.defer_wal_checkpoints()
+        self._commits = 0
+        self._checkpointing = False
 
-    def _submit(
-        self, principal: Principal, action: str, subject: str, details: dict[str, Any]
-    ) -> Future[AuditEntry]:
+    def committed_inline(self, loop: asyncio.AbstractEventLoop) -> None:
+        """After a commit on the loop: every CHECKPOINT_EVERY commits, checkpoint the WAL in a
+        thread (one at a time)."""
+        self._commits += 1
+        if self._commits >= CHECKPOINT_EVERY and not self._checkpointing:
+            self._commits = 0
+            self._checkpointing = True
+            loop.run_in_executor(None, self._checkpoint_wal)
+
+    def _checkpoint_wal(self) -> None:
         try:
-            return self.writer.submit(
+            self.log.checkpoint_wal()
+        except Exception as exc:  # noqa: BLE001 - the next one retries; the data is committed
+            log.warning("audit WAL checkpoint failed: %s", type(exc).__name__)
+        finally:
+            self._checkpointing = False
+
+    @staticmethod
+    def _prepare(
+        principal: Principal, action: str, subject: str, details: dict[str, Any]
+    ) -> PreparedEntry:
+        try:
+            return prepare_entry(
                 f"apikey:{principal.key_id}",
                 action,
                 subject,
@@ -90,19 +121,25 @@ class ApiAudit:
 
     def record(self, principal: Principal, action: str, subject: str, **details: Any) -> None:
         """Record one call and wait until it is committed; 503 (HTTPException) if it was not."""
-        future = self._submit(principal, action, subject, details)
+        item = self._prepare(principal, action, subject, details)
         try:
-            future.result()
+            self.writer.submit_prepared([item])[0].result()
         except AuditWriteError as err:
             raise _unavailable(err) from None
 
     async def record_async(
         self, principal: Principal, action: str, subject: str, **details: Any
     ) -> None:
-        """`record` for the event loop: waits for the group commit without blocking the loop."""
-        future = self._submit(principal, action, subject, details)
+        """`record` for the event loop: joins this loop turn's group commit, never blocks."""
+        item = self._prepare(principal, action, subject, details)
+        loop = asyncio.get_running_loop()
+        batch = self._batches.get(loop)
+        if batch is None:
+            for old in [lp for lp in self._batches if lp.is_closed()]:
+                del self._batches[old]
+            batch = self._batches[loop] = _LoopBatch(self, loop)
         try:
-            await asyncio.wrap_future(future)
+            await batch.add(item)
         except AuditWriteError as err:
             raise _unavailable(err) from None
 
@@ -111,8 +148,73 @@ class ApiAudit:
         self.log.append("anonymous", AUTH_FAILED, f"client:{client}", details)
 
     def close(self) -> None:
-        """Write what is pending, stop the group-commit writer."""
+        """Write what is pending, stop the group-commit writer, return its connection."""
         self.writer.close()
+        self.log.close()  # the engine is the app's: only the writer's connection is released
+
+
+class _LoopBatch:
+    """The entries submitted on one event loop during one turn of it, committed together."""
+
+    def __init__(self, audit: ApiAudit, loop: asyncio.AbstractEventLoop) -> None:
+        self.audit = audit
+        self.loop = loop
+        self.pending: list[tuple[PreparedEntry, asyncio.Future[AuditEntry]]] = []
+
+    def add(self, item: PreparedEntry) -> asyncio.Future[AuditEntry]:
+        waiter: asyncio.Future[AuditEntry] = self.loop.create_future()
+        self.pending.append((item, waiter))
+        if len(self.pending) == 1:  # the first of this turn: flush after the turn's other work
+            self.loop.call_soon(self.flush)
+        return waiter
+
+    def flush(self) -> None:
+        batch, self.pending = self.pending, []
+        items = [item for item, _waiter in batch]
+        waiters = [waiter for _item, waiter in batch]
+        if self.audit.inline:
+            try:
+                entries = self.audit.log.try_append_prepared(items)
+            except Exception as exc:  # fail closed: exactly this batch's requests
+                error = exc if isinstance(exc, AuditWriteError) else _unexpected(exc)
+                _settle(waiters, [error] * len(waiters))
+                return
+            if entries is not None:
+                _settle(waiters, entries)
+                self.audit.committed_inline(self.loop)
+                return
+        futures = self.audit.writer.submit_prepared(items)
+
+        def committed(_last: Future[AuditEntry]) -> None:  # in the writer thread
+            with contextlib.suppress(RuntimeError):  # the loop is gone (shutdown)
+                self.loop.call_soon_threadsafe(_settle_from, waiters, futures)
+
+        futures[-1].add_done_callback(committed)  # FIFO: when the last is done, all are
+
+
+def _unexpected(exc: BaseException) -> AuditWriteError:
+    log.error("audit group commit failed: %s", type(exc).__name__)
+    return AuditWriteError(
+        f"audit log '{LOG_ID}' did not record the entries ({type(exc).__name__})"
+    )
+
+
+def _settle(
+    waiters: list[asyncio.Future[AuditEntry]], outcomes: Sequence[AuditEntry | BaseException]
+) -> None:
+    for waiter, outcome in zip(waiters, outcomes, strict=True):
+        if waiter.done():  # the request was cancelled (client gone): its entry stands anyway
+            continue
+        if isinstance(outcome, BaseException):
+            waiter.set_exception(AuditWriteError(str(outcome)))
+        else:
+            waiter.set_result(outcome)
+
+
+def _settle_from(
+    waiters: list[asyncio.Future[AuditEntry]], futures: list[Future[AuditEntry]]
+) -> None:
+    _settle(waiters, [f.exception() or f.result() for f in futures])
 
 
 def _unavailable(err: AuditWriteError) -> HTTPException:

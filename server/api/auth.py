@@ -3,7 +3,9 @@
 Callers send `Authorization: Bearer atoll_<key id>_<secret>`. Keys are made by `atoll apikey
 create` (secret shown once) and stored only as HMAC-SHA256(per-key salt, secret): the secret is
 256 random bits, so a fast keyed hash is as strong as a slow password KDF here and keeps the
-per-request cost to one indexed lookup and one constant-time comparison.
+cost of a check to one indexed lookup and one constant-time comparison. A key that verified is
+then trusted for `KeyCache.ttl` (1 s) without a query — revoking or rotating it stops it at once
+in the process that does it, and within that second everywhere else (`KeyCache`).
 
 Every path but `/health` needs a valid key (`AuthMiddleware`, before routing, so nothing about
 routes, models or keys is revealed to a caller without one); each route then names the one
@@ -18,11 +20,16 @@ Unauthenticated traffic is cheap: `AuthMiddleware` first takes a token from the 
 address's bucket (20/s, bursts of 40 by default) and answers 429 when it is empty, without a
 query; a valid key gets its token back, so only failed attempts count. Requests without
 credentials or with a malformed key are refused on the event loop; failures are counted in
-memory and audited in aggregate (`server.api.audit_trail.AuthFailureTally`).
+memory and audited in aggregate (`server.api.audit_trail.AuthFailureTally`). The per-address
+buckets are per process (a guard against floods, not a quota); the per-key rate limit can be
+shared by all workers through Redis (`server.api.limits.RedisTokenBucketLimiter`).
+
+The permission checks are async dependencies: authorising a request costs no threadpool hop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import ipaddress
@@ -394,7 +401,8 @@ def _token_digest(token: str) -> bytes:
 class _CachedKey:
     digest: bytes  # sha256 of the whole key string that verified
     principal: Principal
-    expires: float
+    expires: float  # `ttl` after the query that verified it began
+    refresh_at: float  # half-way: the first request after it re-verifies in the background
 
 
 class KeyCache:
@@ -403,6 +411,9 @@ class KeyCache:
     A hit costs one sha256 and a constant-time comparison on the event loop — no thread, no
     query. Only active keys that verified are cached, never failures: a wrong secret, an unknown
     id or a revoked key always goes to the store (and counts against the caller's address).
+    Half-way through its TTL an entry is re-verified in the background (`refresh`, one query at a
+    time per key) while requests keep using it, so a key in steady use never waits for a query;
+    a refresh that finds the key revoked or rotated drops it.
 
     Revocation and rotation: `ApiKeyStore.rotate`/`revoke` in this process forget the key at once
     (`forget_cached_key`); a change made by another process (the CLI, another API worker) takes
@@ -427,6 +438,7 @@ class KeyCache:
         self._items: OrderedDict[str, _CachedKey] = OrderedDict()
         self._lock = threading.Lock()
         self._generation = 0  # bumped by forget(): a lookup that raced it is not cached
+        self._refreshing: set[str] = set()
         with _KEY_CACHES_LOCK:
             _KEY_CACHES.add(self)
 
@@ -442,6 +454,32 @@ class KeyCache:
             return None  # another secret for this id (e.g. just rotated elsewhere): ask the store
         return hit.principal
 
+    def refresh_due(self, key_id: str) -> bool:
+        """Whether a request that just hit `key_id` should start its background refresh (then
+        it is marked in flight: call `refresh` exactly once)."""
+        hit = self._items.get(key_id)
+        if hit is None or self._clock() < hit.refresh_at:
+            return False
+        with self._lock:
+            if key_id in self._refreshing:
+                return False
+            self._refreshing.add(key_id)
+        return True
+
+    def refresh(self, token: str) -> None:
+        """Re-verify a cached key (in a thread); drops it if it is no longer valid."""
+        parsed = parse_key(token)
+        key_id = parsed[0] if parsed else ""
+        try:
+            self.authenticate(token)
+        except Unauthenticated:
+            self.forget(key_id)
+        except Exception as exc:  # noqa: BLE001 - store down: the entry expires on its own
+            log.warning("key refresh failed: %s", type(exc).__name__)
+        finally:
+            with self._lock:
+                self._refreshing.discard(key_id)
+
     def authenticate(self, token: str) -> Principal:
         """`ApiKeyStore.authenticate` (a query; run it in a thread), caching a success."""
         with self._lock:
@@ -449,7 +487,9 @@ class KeyCache:
         started = self._clock()
         principal = self.store.authenticate(token)
         if self.ttl > 0:
-            entry = _CachedKey(_token_digest(token), principal, started + self.ttl)
+            entry = _CachedKey(
+                _token_digest(token), principal, started + self.ttl, started + self.ttl / 2
+            )
             with self._lock:
                 if self._generation == generation:
                     self._items[principal.key_id] = entry
@@ -505,6 +545,20 @@ def client_address(scope: Scope) -> str:
     """
     client = scope.get("client")
     host = str(client[0]) if client else ""
+    found = _ADDRESSES.get(host)
+    if found is None:
+        found = _client_address(host)
+        if len(_ADDRESSES) >= _ADDRESS_MEMO:
+            _ADDRESSES.clear()  # bounded: a flood of addresses only costs re-parsing
+        _ADDRESSES[host] = found
+    return found
+
+
+_ADDRESSES: dict[str, str] = {}  # host -> client_address (parsing an address costs ~10 µs)
+_ADDRESS_MEMO = 10_000
+
+
+def _client_address(host: str) -> str:
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
@@ -586,6 +640,12 @@ class AuthMiddleware:
         if parse_key(token) is None:
             return self._denied(client, MALFORMED_KEY)
         principal = self.keys.lookup(token) if self.keys is not None else None
+        if (
+            principal is not None
+            and self.keys is not None
+            and self.keys.refresh_due(principal.key_id)
+        ):
+            asyncio.get_running_loop().run_in_executor(None, self.keys.refresh, token)
         if principal is None:
             verify = self.keys.authenticate if self.keys is not None else self.store.authenticate
             try:
@@ -658,6 +718,21 @@ async def current_principal(
 
 
 PrincipalDep = Annotated[Principal, Depends(current_principal)]
+
+
+def authenticated(request: Request) -> Principal:
+    """The caller of a request whose route `require`s a permission (which already checked it):
+    `current_principal` without a dependency of its own, for hot paths. Fails closed (401)."""
+    principal = request.scope.get("state", {}).get(_PRINCIPAL)
+    if not isinstance(principal, Principal):
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            detail=UNAUTHORIZED_DETAIL,
+            headers={"WWW-Authenticate": WWW_AUTHENTICATE},
+        )
+    return principal
+
+
 _PERMISSION_ATTR = "__atoll_permission__"
 
 

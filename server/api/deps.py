@@ -2,7 +2,9 @@
 
 Published versions are immutable, so a loaded model never goes stale. "latest" is resolved with
 one small query and remembered for `latest_ttl` seconds (default 1 s): a new publish is served
-within that time, without a restart and without a query per request.
+within that time, without a restart and without a query per request. Half-way through the TTL
+the first request re-resolves it in the background (and loads a new version), so requests for a
+model in steady use never wait for the registry.
 
 The model dependencies are async: a cached model is found on the event loop (no thread hop);
 only a miss (first use of a version, or "latest" to re-resolve) reads the registry in a thread.
@@ -10,6 +12,8 @@ only a miss (first use of a version, or "latest" to re-resolve) reads the regist
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -26,6 +30,7 @@ from server.api.scoring import Scorer
 from server.registry import ModelCard, Registry
 
 DEFAULT_LATEST_CACHE_SECONDS = 1.0
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,7 @@ class ModelCache:
         self._clock = clock
         self._items: OrderedDict[tuple[str, int], LoadedModel] = OrderedDict()
         self._latest: dict[str, tuple[int, float]] = {}  # name -> (version, resolved until)
+        self._refreshing: set[str] = set()
         self._lock = threading.Lock()
         self.loads = 0  # how many times weights were read; lets tests prove the cache works
         self.latest_queries = 0  # how many times "latest" was resolved in the registry
@@ -91,6 +97,29 @@ class ModelCache:
                 self._items.popitem(last=False)
         return loaded
 
+    def refresh_due(self, name: str) -> bool:
+        """Whether "latest" of `name` is past half its TTL and not being re-resolved yet (then it
+        is marked in flight: call `refresh_latest` exactly once)."""
+        with self._lock:
+            latest = self._latest.get(name)
+            if latest is None or name in self._refreshing:
+                return False
+            if self._clock() < latest[1] - self.latest_ttl / 2:
+                return False
+            self._refreshing.add(name)
+            return True
+
+    def refresh_latest(self, registry: Registry, name: str) -> None:
+        """Re-resolve "latest" and load a new version if there is one (in a thread), so that
+        requests keep finding it cached. A failure leaves the entry to expire on its own."""
+        try:
+            self.get(registry, name, self._resolve_latest(registry, name))
+        except Exception as exc:  # noqa: BLE001 - e.g. the database is down: retried later
+            log.warning("refreshing the latest version of a model failed: %s", type(exc).__name__)
+        finally:
+            with self._lock:
+                self._refreshing.discard(name)
+
     def _resolve_latest(self, registry: Registry, name: str) -> int:
         started = self._clock()
         version = registry.latest_version(name)  # ModelNotFound (404) is not cached
@@ -125,18 +154,21 @@ def parse_version(version: str) -> int | None:
     )
 
 
-async def _model(request: Request, name: str, version: int | None) -> LoadedModel:
+async def model_for(request: Request, name: str, version: int | None) -> LoadedModel:
+    """The served model (`version` None: latest): from the cache on the loop, else in a thread."""
     cache: ModelCache = request.app.state.model_cache
+    registry: Registry = request.app.state.registry
     hit = cache.cached(name, version)
     if hit is not None:
+        if version is None and cache.refresh_due(name):  # ahead of expiry, off the request
+            asyncio.get_running_loop().run_in_executor(None, cache.refresh_latest, registry, name)
         return hit
-    registry: Registry = request.app.state.registry
     return await anyio.to_thread.run_sync(cache.get, registry, name, version)
 
 
 async def latest_model(name: str, request: Request) -> LoadedModel:
-    return await _model(request, name, None)
+    return await model_for(request, name, None)
 
 
 async def versioned_model(name: str, version: str, request: Request) -> LoadedModel:
-    return await _model(request, name, parse_version(version))
+    return await model_for(request, name, parse_version(version))

@@ -169,28 +169,32 @@ def _check(feature: NumericFeature | CategoricalFeature | BinaryFeature, value: 
 
 
 _SLOW = object()  # a fast check's "not the common case": ask the full check
-_Fast = Callable[[object], object]
+_Fast = Callable[[list[object]], list[object]]
 
 
 def _fast_check(feature: NumericFeature | CategoricalFeature | BinaryFeature) -> _Fast:
-    """The common valid case of `_check` without allocating: the normalised value it would give
-    (with no warning), or _SLOW for anything else (missing, out of range, wrong type, padded
-    text, ...). Blank spellings are left to `_check`: a blank value is missing first."""
+    """The common valid case of `_check`, for a whole column at once: the normalised value it
+    would give (with no warning) per cell, or _SLOW for anything else (missing, out of range,
+    wrong type, padded text, ...). Blank spellings are left to `_check`: blank means missing."""
     if isinstance(feature, NumericFeature):
         lo, hi = feature.min, feature.max
 
-        def numeric(value: object) -> object:
-            kind = type(value)
-            if (kind is float or kind is int) and lo <= value <= hi:  # type: ignore[operator]
-                return float(value)  # type: ignore[arg-type]
-            return _SLOW
+        def numeric(col: list[object]) -> list[object]:
+            return [
+                v
+                if type(v) is float and lo <= v <= hi
+                else float(v)
+                if type(v) is int and lo <= v <= hi
+                else _SLOW
+                for v in col
+            ]
 
         return numeric
     if isinstance(feature, CategoricalFeature):
         vocabulary = frozenset(v for v in feature.vocabulary if v and v == v.strip())
 
-        def categorical(value: object) -> object:
-            return value if type(value) is str and value in vocabulary else _SLOW
+        def categorical(col: list[object]) -> list[object]:
+            return [v if type(v) is str and v in vocabulary else _SLOW for v in col]
 
         return categorical
     spelled = frozenset(
@@ -198,13 +202,17 @@ def _fast_check(feature: NumericFeature | CategoricalFeature | BinaryFeature) ->
     )
     true, false = feature.true_values[0], feature.false_values[0]
 
-    def binary(value: object) -> object:
-        kind = type(value)
-        if kind is str:
-            return value if value in spelled else _SLOW
-        if kind is bool:
-            return true if value else false
-        return _SLOW
+    def binary(col: list[object]) -> list[object]:
+        return [
+            v
+            if type(v) is str and v in spelled
+            else true
+            if v is True
+            else false
+            if v is False
+            else _SLOW
+            for v in col
+        ]
 
     return binary
 
@@ -214,7 +222,9 @@ class RecordChecker:
     (what `Encoder.encode_columns` takes), plus per-record warnings. Built once per served model.
 
     The id, label and dropped columns may be present (a client may send whole rows); they are
-    ignored. `check` raises RecordsInvalid listing every problem in the batch, record by record.
+    ignored. `check` raises RecordsInvalid listing every problem in the batch, record by record
+    (unknown fields first, then the contract's features in order), as the field-by-field check
+    does: the common valid values are recognised a column at a time, the rest checked one by one.
     """
 
     def __init__(self, contract: Contract) -> None:
@@ -228,33 +238,43 @@ class RecordChecker:
         self, records: Sequence[Mapping[str, Any]]
     ) -> tuple[dict[str, list[object]], list[list[str]]]:
         contract, allowed = self.contract, self.allowed
-        problems: list[RecordProblem] = []
-        warnings: list[list[str]] = []
-        columns: dict[str, list[object]] = {name: [] for _f, name, _fast in self._features}
-        plan = [(f, name, fast, columns[name].append) for f, name, fast in self._features]
+        unknown: dict[int, list[RecordProblem]] = {}
         for i, record in enumerate(records):
-            notes: list[str] = []
             if not record.keys() <= allowed:
-                for key in record:
-                    if key not in allowed:
-                        problem = f"unknown field '{_shown(key)}' — not in contract {contract.name}"
-                        problems.append(RecordProblem(i, _shown(key), problem))
-            get = record.get
-            for f, name, fast, append in plan:
-                value = get(name)
-                normalised = fast(value)
-                if normalised is _SLOW:
-                    checked = _check(f, value)
-                    if checked.problem is not None:
-                        problems.append(RecordProblem(i, name, checked.problem))
-                    if checked.warning is not None:
-                        notes.append(checked.warning)
-                    normalised = checked.value
-                append(normalised)
-            warnings.append(notes)
-        if problems:
-            raise RecordsInvalid(problems)
-        return columns, warnings
+                unknown[i] = [
+                    RecordProblem(
+                        i,
+                        _shown(key),
+                        f"unknown field '{_shown(key)}' — not in contract {contract.name}",
+                    )
+                    for key in record
+                    if key not in allowed
+                ]
+        found: dict[int, list[RecordProblem]] = {}  # per record, in feature order
+        notes: dict[int, list[str]] = {}
+        columns: dict[str, list[object]] = {}
+        for f, name, fast in self._features:
+            raw = [record.get(name) for record in records]
+            col = fast(raw)
+            if _SLOW in col:
+                for i, value in enumerate(col):
+                    if value is _SLOW:
+                        checked = _check(f, raw[i])
+                        if checked.problem is not None:
+                            found.setdefault(i, []).append(RecordProblem(i, name, checked.problem))
+                        if checked.warning is not None:
+                            notes.setdefault(i, []).append(checked.warning)
+                        col[i] = checked.value
+            columns[name] = col
+        if unknown or found:
+            raise RecordsInvalid(
+                [
+                    problem
+                    for i in sorted(unknown.keys() | found.keys())
+                    for problem in unknown.get(i, []) + found.get(i, [])
+                ]
+            )
+        return columns, [notes.get(i, []) for i in range(len(records))]
 
 
 def prepare_records(

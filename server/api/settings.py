@@ -127,6 +127,30 @@ class ApiSettings(BaseModel):
         """The API's signing key: `audit_key`, or the default beside a SQLite registry."""
         return self.audit_key or default_key_path(self.registry_url)
 
+    def to_env(self) -> dict[str, str]:
+        """These settings as the ATOLL_* variables `from_env` reads back (for worker processes:
+        `from_env(s.to_env())` equals `s` in everything `from_env` covers)."""
+
+        def paths(items: list[Path]) -> str:
+            return os.pathsep.join(str(p) for p in items)
+
+        env = {
+            "ATOLL_REGISTRY_URL": self.registry_url,
+            "ATOLL_API_AUDIT_KEY": str(self.key_path()),
+            "ATOLL_AUDIT_PUBLIC_KEYS": paths(self.audit_public_keys),
+            "ATOLL_API_AUDIT_PUBLIC_KEYS": paths(self.api_public_keys),
+            "ATOLL_ADMIN_AUDIT_PUBLIC_KEYS": paths(self.admin_public_keys),
+            "ATOLL_AUDIT_CHECKPOINT_DIR": str(self.checkpoint_dir or ""),
+            "ATOLL_AUDIT_CHECKPOINT_EVERY": str(self.checkpoint_every_entries),
+            "ATOLL_AUDIT_CHECKPOINT_MINUTES": repr(self.checkpoint_every_minutes),
+        }
+        for name, field in ENV_FIELDS.items():
+            value = getattr(self, field)
+            env[name] = (
+                "" if value is None else repr(value) if isinstance(value, float) else str(value)
+            )
+        return env
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ApiSettings:
         """ATOLL_REGISTRY_URL (required), ATOLL_API_AUDIT_KEY, ATOLL_AUDIT_PUBLIC_KEYS,

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import logging
 from functools import partial
-from typing import Annotated, Any
+from typing import Any
 
 import anyio.to_thread
 from fastapi import APIRouter, Depends, HTTPException, Request, status
 from fastapi.responses import JSONResponse
 
-from server.api.auth import AUTH_RESPONSES, Permission, Principal, PrincipalDep, require
-from server.api.deps import LoadedModel, latest_model, versioned_model
+from server.api.auth import AUTH_RESPONSES, Permission, Principal, authenticated, require
+from server.api.deps import LoadedModel, model_for, parse_version
 from server.api.schemas import ErrorOut, PredictRequest, PredictResponse, RecordsInvalidOut
 from server.api.scoring import RecordsInvalid
 
@@ -107,25 +107,24 @@ async def _score(
     )
 
 
+# The model and the caller are looked up in the handlers, not as dependencies: every dependency
+# costs FastAPI a resolution pass per request. The router's `require(...)` has authorised the
+# caller before a handler runs; `authenticated` reads who it was.
+
+
 @router.post("/{name}/predict", response_model=PredictResponse, responses=_RESPONSES)
-async def predict_latest(
-    body: PredictRequest,
-    request: Request,
-    loaded: Annotated[LoadedModel, Depends(latest_model)],
-    principal: PrincipalDep,
-) -> JSONResponse:
+async def predict_latest(name: str, body: PredictRequest, request: Request) -> JSONResponse:
     """Score records with the latest version of a model."""
-    return await _score(loaded, body, request, principal)
+    loaded = await model_for(request, name, None)
+    return await _score(loaded, body, request, authenticated(request))
 
 
 @router.post(
     "/{name}/versions/{version}/predict", response_model=PredictResponse, responses=_RESPONSES
 )
 async def predict_version(
-    body: PredictRequest,
-    request: Request,
-    loaded: Annotated[LoadedModel, Depends(versioned_model)],
-    principal: PrincipalDep,
+    name: str, version: str, body: PredictRequest, request: Request
 ) -> JSONResponse:
     """Score records with one version of a model (`version` is a number or `latest`)."""
-    return await _score(loaded, body, request, principal)
+    loaded = await model_for(request, name, parse_version(version))
+    return await _score(loaded, body, request, authenticated(request))
