@@ -10,10 +10,9 @@ from __future__ import annotations
 import json
 import math
 import os
-import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import dp_accounting
 import numpy as np
@@ -21,7 +20,7 @@ import pandas as pd
 import pytest
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
-from helpers.node import ROOT, caller, node_config
+from helpers.node import ROOT, caller, node_config, without_blocking
 from typer.testing import CliRunner
 
 from client.analytics_data import field_table
@@ -50,7 +49,6 @@ pytestmark = pytest.mark.analytics
 TELCO = ROOT / "contracts" / "telco_churn.yaml"
 CANARY = "CANARYanalytics7f3e"
 ANALYTICS = ["training", "evaluation", "analytics"]
-T = TypeVar("T")
 
 CHURN_BY_INTERNET = {"kind": "rate", "field": "Churn", "group_by": ["InternetService"]}
 CHARGES_BY_PAYMENT = {"kind": "mean", "field": "MonthlyCharges", "group_by": ["PaymentMethod"]}
@@ -274,13 +272,7 @@ def test_layout_errors_name_the_problem(contract: Contract) -> None:
 # ================================================================================================
 # The node runtime: reserve → data → charge → answer → audit, refusals before data
 # ================================================================================================
-def _call(fn: Callable[[], T], timeout: float = 120) -> T:
-    box: dict[str, object] = {}
-    thread = threading.Thread(target=lambda: box.update(reply=fn()), daemon=True)
-    thread.start()
-    thread.join(timeout)
-    assert not thread.is_alive(), "the runtime blocked: it opened the data source"
-    return box["reply"]  # type: ignore[return-value]
+_call = without_blocking
 
 
 def _service(tmp: Path, data: Path, policy: Policy | None = None) -> NodeService:

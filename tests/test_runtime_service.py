@@ -9,14 +9,12 @@ the charge any failure is one constant refusal; replies carry no exact count or 
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 import pytest
-from helpers.node import caller, node_config, settings, weights
+from helpers.node import caller, node_config, settings, weights, without_blocking
 
 from client.runtime import service as service_module
 from client.runtime.service import FAILED, NodeService
@@ -27,17 +25,9 @@ from privacy.ledger import Ledger, Policy
 from privacy.limits import RequestLimits
 
 CANARY = "CANARYruntime5d1c"
-T = TypeVar("T")
 
 
-def _call(fn: Callable[[], T], timeout: float = 120) -> T:
-    """Run in a thread: if the service opens the FIFO it blocks and the test fails."""
-    box: dict[str, object] = {}
-    thread = threading.Thread(target=lambda: box.update(reply=fn()), daemon=True)
-    thread.start()
-    thread.join(timeout)
-    assert not thread.is_alive(), "the runtime blocked: it opened the data source"
-    return box["reply"]  # type: ignore[return-value]
+_call = without_blocking
 
 
 @pytest.fixture

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from client.runtime.config import NodeConfig
 from common import wire
@@ -74,3 +77,16 @@ def weights(contract: Path = SYNTHETIC_CONTRACT, model: str = "logreg") -> pb.We
 
 def caller(run_id: str = "101", message_id: str = "m1") -> pb.Caller:
     return pb.Caller(run_id=run_id, node_id=7, message_id=message_id)
+
+
+T = TypeVar("T")
+
+
+def without_blocking(fn: Callable[[], T], timeout: float = 120) -> T:
+    """Run `fn` in a thread: if it opens a FIFO data source it blocks and the test fails."""
+    box: dict[str, object] = {}
+    thread = threading.Thread(target=lambda: box.update(reply=fn()), daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), "the runtime blocked: it opened the data source"
+    return box["reply"]  # type: ignore[return-value]
