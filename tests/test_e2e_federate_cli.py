@@ -8,8 +8,8 @@ says what was published, what each node spent, and which signed build the nodes 
 from __future__ import annotations
 
 import hashlib
-import math
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
