@@ -106,7 +106,8 @@ def certs_create(
     """Create a CA and a server certificate covering every address nodes dial."""
     files = pki.create_tls(out, tuple(host or pki.DEFAULT_HOSTS), days)
     console.print(
-        f"CA {files.ca_cert}\ncertificate {files.server_cert}\nkey {files.server_key} (mode 600)"
+        f"CA {files.ca_cert}\ncertificate {files.server_cert}\nkey {files.server_key} (mode 600)",
+        soft_wrap=True,
     )
 
 
@@ -121,7 +122,8 @@ def keys_node(
     private, public = pki.create_node_key(out, name)
     console.print(
         f"private key {private} (mode 600) — keep it on the node\n"
-        f"public key {public} — give it to the coordinator"
+        f"public key {public} — give it to the coordinator",
+        soft_wrap=True,
     )
 
 
@@ -136,7 +138,8 @@ def keys_app_signing(
     console.print(
         f"private key {files.private_key} (mode 600) — keep it on the coordinator\n"
         f"trusted entities {files.trusted_entities} — give it to every node owner "
-        "(`atoll node start --trusted-entities`)"
+        "(`atoll node start --trusted-entities`)",
+        soft_wrap=True,
     )
 
 

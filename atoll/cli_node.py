@@ -23,6 +23,7 @@ import typer
 from rich.console import Console
 
 from atoll.processes import flower_env, register_node, supernode_argv, write_connection
+from common.files import write_private
 
 node_app = typer.Typer(
     help="Run a node: its runtime (holds the data) and the SuperNode that relays to it.",
@@ -86,8 +87,7 @@ def node_init(
         )
     except ValidationError as err:
         _fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()))
-    out.write_text(cfg.to_toml())
-    out.chmod(0o600)
+    write_private(out, cfg.to_toml())  # names the data source: the owner's alone
     console.print(f"wrote {out}; next: `atoll budget init --state-dir {cfg.state_dir} --cap EPS`")
 
 

@@ -33,12 +33,12 @@ from atoll.processes import (
     start_superlink,
     start_supernode,
     submit_run,
-    toml_value,
     wait_for_port,
     write_connection,
 )
 from atoll.proxy import ProxySettings, start_proxy
 from client.runtime.config import NodeConfig
+from common.files import toml_value, write_private
 from common.wire import RUNTIME_SOCKET
 from privacy.ledger import Ledger, Policy
 from privacy.limits import RequestLimits
@@ -230,10 +230,7 @@ class LocalFederation:
         config_path = home / "node.toml"
         # the owner's config names the data source: the owner's alone (the SuperNode's user
         # must traverse the node's directory to reach its socket, so the file itself is 0600)
-        fd = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(node_cfg.to_toml())
-        os.chmod(config_path, 0o600)
+        write_private(config_path, node_cfg.to_toml())
         if policy is not None:
             if limits is not None:
                 policy = policy.model_copy(update={"limits": limits})

@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import IO
 
 from atoll.pki import TlsFiles
+from common.files import toml_value
+from server.coordinator_settings import ENV as COORDINATOR_CONFIG_ENV
 
 BIN = Path(sys.executable).parent
-COORDINATOR_CONFIG_ENV = "ATOLL_COORDINATOR_CONFIG"  # = server.coordinator_settings.ENV
 SUPEREXEC_POLL_S = 0.1
 
 
@@ -264,14 +265,6 @@ def start_supernode(
         for path in [flwr_home, *flwr_home.rglob("*")]:
             os.chown(path, pwd.getpwnam(user).pw_uid, -1)
     return spawn(f"supernode-{name}", argv, log_path, env, cwd=flwr_home, user=user)
-
-
-def toml_value(v: str | int | float | bool) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return repr(v)
-    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def toml_pairs(config: dict[str, str | int | float | bool]) -> str:

@@ -260,10 +260,6 @@ def tensor_of(name: str, values: np.ndarray) -> pb.Tensor:
     return pb.Tensor(name=name, shape=list(v.shape), data=v.tobytes())
 
 
-def _budget_record(budget: pb.Budget) -> dict[str, float]:
-    return budget_metrics(budget)
-
-
 def refusal_content(refusal: pb.Refusal) -> RecordDict:
     return RecordDict({REFUSAL: ConfigRecord({CODE: refusal.code, MESSAGE: refusal.message})})
 
@@ -278,7 +274,7 @@ def rollcall_content(reply: pb.RollCallReply) -> RecordDict:
     metrics = {
         PLANNED_EPSILON: j.planned_epsilon,
         NOISE_MULTIPLIER: j.noise_multiplier,
-        **_budget_record(j.budget),
+        **budget_metrics(j.budget),
     }
     return RecordDict({INFO: info, METRICS: MetricRecord(dict(metrics))})
 
@@ -292,7 +288,7 @@ def train_content(reply: pb.TrainReply) -> RecordDict:
         NOISE_MULTIPLIER: t.noise_multiplier,
         SAMPLE_RATE: t.sample_rate,
         STEPS: float(t.steps),
-        **_budget_record(t.budget),
+        **budget_metrics(t.budget),
         **_histogram_record(t.incoming),
     }
     return RecordDict(
@@ -315,7 +311,7 @@ def evaluate_content(reply: pb.EvaluateReply) -> RecordDict:
         HIST_NEG: list(e.hist_neg),
         EVAL_NOISE: e.noise,
         NUM_EXAMPLES: 1.0,  # equal weights, as in training
-        **_budget_record(e.budget),
+        **budget_metrics(e.budget),
     }
     return RecordDict({METRICS: MetricRecord(dict(metrics))})  # type: ignore[arg-type]
 
@@ -326,7 +322,7 @@ def finish_content(reply: pb.FinishReply) -> RecordDict:
     f = reply.finished
     info = ConfigRecord({NODE_NAME: f.node_name})
     metrics: dict[str, float | list[float]] = {
-        **_budget_record(f.budget),
+        **budget_metrics(f.budget),
         **_histogram_record(f.final),
     }
     return RecordDict({INFO: info, METRICS: MetricRecord(dict(metrics))})  # type: ignore[arg-type]
@@ -396,7 +392,7 @@ def query_content(reply: pb.QueryReply) -> RecordDict:
         SENSITIVITY: a.sensitivity,
         QUERY_EPSILON: a.epsilon,
         NUM_EXAMPLES: 1.0,
-        **_budget_record(a.budget),
+        **budget_metrics(a.budget),
     }
     return RecordDict({INFO: info, METRICS: MetricRecord(dict(metrics))})  # type: ignore[arg-type]
 

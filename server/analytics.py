@@ -32,7 +32,6 @@ from privacy.audit import digest_arrays, json_number
 from server.coordinator_audit import CoordinatorAudit
 from server.coordinator_settings import CoordinatorSettings
 from server.fleet import Identities, RunFailed, query_nodes, wait_for_nodes
-from server.node_names import NodeNames
 from server.registry import MIGRATIONS_DIR
 from server.registry_models import Base
 from server.run_settings import RunSettings
@@ -174,10 +173,7 @@ def run_query(grid: Grid, context: Context) -> int:
     store = QueryStore(coordinator.registry_url)
     reports = SpendReports(coordinator.registry_url)
     audit = CoordinatorAudit(coordinator.registry_url, coordinator.audit_key, run_id)
-    names = NodeNames(coordinator.registry_url)
-    ids = Identities(names.all(), audit)
-    names.close()
-    audit.names = ids.registered
+    ids = Identities.load(coordinator.registry_url, audit)
     spec = query.model_dump(mode="json")
     audit(
         "query.started", run=run_id, spec=spec, contract=contract.name, contract_hash=contract.hash

@@ -19,6 +19,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from common.files import toml_value, write_private
+
 ENV = "ATOLL_COORDINATOR_CONFIG"
 
 
@@ -47,26 +49,14 @@ class CoordinatorSettings(BaseModel):
             raw = tomllib.loads(path.read_text())
             return cls.model_validate(raw)
         except OSError as err:
-            raise CoordinatorSettingsError(
-                f"coordinator settings {path}: {err.strerror}"
-            ) from None
+            raise CoordinatorSettingsError(f"coordinator settings {path}: {err.strerror}") from None
         except tomllib.TOMLDecodeError as err:
             raise CoordinatorSettingsError(f"coordinator settings {path}: {err}") from None
         except ValidationError as err:
-            where = "; ".join(
-                f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()
-            )
+            where = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
             raise CoordinatorSettingsError(f"coordinator settings {path}: {where}") from None
 
     def write(self, path: Path) -> Path:
         """Save as TOML, mode 0600 (it may hold a database password)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        body = "".join(
-            f'{k} = "{str(v).replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"\n'
-            for k, v in self.model_dump(by_alias=True, mode="json").items()
-        )
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(body)
-        os.chmod(path, 0o600)
-        return path
+        fields = self.model_dump(by_alias=True, mode="json").items()
+        return write_private(path, "".join(f"{k} = {toml_value(v)}\n" for k, v in fields))

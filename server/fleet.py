@@ -19,6 +19,7 @@ from common import wire
 from common.contract import Contract
 from common.protos.atoll.node.v1 import runtime_pb2 as pb
 from server.coordinator_audit import CoordinatorAudit
+from server.node_names import NodeNames
 from server.run_settings import RunSettings
 from server.spend_reports import SpendReports
 
@@ -98,6 +99,18 @@ class Identities:
     def __init__(self, registered: dict[int, str], audit: CoordinatorAudit) -> None:
         self.registered = registered
         self.audit = audit
+
+    @classmethod
+    def load(cls, registry_url: str, audit: CoordinatorAudit) -> Identities:
+        """The names recorded at registration (`server/node_names.py`); the audit log names
+        every node by them too."""
+        names = NodeNames(registry_url)
+        try:
+            ids = cls(names.all(), audit)
+        finally:
+            names.close()
+        audit.names = ids.registered
+        return ids
 
     def learn(self, grid: Grid) -> None:
         """Add the SuperLink's own record of registered names (it wins over ours)."""

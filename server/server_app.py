@@ -26,7 +26,6 @@ from server.calibration import publish_calibrated
 from server.coordinator_audit import CoordinatorAudit
 from server.coordinator_settings import CoordinatorSettings
 from server.fleet import FastGrid, Identities, RunFailed, finish_nodes, node_settings, roll_call
-from server.node_names import NodeNames
 from server.registry import Registry
 from server.run_settings import RunSettings
 from server.spend_reports import SpendReports
@@ -96,10 +95,7 @@ def main(grid: Grid, context: Context) -> None:
     reports = SpendReports(coordinator.registry_url)
     run_id = str(context.run_id)
     audit = CoordinatorAudit(coordinator.registry_url, coordinator.audit_key, run_id)
-    names = NodeNames(coordinator.registry_url)
-    ids = Identities(names.all(), audit)
-    names.close()
-    audit.names = ids.registered
+    ids = Identities.load(coordinator.registry_url, audit)
     audit(
         "run.started",
         contract=contract.name,

@@ -26,6 +26,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from client.node import NodeError
+from common.files import toml_value
 
 
 class DataConfig(BaseModel):
@@ -86,17 +87,11 @@ class NodeConfig(BaseModel):
     def to_toml(self) -> str:
         """The file form of this configuration (used by `atoll node init` and tests)."""
 
-        def q(v: object) -> str:
-            if isinstance(v, bool):
-                return "true" if v else "false"
-            if isinstance(v, int | float):
-                return repr(v)
-            return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-        top = self.model_dump(by_alias=True, exclude={"data"})
-        lines = [f"{k} = {q(v)}" for k, v in top.items()]
+        top = self.model_dump(by_alias=True, mode="json", exclude={"data"})
+        lines = [f"{k} = {toml_value(v)}" for k, v in top.items()]
         lines.append("\n[data]")
-        lines += [f"{k} = {q(v)}" for k, v in self.data.model_dump(by_alias=True).items()]
+        data = self.data.model_dump(by_alias=True, mode="json")
+        lines += [f"{k} = {toml_value(v)}" for k, v in data.items()]
         return "\n".join(lines) + "\n"
 
 
