@@ -22,10 +22,12 @@ postgres:
 	@for i in $$(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && exit 0; sleep 1; done; \
 	  echo "PostgreSQL did not come up on 127.0.0.1:5432" >&2; exit 1
 
-# Debian packages the security tests run for real: nginx (fleet proxy), tcpdump (capture test).
+# Debian packages the security and fault tests run for real: nginx (fleet proxy), tcpdump
+# (capture test), iproute2 (`ip netns`, veth links, `ss`: separate hosts in tests/test_faults_hosts.py).
 system-deps:
-	@command -v nginx >/dev/null 2>&1 && command -v tcpdump >/dev/null 2>&1 || \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light tcpdump)
+	@command -v nginx >/dev/null 2>&1 && command -v tcpdump >/dev/null 2>&1 && \
+	  command -v ip >/dev/null 2>&1 && command -v ss >/dev/null 2>&1 || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light tcpdump iproute2)
 
 test: install postgres system-deps
 	$(BIN)/ruff check .

@@ -12,13 +12,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from atoll.cli_common import fail
 from privacy.audit import (
     REPLY_SENT,
     ROUND_REPLY,
@@ -69,20 +70,15 @@ SubjectOption = Annotated[
 ]
 
 
-def _fail(message: str) -> NoReturn:
-    console.print(f"[bold red]error:[/] {escape(message)}")
-    raise typer.Exit(2)
-
-
 @contextmanager
 def _audit_errors() -> Iterator[None]:
     """Turn audit errors (which already say what to do) into exit code 2."""
     try:
         yield
     except AuditError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except OSError as exc:
-        _fail(f"{exc.filename or 'file'}: {exc.strerror or exc}")
+        fail(f"{exc.filename or 'file'}: {exc.strerror or exc}")
 
 
 def _when(value: str | None, option: str) -> datetime | None:
@@ -92,7 +88,7 @@ def _when(value: str | None, option: str) -> datetime | None:
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
-        _fail(f"{option} must be an ISO 8601 time like 2025-01-31 or 2025-01-31T12:00:00Z")
+        fail(f"{option} must be an ISO 8601 time like 2025-01-31 or 2025-01-31T12:00:00Z")
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
@@ -143,7 +139,7 @@ def _checkpoint_file(path: Path, log: str) -> tuple[Path, Checkpoint]:
     if path.is_dir():
         found = latest_checkpoint(path, log)
         if found is None:
-            _fail(
+            fail(
                 f"no checkpoint of log '{log}' in {path}; pass the checkpoint file, or write one "
                 "with `atoll audit checkpoint`"
             )
@@ -183,7 +179,7 @@ def verify_cmd(
 ) -> None:
     """Verify sequence, hash chain and signatures; exit 1 naming the first bad entry."""
     if db is not None and jsonl is not None:
-        _fail("pass either --db URL or --jsonl FILE, not both")
+        fail("pass either --db URL or --jsonl FILE, not both")
     with _audit_errors():
         keys = load_public_keys(public_key)
         extra = load_public_keys(checkpoint_public_key or [])
@@ -194,7 +190,7 @@ def verify_cmd(
         elif db is not None:
             report = verify(db, log, keys, mark, checkpoint_keys=extra)
         else:
-            _fail("pass --db URL (the audit database) or --jsonl FILE (an unfiltered export)")
+            fail("pass --db URL (the audit database) or --jsonl FILE (an unfiltered export)")
     if found is not None:
         report = report.model_copy(update={"checkpoint_file": str(found[0])})
     _print_report(report, as_json)
@@ -214,7 +210,7 @@ def _keys_per_log(specs: list[str], logs: list[str]) -> dict[str, dict[str, str]
             common.append(Path(spec))
     unknown = sorted(set(per_log) - set(logs))
     if unknown:
-        _fail(f"--public-key names log(s) {', '.join(unknown)} that are not being checkpointed")
+        fail(f"--public-key names log(s) {', '.join(unknown)} that are not being checkpointed")
     shared = load_public_keys(common)
     return {log: {**shared, **load_public_keys(per_log.get(log, []))} for log in logs}
 
@@ -251,12 +247,12 @@ def checkpoint_cmd(
     truncated or rewritten gets none, and the command exits 1.
     """
     if all_logs and log:
-        _fail("pass either --log (repeat) or --all-logs, not both")
+        fail("pass either --log (repeat) or --all-logs, not both")
     with _audit_errors():
         signer = AuditSigner.load(key)
         logs = list_log_ids(db) if all_logs else list(dict.fromkeys(log or ["coordinator"]))
         if not logs:
-            _fail("the database holds no audit log entries; nothing to checkpoint")
+            fail("the database holds no audit log entries; nothing to checkpoint")
         keys = _keys_per_log(public_key, logs)
         # An earlier checkpoint may be signed by any pinned key, or by this signer.
         trusted = {k: pem for per_log in keys.values() for k, pem in per_log.items()}

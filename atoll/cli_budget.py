@@ -29,6 +29,13 @@ MaxRun = Annotated[float | None, typer.Option(help="Most ε one run may take")]
 TaskCaps = Annotated[list[str] | None, typer.Option(help="TASK=EPSILON (repeat)")]
 Tasks = Annotated[list[str] | None, typer.Option(help="Allowed task (repeat; default any)")]
 Purposes = Annotated[list[str] | None, typer.Option(help="Allowed purpose (repeat)")]
+PurposeCaps = Annotated[
+    list[str] | None,
+    typer.Option(
+        help="PURPOSE=EPSILON (repeat): cap one purpose's ε apart from the total, e.g. "
+        "analytics=1 (binds analytics/… too)"
+    ),
+]
 PeriodCapOpt = Annotated[
     str | None,
     typer.Option(
@@ -84,6 +91,7 @@ _OPTIONS = {
     "allowed_tasks": "--task",
     "allowed_purposes": "--purpose",
     "period_cap": "--period-cap",
+    "purpose_caps": "--purpose-cap",
     "epsilon": "--period-cap",
     "max_weight_norm": "--max-weight-norm",
     "min_expected_batch": "--min-expected-batch",
@@ -123,8 +131,12 @@ def _policy(
     purposes: list[str] | None,
     period_cap: str | None,
     limits: dict[str, object],
+    purpose_cap: list[str] | None = None,
 ) -> Policy:
     caps = dict(_name_epsilon("--task-cap", "TASK=EPSILON", item) for item in task_cap or [])
+    by_purpose = dict(
+        _name_epsilon("--purpose-cap", "PURPOSE=EPSILON", item) for item in purpose_cap or []
+    )
     period = None
     if period_cap:
         expected = "month|quarter|year=EPSILON"
@@ -141,6 +153,7 @@ def _policy(
             allowed_tasks=tasks or None,
             allowed_purposes=purposes or ["training", "evaluation"],
             period_cap=PeriodCap.model_validate(period) if period else None,
+            purpose_caps=by_purpose,
             limits=RequestLimits.model_validate({k: v for k, v in limits.items() if v is not None}),
         )
     except ValidationError as err:  # e.g. a cap <= 0: say which option, not a traceback
@@ -201,6 +214,7 @@ def init(
     task: Tasks = None,
     purpose: Purposes = None,
     period_cap: PeriodCapOpt = None,
+    purpose_cap: PurposeCaps = None,
     max_weight_norm: MaxWeightNorm = None,
     min_expected_batch: MinExpectedBatch = None,
     max_local_epochs: MaxLocalEpochs = None,
@@ -219,7 +233,7 @@ def init(
         min_noise,
         allowed_model,
     )
-    policy = _policy(cap, delta, max_run, task_cap, task, purpose, period_cap, limits)
+    policy = _policy(cap, delta, max_run, task_cap, task, purpose, period_cap, limits, purpose_cap)
     with _ledger_errors("refused"):
         Ledger.initialize(state_dir, node_name, policy).close_db()
     console.print(
@@ -242,6 +256,7 @@ def set_policy(
     task: Tasks = None,
     purpose: Purposes = None,
     period_cap: PeriodCapOpt = None,
+    purpose_cap: PurposeCaps = None,
     max_weight_norm: MaxWeightNorm = None,
     min_expected_batch: MinExpectedBatch = None,
     max_local_epochs: MaxLocalEpochs = None,
@@ -263,7 +278,7 @@ def set_policy(
         min_noise,
         allowed_model,
     )
-    policy = _policy(cap, delta, max_run, task_cap, task, purpose, period_cap, limits)
+    policy = _policy(cap, delta, max_run, task_cap, task, purpose, period_cap, limits, purpose_cap)
     with _ledger_errors():
         ledger = Ledger(state_dir)
         try:
@@ -297,8 +312,16 @@ def show(
     )
     console.print(
         f"ε (at δ={status.delta:g}) covers every release this node makes: "
-        f"{'; '.join(status.covers)}; analytics queries are not offered yet"
+        f"{'; '.join(status.covers)}"
     )
+    for cap in status.purposes:
+        console.print(
+            escape(
+                f"purpose {cap.purpose}: spent ε={cap.spent_epsilon:.3f}, reserved "
+                f"{cap.reserved_epsilon:.3f}, cap {cap.cap_epsilon:.3f}, remaining "
+                f"{cap.remaining_epsilon:.3f}"
+            )
+        )
     if status.period is not None:
         p = status.period
         console.print(
@@ -311,10 +334,11 @@ def show(
     caps = ", ".join(f"{t}={e:g}" for t, e in policy.task_caps.items()) or "none"
     tasks = ", ".join(policy.allowed_tasks) if policy.allowed_tasks is not None else "any"
     purposes = ", ".join(policy.allowed_purposes)
+    by_purpose = ", ".join(f"{p}={e:g}" for p, e in policy.purpose_caps.items()) or "none"
     console.print(
         escape(
             f"policy: most ε per run {max_run}; task caps {caps}; tasks {tasks}; "
-            f"purposes {purposes}"
+            f"purposes {purposes}; purpose caps {by_purpose}"
         )
     )
     console.print(f"request limits: {_describe_limits(policy.limits)}")

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from atoll.cli_common import fail
 from server.api.audit_trail import key_change_recorder
 from server.api.auth import ROLE_PERMISSIONS, ApiKeyError, ApiKeyInfo, ApiKeyStore, Role
 
@@ -40,12 +41,7 @@ def _open(registry: str) -> ApiKeyStore:
     try:
         return ApiKeyStore.open(registry, on_event=key_change_recorder(registry))
     except (ApiKeyError, ValueError) as exc:
-        _fail(str(exc))
-
-
-def _fail(message: str) -> NoReturn:
-    _err.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(2)
+        fail(str(exc))
 
 
 def _when(value: datetime | None) -> str:
@@ -71,7 +67,7 @@ def create(
         try:
             info, key = store.create(name, role)
         except ApiKeyError as exc:
-            _fail(str(exc))
+            fail(str(exc))
     _show_secret(info, key, "created")
 
 
@@ -123,7 +119,7 @@ def rotate(
         try:
             info, key = store.rotate(key_id)
         except ApiKeyError as exc:
-            _fail(str(exc))
+            fail(str(exc))
     _show_secret(info, key, "rotated")
 
 
@@ -137,7 +133,7 @@ def revoke(
         try:
             info = store.revoke(key_id)
         except ApiKeyError as exc:
-            _fail(str(exc))
+            fail(str(exc))
     _err.print(f"revoked API key [bold]{info.key_id}[/] ({info.name}, role {info.role})")
 
 

@@ -22,6 +22,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from atoll.cli_common import fail
 from atoll.processes import flower_env, register_node, supernode_argv, write_connection
 from common.files import write_private
 
@@ -36,11 +37,6 @@ SuperLinkAddr = Annotated[str, typer.Option(help="SuperLink (or fleet proxy) add
 CaCert = Annotated[Path, typer.Option(help="CA certificate of the coordinator")]
 
 
-def _fail(message: str, code: int = 2) -> None:
-    console.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(code)
-
-
 def _load(config: Path):  # noqa: ANN202 - NodeConfig, imported late (keeps `atoll --help` fast)
     from client.node import NodeError
     from client.runtime.config import NodeConfig
@@ -48,7 +44,7 @@ def _load(config: Path):  # noqa: ANN202 - NodeConfig, imported late (keeps `ato
     try:
         return NodeConfig.load(config)
     except NodeError as err:
-        _fail(err.reason)
+        fail(err.reason)
 
 
 @node_app.command("init")
@@ -61,6 +57,13 @@ def node_init(
     socket: Annotated[Path, typer.Option(help="The runtime's local socket")] = Path("node.sock"),
     socket_group: Annotated[str, typer.Option(help="Group allowed to connect (0660)")] = "",
     size_bucket: Annotated[str, typer.Option(help="Public size range, e.g. 1000-2000")] = "",
+    trusted_app_key: Annotated[
+        Path | None,
+        typer.Option(
+            help="The coordinator's trusted-entities file: run only builds whose signed "
+            "manifest verifies (app id, version, expiry)"
+        ),
+    ] = None,
     table: str = "",
     query: str = "",
 ) -> None:
@@ -70,7 +73,7 @@ def node_init(
     from client.runtime.config import DataConfig, NodeConfig
 
     if out.exists():
-        _fail(f"{out} exists; edit it or choose another --out")
+        fail(f"{out} exists; edit it or choose another --out")
     try:
         cfg = NodeConfig(
             name=name,
@@ -79,6 +82,7 @@ def node_init(
             socket=socket.resolve(),
             socket_group=socket_group,
             size_bucket=size_bucket,
+            trusted_app_key=trusted_app_key.resolve() if trusted_app_key else None,
             data=DataConfig(
                 source=data if "://" in data else str(Path(data).resolve()),
                 table=table,
@@ -86,7 +90,7 @@ def node_init(
             ),
         )
     except ValidationError as err:
-        _fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()))
+        fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()))
     write_private(out, cfg.to_toml())  # names the data source: the owner's alone
     console.print(f"wrote {out}; next: `atoll budget init --state-dir {cfg.state_dir} --cap EPS`")
 
@@ -109,11 +113,11 @@ def node_runtime(
     except NodeError as err:
         if debug:
             raise
-        _fail(err.reason)
+        fail(err.reason)
     except (OSError, KeyError) as err:  # socket path, group name
         if debug:
             raise
-        _fail(f"cannot listen on {cfg.socket}: {err}")
+        fail(f"cannot listen on {cfg.socket}: {err}")
 
 
 @node_app.command("start")
@@ -144,9 +148,9 @@ def node_start(
         deadline = time.monotonic() + 120
         while not cfg.socket.exists():
             if runtime.poll() is not None:
-                _fail(f"the node runtime exited with code {runtime.returncode}")
+                fail(f"the node runtime exited with code {runtime.returncode}")
             if time.monotonic() > deadline:
-                _fail(f"the node runtime did not open {cfg.socket} within 120 s")
+                fail(f"the node runtime did not open {cfg.socket} within 120 s")
             time.sleep(0.2)
         argv = supernode_argv(
             superlink=superlink,
@@ -196,12 +200,12 @@ def node_register(
 
     write_connection(flwr_home.resolve(), "atoll", superlink, ca.resolve())
     if not public_key.is_file():
-        _fail(f"public key {public_key} not found; the node owner makes it with `atoll keys node`")
+        fail(f"public key {public_key} not found; the node owner makes it with `atoll keys node`")
     fingerprint = hashlib.sha256(public_key.read_bytes().split()[1]).hexdigest()
     try:
         log = operator_log(registry)
     except AuditError as err:
-        _fail(str(err))
+        fail(str(err))
     details = {"name": name, "public_key_sha256": fingerprint}
     log.append("operator", "node.registered", f"node:{name}", details)  # before it happens
     node_id = register_node(flwr_home.resolve(), "atoll", public_key.resolve(), name)

@@ -14,8 +14,6 @@ quantile; `field`; `group_by` (≤ 2 categorical/binary features); `filters` ([{
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import sys
 from pathlib import Path
@@ -25,6 +23,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from atoll.cli_common import fail
+
 query_app = typer.Typer(
     help="Federated analytics: DP segment statistics, charged to each node's budget.",
     no_args_is_help=True,
@@ -33,12 +33,6 @@ console = Console(stderr=True)
 
 Spec = Annotated[str, typer.Option(help="The query as JSON, or @FILE holding it")]
 Registry = Annotated[str, typer.Option(help="Coordinator database URL (registry)")]
-ROW_FIELDS = ("cell", "statistic", "estimate", "low", "high", "noisy_count", "unreliable")
-
-
-def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {escape(message)}")
-    raise typer.Exit(2)
 
 
 def _load(spec: str, contract_path: Path) -> tuple[Any, Any]:
@@ -53,9 +47,9 @@ def _load(spec: str, contract_path: Path) -> tuple[Any, Any]:
         query = Query.model_validate_json(text)
         layout(query, contract, max_bins=10**6)
     except (ContractError, QueryError) as err:
-        _fail(str(err))
+        fail(str(err))
     except ValidationError as err:
-        _fail(
+        fail(
             "invalid query: "
             + "; ".join(
                 f"{'.'.join(map(str, e['loc'])) or 'query'}: {e['msg']}" for e in err.errors()
@@ -90,42 +84,21 @@ def preview(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
 ) -> None:
     """Expected 95% intervals per cell and the ε each node would spend — before anything runs."""
-    from common.analytics_math import (
-        epsilon_for_width,
-        epsilon_of,
-        expected_intervals,
-        sigma_for_epsilon,
-    )
+    from common.analytics_math import preview as preview_of
 
     query, c = _load(spec, contract)
-    if query.epsilon > 0:
-        sigma, eps = sigma_for_epsilon(query.epsilon, delta), query.epsilon
-    else:
-        sigma, eps = query.noise_multiplier, epsilon_of(query.noise_multiplier, delta)
-    out: dict[str, Any] = {
-        "query": query.model_dump(mode="json"),
-        "delta": delta,
-        "epsilon_per_node": eps,
-        **expected_intervals(query, c, nodes=nodes, sigma=sigma),
-    }
-    if target_half_width is not None:
-        try:
-            e, s = epsilon_for_width(
-                query,
-                c,
-                nodes=nodes,
-                half_width=target_half_width,
-                delta=delta,
-                cell_size=cell_size,
-            )
-        except ValueError as err:
-            _fail(str(err))
-        out["for_target"] = {
-            "half_width": target_half_width,
-            "cell_size": cell_size,
-            "epsilon_per_node": e,
-            "noise_multiplier": s,
-        }
+    try:
+        out = preview_of(
+            query,
+            c,
+            nodes=nodes,
+            delta=delta,
+            target_half_width=target_half_width,
+            cell_size=cell_size,
+        )
+    except ValueError as err:
+        fail(str(err))
+    eps, sigma = out["epsilon_per_node"], out["noise_multiplier"]
     if as_json:
         typer.echo(json.dumps(out, indent=2))
         return
@@ -162,13 +135,16 @@ def run(
     app_store_dir: Annotated[
         Path, typer.Option(help="Directory `atoll app-store serve` serves")
     ] = Path("runs/app-store"),
+    contracts_dir: Annotated[
+        Path, typer.Option(help="The SuperLink's --contracts (the contract is staged there)")
+    ] = Path("runs/contracts"),
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Any other run-config KEY=VALUE (repeat)")
     ] = None,
 ) -> None:
     """Submit the query as a run of the signed app (SuperLink, TLS, node auth) and show it."""
     from atoll.cli import build_run_config
-    from atoll.federation import APP_DIR, follow_run
+    from atoll.federation import APP_DIR, CONTRACT_PATH_KEY, follow_run
     from atoll.processes import write_connection
     from server.app_store import SigningKey, publish_app
 
@@ -182,21 +158,22 @@ def run(
     config = build_run_config(
         {
             "min_nodes": min_nodes,
-            "contract_path": str(contract),
             "query": query.model_dump_json(),
         },
         set_,
     )
+    config[CONTRACT_PATH_KEY] = str(contract)  # staged by follow_run, submitted as its hash
     outcome = follow_run(
         flwr_home=flwr_home,
         config=config,
         work=flwr_home / "runs",
         log_path=flwr_home / "runs.log",
         app=app_ref,
+        contracts_dir=contracts_dir,
     )
     record = _store_lookup(registry, run_id=outcome.run_id)
     if record is None:
-        _fail(f"run {outcome.run_id} stored no query result; see {flwr_home / 'runs.log'}")
+        fail(f"run {outcome.run_id} stored no query result; see {flwr_home / 'runs.log'}")
     _print(record)
     if record["status"] != "answered":
         raise typer.Exit(1)
@@ -246,7 +223,7 @@ def show(
     if qid is not None:
         record = _store_lookup(registry, qid=qid)
         if record is None:
-            _fail(f"no query {qid} in this registry")
+            fail(f"no query {qid} in this registry")
         _print(record)
         return
     from server.analytics import QueryStore
@@ -274,18 +251,15 @@ def export(
     """Export a query's result: CSV rows (cell, statistic, estimate, interval) or full JSON."""
     record = _store_lookup(registry, qid=qid)
     if record is None:
-        _fail(f"no query {qid} in this registry")
+        fail(f"no query {qid} in this registry")
     if fmt == "json":
         text = json.dumps(record, indent=2)
     elif fmt == "csv":
-        buf = io.StringIO()
-        writer = csv.writer(buf)
-        writer.writerow(ROW_FIELDS)
-        for r in record["result"].get("rows", []):
-            writer.writerow([" × ".join(r["cell"]) if f == "cell" else r[f] for f in ROW_FIELDS])
-        text = buf.getvalue()
+        from server.analytics import rows_csv
+
+        text = rows_csv(record)
     else:
-        _fail(f"--format {fmt}: use csv or json")
+        fail(f"--format {fmt}: use csv or json")
     if out is None:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
     else:

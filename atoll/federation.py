@@ -15,6 +15,7 @@ import re
 import sys
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -45,14 +46,23 @@ from privacy.limits import RequestLimits
 from server.api.audit_trail import key_change_recorder, operator_log
 from server.api.auth import ApiKeyStore
 from server.app_store import SigningKey, StoredApp, publish_app
-from server.coordinator_settings import CoordinatorSettings
+from server.coordinator_settings import CoordinatorSettings, stage_contract
 from server.node_names import NodeNames
+from server.registry_signing import load_publishing_key
 
 DEFAULT_POLICY = Policy(cap_epsilon=10.0, delta=1e-5)  # the demo's per-node budget
 APP_DIR = Path(__file__).resolve().parents[1]  # the Flower app (this repo's pyproject.toml)
 CONNECTION = "atoll"
+COORDINATOR = "coordinator"  # the coordinator's host name for `LocalFederation.on_host`
+OnHost = Callable[[str], AbstractContextManager[object]]
+CONTRACT_PATH_KEY = "contract-path"  # the submitter's file; staged, then sent as contract-hash
 _PUBLISHED = re.compile(r"ATOLL published model=(\S+) version=(\d+) run=(\d+)")
 _ROUND = re.compile(r"\[ROUND (\d+)/(\d+)\]")
+
+
+def same_host(_host: str) -> AbstractContextManager[object]:
+    """Every party on this machine (the default `on_host`)."""
+    return nullcontext()
 
 
 @dataclass(frozen=True)
@@ -110,8 +120,19 @@ class LocalFederation:
     proxy: bool = False  # nodes dial an nginx fleet proxy, never the SuperLink (atoll.proxy)
     signed_apps: bool = True  # nodes run only apps signed by the coordinator (server.app_store)
     processes: dict[str, ManagedProcess] = field(default_factory=dict)
+    # Where each party runs: a context manager putting the calling thread (and the processes it
+    # starts) on host COORDINATOR or on a node's host (its name), e.g. a network namespace
+    # (tests/helpers/netns.py). `public_host` is the coordinator's address nodes dial; off
+    # loopback they reach it through the fleet proxy only, and the certificate names it.
+    on_host: OnHost = same_host
+    public_host: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
+        if self.public_host not in pki.DEFAULT_HOSTS and not self.proxy:
+            raise ValueError(
+                f"nodes dialling {self.public_host} reach the SuperLink through the fleet proxy "
+                "only (its Control API stays on loopback): set proxy=True"
+            )
         self.workdir = self.workdir.resolve()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.coordinator_home = self.workdir / "coordinator"
@@ -137,8 +158,16 @@ class LocalFederation:
 
     # -- coordinator -----------------------------------------------------------------------
     def start_coordinator(self, port: int | None = None) -> None:
+        """App store, SuperLink and (with `proxy`) the fleet proxy, on the coordinator's host."""
+        with self.on_host(COORDINATOR):
+            self._start_coordinator(port)
+
+    def _start_coordinator(self, port: int | None) -> None:
         self.coordinator_home.mkdir(parents=True, exist_ok=True)
-        self.tls = pki.create_tls(self.workdir / "certs")
+        hosts: tuple[str, ...] = pki.DEFAULT_HOSTS
+        if self.public_host not in hosts:
+            hosts = (*hosts, self.public_host)
+        self.tls = pki.create_tls(self.workdir / "certs", hosts=hosts)
         self.superlink_port = port or free_port()
         if self.signed_apps:
             self.app_signing = pki.create_app_signing_key(self.coordinator_home / "app-signing")
@@ -150,6 +179,32 @@ class LocalFederation:
                 log_path=self.logs / "app-store.log",
             )
             self.app_store_url = f"https://127.0.0.1:{store_port}"
+        load_publishing_key(self.publishing_key)  # created now: the API pins its .pub
+        CoordinatorSettings(
+            registry_url=self.registry_url,
+            audit_key=self.coordinator_home / "audit" / "coordinator.pem",
+            publishing_key=self.publishing_key,
+            contracts_dir=self.contracts_dir,
+        ).write(self.coordinator_home / "coordinator.toml")
+        self._start_superlink()
+        write_connection(self.coordinator_home / "flwr", CONNECTION, self.address, self.tls.ca_cert)
+        if self.proxy:
+            self.proxy_port = free_port()
+            self.processes["proxy"] = start_proxy(
+                ProxySettings(
+                    # off loopback: every address of the coordinator host (its own network)
+                    listen=self.node_address
+                    if self.public_host in pki.DEFAULT_HOSTS
+                    else f"0.0.0.0:{self.proxy_port}",
+                    upstream=self.address,
+                    tls=self.tls,
+                    runtime_dir=self.coordinator_home / "proxy",
+                ),
+                self.logs / "proxy.log",
+            )
+
+    def _start_superlink(self) -> None:
+        assert self.tls is not None
         self.processes["superlink"] = start_superlink(
             tls=self.tls,
             port=self.superlink_port,
@@ -157,23 +212,24 @@ class LocalFederation:
             log_path=self.logs / "superlink.log",
             node_auth=self.node_auth,
             app_store=self.app_store_url,
-            coordinator_config=CoordinatorSettings(
-                registry_url=self.registry_url,
-                audit_key=self.coordinator_home / "audit" / "coordinator.pem",
-            ).write(self.coordinator_home / "coordinator.toml"),
+            coordinator_config=self.coordinator_home / "coordinator.toml",
         )
-        write_connection(self.coordinator_home / "flwr", CONNECTION, self.address, self.tls.ca_cert)
-        if self.proxy:
-            self.proxy_port = free_port()
-            self.processes["proxy"] = start_proxy(
-                ProxySettings(
-                    listen=self.node_address,
-                    upstream=self.address,
-                    tls=self.tls,
-                    runtime_dir=self.coordinator_home / "proxy",
-                ),
-                self.logs / "proxy.log",
-            )
+
+    def restart_superlink(self) -> None:
+        """Stop the SuperLink (and the ServerApp it runs) if still alive and start it again on
+        the same port and state database: runs, registrations and messages survive."""
+        self.processes["superlink"].stop()
+        with self.on_host(COORDINATOR):
+            self._start_superlink()
+
+    @property
+    def publishing_key(self) -> Path:
+        """The coordinator's registry publishing key; its .pub is what the API pins."""
+        return self.coordinator_home / "publishing" / "publishing.pem"
+
+    @property
+    def contracts_dir(self) -> Path:
+        return self.coordinator_home / "contracts"
 
     @property
     def app_store_dir(self) -> Path:
@@ -187,7 +243,7 @@ class LocalFederation:
     @property
     def node_address(self) -> str:
         """What SuperNodes dial: the fleet proxy when there is one."""
-        return f"127.0.0.1:{self.proxy_port}" if self.proxy else self.address
+        return f"{self.public_host}:{self.proxy_port}" if self.proxy else self.address
 
     # -- nodes -----------------------------------------------------------------------------
     def add_node(
@@ -224,6 +280,8 @@ class LocalFederation:
                 "state-dir": str(home / "state"),
                 "socket": str(home / "runtime.sock"),
                 "socket-group": _group_of(supernode_user) if supernode_user else "",
+                # the runtime checks each build's signed manifest against the same key(s)
+                "trusted-app-key": str(trusted_entities) if trusted_entities else None,
                 "data": {"source": str(data), **data_config},
             }
         )
@@ -242,21 +300,42 @@ class LocalFederation:
                 for path in (key.parent, key):
                     os.chown(path, pwd.getpwnam(supernode_user).pw_uid, -1)
             if register:
-                fingerprint = hashlib.sha256(pub.read_bytes().split()[1]).hexdigest()
-                operator_log(self.registry_url).append(
-                    "operator",
-                    "node.registered",
-                    f"node:{name}",
-                    {"name": name, "public_key_sha256": fingerprint},
-                )
-                node_id = register_node(self.coordinator_home / "flwr", CONNECTION, pub, name)
-                names = NodeNames(self.registry_url)
-                names.add(node_id, name, fingerprint)
-                names.close()
-        if policy is not None:
+                with self.on_host(COORDINATOR):
+                    self._register(name, pub)
+        with self.on_host(name):  # the node's own host: its runtime, then its SuperNode
+            return self._start_node(
+                name, home, node_cfg, key, policy is not None, trusted_entities, supernode_user
+            )
+
+    def _register(self, name: str, pub: Path) -> None:
+        """The coordinator admits a node's key (as `atoll node register` does)."""
+        fingerprint = hashlib.sha256(pub.read_bytes().split()[1]).hexdigest()
+        operator_log(self.registry_url).append(
+            "operator",
+            "node.registered",
+            f"node:{name}",
+            {"name": name, "public_key_sha256": fingerprint},
+        )
+        node_id = register_node(self.coordinator_home / "flwr", CONNECTION, pub, name)
+        names = NodeNames(self.registry_url)
+        names.add(node_id, name, fingerprint)
+        names.close()
+
+    def _start_node(
+        self,
+        name: str,
+        home: Path,
+        node_cfg: NodeConfig,
+        key: Path | None,
+        runtime: bool,
+        trusted_entities: Path | None,
+        supernode_user: str | None,
+    ) -> ManagedProcess:
+        assert self.tls is not None
+        if runtime:
             self.processes[f"runtime:{name}"] = start_runtime(
                 name=name,
-                config=config_path,
+                config=home / "node.toml",
                 socket_path=node_cfg.socket,
                 log_path=self.logs / f"runtime-{name}.log",
             )
@@ -290,15 +369,17 @@ class LocalFederation:
                 APP_DIR, self.app_store_dir, SigningKey.load(self.app_signing.private_key)
             )
             app = self.last_app.spec
-        return follow_run(
-            flwr_home=self.coordinator_home / "flwr",
-            config=cfg,
-            app=app,
-            work=self.coordinator_home,
-            log_path=self.logs / "runs.log",
-            on_line=on_line,
-            timeout=timeout,
-        )
+        with self.on_host(COORDINATOR):
+            return follow_run(
+                flwr_home=self.coordinator_home / "flwr",
+                config=cfg,
+                app=app,
+                work=self.coordinator_home,
+                log_path=self.logs / "runs.log",
+                on_line=on_line,
+                timeout=timeout,
+                contracts_dir=self.contracts_dir,
+            )
 
     # -- serving ---------------------------------------------------------------------------
     def create_api_key(self, role: str, name: str | None = None) -> str:
@@ -326,12 +407,14 @@ class LocalFederation:
         if tls:
             assert self.tls is not None, "start_coordinator() first (it creates the certificates)"
             argv += ["--certfile", str(self.tls.server_cert), "--keyfile", str(self.tls.server_key)]
+        argv += ["--registry-public-key", str(self.publishing_key.with_suffix(".pub"))]
         coordinator_pub = self.coordinator_home / "audit" / "coordinator.pub"
         if coordinator_pub.exists():  # lets GET /audit/verify check the coordinator's log too
             argv += ["--audit-public-key", str(coordinator_pub)]
-        proc = spawn("api", argv, self.logs / "api.log", flower_env())
-        self.processes["api"] = proc
-        wait_for_port(port, timeout=60, proc=proc)
+        with self.on_host(COORDINATOR):
+            proc = spawn("api", argv, self.logs / "api.log", flower_env())
+            self.processes["api"] = proc
+            wait_for_port(port, timeout=60, proc=proc)
         return f"{'https' if tls else 'http'}://{host}:{port}"
 
 
@@ -349,11 +432,18 @@ def follow_run(
     timeout: float = 3600,
     connection: str = CONNECTION,
     app: Path | str = APP_DIR,
+    contracts_dir: Path | None = None,
 ) -> RunOutcome:
     """Submit `app` (this app's directory, or its signed build `@atoll/atoll==x.y.z` in the app
-    store) with `config` (`flwr run --stream`) and follow it to its outcome."""
+    store) with `config` (`flwr run --stream`) and follow it to its outcome.
+
+    `config["contract-path"]` is the submitter's contract file: it is staged in the coordinator's
+    `contracts_dir` (the SuperLink's --contracts; default `work/contracts`, a LocalFederation's)
+    and replaced by `contract-hash` — the path itself is never submitted."""
     cfg = dict(config)
-    cfg["contract-path"] = str(Path(cfg["contract-path"]).resolve())
+    if CONTRACT_PATH_KEY in cfg:
+        staged = contracts_dir or work / "contracts"
+        cfg["contract-hash"] = stage_contract(Path(cfg.pop(CONTRACT_PATH_KEY)), staged)
     work.mkdir(parents=True, exist_ok=True)
     cfg_file = work / f"run-{int(time.time() * 1000)}.toml"
     cfg_file.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in cfg.items()))

@@ -1,7 +1,9 @@
 """Start, watch and stop the real Flower processes (SuperLink, SuperNodes, `flwr` CLI).
 
 Every process runs in its own session so that stopping it also stops the app processes it
-spawned; every process logs to its own file.
+spawned; every process logs to its own file. No orphans: each one runs under `atoll/supervise.py`,
+which dies with the process that started it (even by SIGKILL: `PR_SET_PDEATHSIG`) and takes
+every process below it along — also those Flower detaches into a session of their own.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from common.files import toml_value
 from server.coordinator_settings import ENV as COORDINATOR_CONFIG_ENV
 
 BIN = Path(sys.executable).parent
+SUPERVISOR = Path(__file__).resolve().with_name("supervise.py")
 SUPEREXEC_POLL_S = 0.1
 
 
@@ -117,11 +120,16 @@ def spawn(
     cwd: Path | None = None,
     user: str | None = None,
 ) -> ManagedProcess:
-    """Start `argv` in its own session, logging to `log_path`; as `user` if given (needs root)."""
+    """Start `argv` in its own session, logging to `log_path`; as `user` if given (needs root).
+
+    It runs under the supervisor (`supervised`): when this process dies, however, it and all
+    it started die too. The kernel ties that to the *thread* calling spawn: call it from the
+    main thread (or one that lives as long as the process), never from a short-lived worker.
+    """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "ab")  # noqa: SIM115 - owned by ManagedProcess
     popen = subprocess.Popen(
-        list(argv),
+        supervised(argv),
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
@@ -133,6 +141,11 @@ def spawn(
         extra_groups=[] if user else None,
     )
     return ManagedProcess(name=name, popen=popen, log_path=log_path, _log=log)
+
+
+def supervised(argv: Sequence[str]) -> list[str]:
+    """`argv` run by `atoll/supervise.py` on behalf of this process (see its docstring)."""
+    return [sys.executable, "-I", "-S", str(SUPERVISOR), str(os.getpid()), "--", *argv]
 
 
 def superlink_argv(
@@ -368,7 +381,7 @@ def submit_run(
     deadline = time.monotonic() + timeout
     with open(log_path, "a", encoding="utf-8") as log:
         proc = subprocess.Popen(
-            argv,
+            supervised(argv),
             env=flower_env(flwr_home),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

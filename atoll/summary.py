@@ -10,6 +10,7 @@ from rich.table import Table
 
 from atoll.federation import LocalFederation, Partition, RunOutcome
 from server.registry import Registry
+from server.registry_signing import RowVerifier
 
 
 def build_summary(
@@ -21,7 +22,8 @@ def build_summary(
 ) -> dict[str, Any]:
     """A JSON-ready summary read back from the registry (what was really published)."""
     assert outcome.model_name is not None
-    with Registry(fed.registry_url) as reg:
+    verifier = RowVerifier.from_files([fed.publishing_key.with_suffix(".pub")])  # pinned copy
+    with Registry(fed.registry_url, verifier=verifier) as reg:
         card = reg.card(outcome.model_name, outcome.model_version)
     last_round = card.metrics["rounds"][-1]
     node_metrics = last_round.get("nodes", {})

@@ -83,6 +83,7 @@ def make_config(
         eval_bins=hyper.eval_bins,
         proximal_mu=hyper.proximal_mu,
         optimizer=hyper.optimizer,
+        final_eval_noise=0.0,
     )
 
 

@@ -1,26 +1,33 @@
 """Sweep of the run defaults: which training, calibration and estimation settings converge under DP.
 
-    .venv/bin/python -m bench.quality_sweep --datasets telco bank --seeds 0 1 2 \
-        --grid default                       # the chosen defaults, ε = 1 per node
-    .venv/bin/python -m bench.quality_sweep --grid optimizers --seeds 0   # what was compared
+    # the evidence for the defaults: old vs new and one-change alternatives, ε = 1 per node
+    .venv/bin/python -m bench.quality_sweep --datasets telco bank --grid evidence --seeds 0 1 2
+    # robustness: the defaults on contracts nobody tuned (drafted, data min/max) and synthetic
+    # skewed data ("corner")
+    .venv/bin/python -m bench.quality_sweep --datasets telco bank corner --variants "" draft \
+        naive --grid old-vs-new --seeds 0 1 2
+    # how the evaluation budget is split (same total ε): what the card reports
+    .venv/bin/python -m bench.quality_sweep --grid final-eval --seeds 0 1 2
+    # coverage of the reported intervals: 100 noise draws of each trained model's final release
+    .venv/bin/python -m bench.quality_sweep --grid final-eval --seeds 1 --honesty 100
 
-Everything runs *in process* with the product's own code: each node's round is
-`client.training.train_dp` (Opacus DP-SGD, noise calibrated per node with
-`client.training.noise_multiplier` so the whole planned run — every training round and every
-noised evaluation — spends at most ε, floored at the owner's minimum, update scaled by the node's
-public size bucket), the aggregation is `server.strategies.make_strategy(...).aggregate_train` on
-real Flower replies built by `common.wire`, each node's final evaluation is
-`client.training.evaluate` on its held-out rows (the noised histograms it releases on `finish`),
-and the coordinator's side is `server.calibration` + `common.estimation` on the pooled releases.
+Results go to runs/bench/quality_sweep/ (git-ignored scratch; not part of bench/results).
+
+Everything runs *in process* with the product's own code (`bench.quality_run.product_run`: the
+nodes' DP-SGD, the run's Flower strategy on real replies, the nodes' final noised evaluation,
+Platt calibration and the card's estimates).
 
 For every run it records the TRUE held-out metrics of the published (calibrated) model on the
 union of the silos' test rows, and what the model card would report (estimate and 95 % interval
 from the noised histograms), so the bias and coverage of the reported numbers can be read off.
 
-Data: ../shared/data (read only), loaded through the node's own pipeline by `bench.datasets`.
-`--variants draft naive` also runs each data set under contracts nobody tuned: one drafted from
-its columns (`common.contract_draft`) and one whose numeric ranges are the data's own min/max
-(amounts and counts squeezed into a corner of [0, 1]: the "new user" case of the issue).
+Data: ../shared/data (read only), loaded through the node's own pipeline by `bench.datasets`;
+`corner` is a synthetic CSV like the issue's unseen data set (right-skewed amounts, contract
+ranges = the data's own min/max, so the mass sits in a corner of [0, 1]). `--variants draft
+naive` also runs each data set under contracts nobody tuned: one drafted from its columns
+(`common.contract_draft`: log1p + centre/scale for skewed amounts) and one whose numeric ranges
+are the data's own min/max. ε = 1 per node covers everything a node releases in the run (every
+training round, the per-round evaluations and the final one).
 """
 
 from __future__ import annotations
@@ -28,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
@@ -37,65 +43,20 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message
-from flwr.supercore.task_identity import TaskIdentity
 
-from bench.dp import node_noise, public_rows
-from client.training import DPTrainConfig, evaluate, train_dp
-from common import wire
-from common.metrics import binary_metrics
-from common.model import build_model, predict_logits
-from common.protos.atoll.node.v1 import runtime_pb2 as pb
-from common.run_config import RunConfig
+from bench.quality_run import (
+    Setting,
+    base_log_loss,
+    federate,
+    final_releases,
+    product_run,
+    true_metrics,
+)
+from client.training import final_noise
+from common.model import build_model
 
 log = logging.getLogger("sweep")
 OUT = Path("runs/bench/quality_sweep")
-
-
-def _d(key: str) -> Any:
-    return RunConfig.default(key)
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One run configuration (RunConfig defaults unless a grid changes them)."""
-
-    model: str = _d("model")
-    optimizer: str = _d("optimizer")
-    learning_rate: float = _d("learning-rate")
-    sample_rate: float = _d("sample-rate")
-    epochs: int = _d("local-epochs")
-    rounds: int = _d("num-server-rounds")
-    strategy: str = _d("strategy")
-    server_learning_rate: float = _d("server-learning-rate")
-    server_momentum: float = _d("server-momentum")
-    max_grad_norm: float = _d("max-grad-norm")
-    proximal_mu: float = _d("proximal-mu")
-    epsilon: float = 1.0  # per node, the whole run (training + every evaluation)
-    eval_noise: float = _d("eval-noise")
-    eval_bins: int = _d("eval-bins")
-    calibrate: bool = _d("calibrate")
-    # What the proposed wire change would allow (not the product today): the final evaluation
-    # (on finish) at its own σ; > 0 switches it on and per-round evaluations then use
-    # `eval_noise` (0: none). The training noise is calibrated to the whole run either way.
-    final_eval_noise: float = 0.0
-    label: str = ""
-
-    def train_config(self) -> DPTrainConfig:
-        return DPTrainConfig(
-            epochs=self.epochs,
-            sample_rate=self.sample_rate,
-            learning_rate=self.learning_rate,
-            max_grad_norm=self.max_grad_norm,
-            noise_multiplier=1.0,
-            target_epsilon=self.epsilon,
-            delta=1e-5,
-            total_rounds=self.rounds,
-            eval_noise=self.eval_noise,
-            eval_bins=self.eval_bins,
-            proximal_mu=self.proximal_mu,
-            optimizer=self.optimizer,
-        )
 
 
 @dataclass
@@ -233,6 +194,9 @@ def _load_naive(name: str) -> Any:
             values = frame[feature["name"]].astype(str).str.strip()
             numbers = values[values != ""].astype(float)
             feature["min"], feature["max"] = float(numbers.min()), float(numbers.max())
+            if isinstance(feature.get("impute"), int | float):  # stays inside the new range
+                low, high = feature["min"], feature["max"]
+                feature["impute"] = min(max(float(feature["impute"]), low), high)
             feature.pop("center", None)
             feature.pop("scale", None)
     doc["name"] = f"{doc['name']}-naive"
@@ -243,176 +207,32 @@ def _load_naive(name: str) -> Any:
     return load_silos(f"{name}-naive")
 
 
-# ---- one federated run ----------------------------------------------------------------------
-
-
-class _Grid:
-    """Just enough of a Flower Grid for a strategy's `configure_train`: the node ids."""
-
-    def __init__(self, nodes: int) -> None:
-        self.nodes = list(range(1, nodes + 1))
-
-    def get_node_ids(self) -> list[int]:
-        return self.nodes
-
-
-WEIGHT_BY_BUCKET = False  # experiment: aggregation weight = public size bucket's lower end
-
-
-def _reply(ask: Message, state: dict[str, torch.Tensor], rows: int = 1) -> Message:
-    """A node's train reply as the relay builds it (`common.wire.train_content`)."""
-    node = ask.metadata.dst_node_id
-    weights = pb.Weights(tensors=[wire.tensor_of(k, v.detach().numpy()) for k, v in state.items()])
-    trained = pb.Trained(weights=weights, noise_multiplier=1.0, sample_rate=0.02, steps=1)
-    content = wire.train_content(pb.TrainReply(trained=trained))
-    if WEIGHT_BY_BUCKET:
-        content["metrics"][wire.NUM_EXAMPLES] = float(public_rows(rows))
-    reply = Message(content, reply_to=ask)
-    reply.metadata.__dict__["_src_node_id"] = node  # as delivered by the SuperLink
-    return reply
-
-
-def history(s: Setting, sigma: float) -> list[tuple[float, float, int]]:
-    """Every release one node makes in the run: training rounds, per-round and final evaluations."""
-    q = 1.0 / max(1, round(1 / s.sample_rate))
-    steps = s.epochs * max(1, round(1 / s.sample_rate))
-    events = [(sigma, q, steps)] * s.rounds
-    if s.final_eval_noise > 0:
-        events += [(s.eval_noise, 1.0, 1)] * (s.rounds - 1) if s.eval_noise > 0 else []
-        events += [(s.final_eval_noise, 1.0, 1)]
-    elif s.eval_noise > 0:
-        events += [(s.eval_noise, 1.0, 1)] * s.rounds
-    return events
-
-
-def train_noise(s: Setting) -> float:
-    """The σ a node trains with: the product's calibration, or (with a separate final evaluation)
-    the same target ε solved for that plan by bisection on log σ; floored at the owner's minimum."""
-    if s.final_eval_noise <= 0:
-        return node_noise(s.train_config())
-    from privacy.dp import epsilon
-
-    lo, hi = math.log(0.3), math.log(200.0)
-    if epsilon(history(s, math.exp(hi)), 1e-5) > s.epsilon:
-        raise ValueError(f"{s.label}: evaluations alone exceed ε = {s.epsilon}")
-    for _ in range(30):
-        mid = (lo + hi) / 2
-        if epsilon(history(s, math.exp(mid)), 1e-5) > s.epsilon:
-            lo = mid
-        else:
-            hi = mid
-    return max(math.exp(hi), 0.5)
-
-
-def federate(data: Data, s: Setting, seed: int) -> tuple[torch.nn.Module, float]:
-    """The coordinator's rounds with the nodes' own training; returns (global model, σ).
-
-    The strategy is the product's (`make_strategy`): its own `configure_train` and
-    `aggregate_train` run on real Flower messages, so server-side optimizers keep their state as
-    in a deployed run.
-    """
-    from server.strategies import make_strategy
-
-    cfg = s.train_config()
-    sigma = train_noise(s)
-    torch.manual_seed(seed)
-    model = build_model(s.model, data.n_features)
-    strategy = make_strategy(
-        s.strategy,
-        server_learning_rate=s.server_learning_rate,
-        server_momentum=s.server_momentum,
-        evaluate=False,
-    )
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-    grid = _Grid(len(data.silos))
-    arrays = ArrayRecord(model.state_dict())
-    for rnd in range(1, s.rounds + 1):
-        asks = list(strategy.configure_train(rnd, arrays, ConfigRecord(), grid))
-        start = arrays.to_torch_state_dict()
-        replies = []
-        for ask in asks:
-            i = ask.metadata.dst_node_id
-            silo = data.silos[i - 1]
-            local = build_model(s.model, data.n_features)
-            local.load_state_dict(start)
-            res = train_dp(
-                local,
-                silo.x_train,
-                silo.y_train,
-                cfg,
-                sigma,
-                generator_seed=(seed * 1000 + rnd) * 1000 + i,
-                public_rows=public_rows(len(silo.x_train)),
-            )
-            TaskIdentity.node_id = i
-            replies.append(_reply(ask, res.state, len(silo.x_train)))
-        TaskIdentity.node_id = 0
-        out, _ = strategy.aggregate_train(rnd, replies)
-        if out is None:
-            raise RuntimeError("aggregation produced no model")
-        arrays = out
-    model.load_state_dict(arrays.to_torch_state_dict())
-    return model, sigma
-
-
-# ---- what the coordinator reports vs the truth ----------------------------------------------
-
-
-def final_releases(data: Data, model: torch.nn.Module, s: Setting, seed: int) -> list[Any]:
-    """Each node's `finish` release of the final model: noised histograms of its test rows."""
-    rng = np.random.default_rng(10_000 + seed)
-    sigma = s.final_eval_noise if s.final_eval_noise > 0 else s.eval_noise
-    return [
-        evaluate(model, silo.x_test, silo.y_test, sigma, s.eval_bins, rng=rng)
-        for silo in data.silos
-    ]
-
-
-def true_metrics(model: torch.nn.Module, data: Data) -> dict[str, float]:
-    z = predict_logits(model, data.x_test).astype(np.float64)
-    p = 1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))
-    m = binary_metrics(data.y_test, p)
-    return {k: m[k] for k in ("roc_auc", "log_loss", "brier", "positive_rate")}
+# ---- one run: the product's numbers next to the truth ---------------------------------------
 
 
 def one_run(data: Data, s: Setting, seed: int) -> dict[str, Any]:
-    from server.calibration import publish_calibrated
-
     t0 = time.monotonic()
-    model, sigma = federate(data, s, seed)
-    raw = true_metrics(model, data)
-    releases = final_releases(data, model, s, seed)
-    final_sigma = s.final_eval_noise if s.final_eval_noise > 0 else s.eval_noise
-    pub = publish_calibrated(
-        s.model, model.state_dict(), releases, final_sigma, calibrate=s.calibrate
-    )
-    published = build_model(s.model, data.n_features)
-    published.load_state_dict(pub.state)
-    true = true_metrics(published, data)
-    assert pub.report is not None
-    rep = pub.report.metrics
+    run = product_run(data.silos, data.x_test, data.y_test, s, seed)
+    raw, true, rep = run["raw"], run["published"], run["reported"]
     row: dict[str, Any] = {
         "dataset": data.name,
         "setting": s.label,
         "seed": seed,
-        "sigma_train": round(sigma, 3),
-        "epsilon_spent": round(_spent(s, sigma), 3),
+        "sigma_train": round(run["sigma"], 3),
+        "epsilon_spent": round(run["epsilon"], 3),
         "raw_auc": raw["roc_auc"],
         "raw_log_loss": raw["log_loss"],
         "true_auc": true["roc_auc"],
         "true_log_loss": true["log_loss"],
         "true_brier": true["brier"],
-        "base_log_loss": _base_log_loss(true["positive_rate"]),
-        "calibration": pub.report.calibration.as_dict() if pub.calibrated else None,
-        "ll_optimism_removed": -rep["log_loss"].bias_corrected,
+        "base_log_loss": base_log_loss(true["positive_rate"]),
+        "calibration": run["calibration"],
         "seconds": round(time.monotonic() - t0, 1),
     }
     for key in ("roc_auc", "log_loss", "brier"):
-        est = rep[key]
-        row[f"rep_{key}"] = est.estimate
-        row[f"ci_{key}"] = list(est.ci95)
-        truth = true[key]
-        row[f"covered_{key}"] = bool(est.ci95[0] <= truth <= est.ci95[1])
+        row[f"rep_{key}"] = rep[key]["estimate"]
+        row[f"ci_{key}"] = rep[key]["ci95"]
+        row[f"covered_{key}"] = rep[key]["covered"]
     return row
 
 
@@ -425,20 +245,20 @@ def honesty(data: Data, s: Setting, seed: int, repeats: int) -> dict[str, Any]:
     """
     from server.calibration import publish_calibrated
 
-    model, sigma = federate(data, s, seed)
-    final_sigma = s.final_eval_noise if s.final_eval_noise > 0 else s.eval_noise
+    model, _ = federate(data.silos, data.n_features, s, seed)
+    final_sigma = final_noise(s.train_config())
     hits = {k: 0 for k in ("roc_auc", "log_loss", "brier")}
     errors: dict[str, list[float]] = {k: [] for k in hits}
     widths: dict[str, list[float]] = {k: [] for k in hits}
     for r in range(repeats):
-        releases = final_releases(data, model, s, 100_000 + 1000 * seed + r)
+        releases = final_releases(data.silos, model, s, 100_000 + 1000 * seed + r)
         pub = publish_calibrated(
             s.model, model.state_dict(), releases, final_sigma, calibrate=s.calibrate, draws=200
         )
         assert pub.report is not None
         published = build_model(s.model, data.n_features)
         published.load_state_dict(pub.state)
-        true = true_metrics(published, data)
+        true = true_metrics(published, data.x_test, data.y_test)
         for k in hits:
             est = pub.report.metrics[k]
             hits[k] += int(est.ci95[0] <= true[k] <= est.ci95[1])
@@ -450,45 +270,57 @@ def honesty(data: Data, s: Setting, seed: int, repeats: int) -> dict[str, Any]:
         out[f"{k}_bias"] = float(np.mean(errors[k]))
         out[f"{k}_sd"] = float(np.std(errors[k]))
         out[f"{k}_width"] = float(np.mean(widths[k]))
-    out["true_auc"] = true_metrics(model, data)["roc_auc"]
+    out["true_auc"] = true_metrics(model, data.x_test, data.y_test)["roc_auc"]
     return out
-
-
-def _spent(s: Setting, sigma: float) -> float:
-    from privacy.dp import epsilon
-
-    return float(epsilon(history(s, sigma), 1e-5))
-
-
-def _base_log_loss(rate: float) -> float:
-    return float(-(rate * math.log(rate) + (1 - rate) * math.log(1 - rate)))
 
 
 # ---- grids -----------------------------------------------------------------------------------
 
-D = Setting()
+D = Setting(label="defaults")
+# the defaults before this sweep (5 rounds × 50 steps at q 0.02, Adam 0.02, σ 10 evaluations)
+OLD = replace(
+    D, rounds=5, sample_rate=0.02, learning_rate=0.02, eval_noise=10.0, final_eval_noise=0.0,
+    label="old defaults",
+)  # fmt: skip
 GRIDS: dict[str, list[Setting]] = {
-    "default": [replace(D, label="defaults")],
-    # the evidence for the defaults (README of the report): old vs new, and what was rejected
+    "default": [D],
+    "old-vs-new": [OLD, D],
+    # the evidence for the defaults, each alternative changing one thing (ε = 1 per node)
     "evidence": [
+        OLD,
+        D,
+        replace(D, epsilon=1000.0, label="defaults at ε 1000 (σ floor 0.5)"),
+        replace(D, learning_rate=0.02, label="lr 0.02"),
+        replace(D, learning_rate=0.1, label="lr 0.1"),
+        replace(D, sample_rate=0.02, label="q 0.02 (50 steps/round)"),
+        replace(D, sample_rate=0.2, label="q 0.2 (5 steps/round)"),
+        replace(D, rounds=5, label="5 rounds"),
+        replace(D, rounds=20, label="20 rounds"),
+        replace(D, max_grad_norm=0.3, label="clip 0.3"),
+        replace(D, max_grad_norm=3.0, label="clip 3"),
+        replace(D, optimizer="sgd", learning_rate=1.0, label="sgd 1.0"),
+        replace(D, model="mlp", learning_rate=0.02, label="mlp, lr 0.02"),
         replace(
-            D, optimizer="sgd", learning_rate=0.5, max_grad_norm=1.0, calibrate=False,
-            label="old: sgd 0.5, C 1, no calibration",
+            D,
+            strategy="fedavgm",
+            server_learning_rate=0.5,
+            server_momentum=0.9,
+            label="fedavgm 0.5, momentum 0.9",
         ),
-        replace(D, optimizer="sgd", learning_rate=0.5, max_grad_norm=1.0, label="sgd C1 + platt"),
-        replace(D, max_grad_norm=1.0, label="adam 0.02 C1 + platt"),
-        replace(D, max_grad_norm=2.0, label="adam 0.02 C2 + platt"),
-        replace(D, learning_rate=0.05, label="adam 0.05 + platt"),
-        replace(D, model="mlp", label="mlp adam 0.02 + platt"),
-        replace(D, strategy="fedavgm", server_momentum=0.5, label="fedavgm m0.5 + platt"),
-        replace(D, strategy="fedadam", server_learning_rate=0.1, server_momentum=0.9,
-                label="fedadam 0.1 + platt"),
+        replace(
+            D,
+            strategy="fedadam",
+            server_learning_rate=0.1,
+            server_momentum=0.9,
+            label="fedadam 0.1",
+        ),
     ],  # fmt: skip
-    # what a separate, more precise final evaluation (proposed wire field) would report
+    # how the run's evaluation budget is split (same total ε): honesty of the reported numbers
     "final-eval": [
-        replace(D, label="defaults (5 evals at σ 10)"),
+        replace(D, eval_noise=10.0, final_eval_noise=0.0, label="every evaluation at σ 10"),
+        replace(D, eval_noise=30.0, final_eval_noise=5.0, label="rounds σ 30, final σ 5"),
+        D,
         replace(D, eval_noise=0.0, final_eval_noise=4.0, label="final only, σ 4"),
-        replace(D, eval_noise=30.0, final_eval_noise=4.0, label="rounds σ 30 + final σ 4"),
     ],
 }
 

@@ -21,7 +21,8 @@ by `uvicorn` (access log off) on loopback over plain HTTP. Variants:
 
 All servers are started first and stay up; each (payload, concurrency) level is then measured on
 every server back to back, so every api/bare pair comes from the same minute of the same run. A
-separate load-generating process (httpx async, keep-alive, C concurrent requests in flight) posts
+separate load-generating process (httpx async, C keep-alive connections — one client each — with
+one request in flight on each) posts
 single records and batches of 100 real Telco test records with `top_k` = 3 for `--duration`
 seconds per level after a 1 s warm-up. The per-key rate limit is raised for this benchmark (or
 every level would measure the limiter), but still enforced (its bucket is taken per request).
@@ -35,8 +36,10 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -65,6 +68,7 @@ from bench.common import (
 )
 
 MODEL_NAME = "telco-bench"
+PUBLISHING_KEY = WORK / "serving" / "keys" / "publishing.pem"  # signs the rows it publishes
 NO_LIMIT = 1_000_000_000
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 PG_URL = os.environ.get("ATOLL_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -115,7 +119,8 @@ def atoll_app() -> Any:
         kwargs["rate_limit_url"] = url
     if key := os.environ.get("BENCH_AUDIT_KEY"):
         kwargs["audit_key"] = Path(key)
-    return create_app(os.environ["ATOLL_REGISTRY_URL"], **kwargs)
+    pinned = [PUBLISHING_KEY.with_suffix(".pub")]  # the registry row must verify, as in production
+    return create_app(os.environ["ATOLL_REGISTRY_URL"], registry_public_keys=pinned, **kwargs)
 
 
 def bare_app() -> Any:
@@ -142,12 +147,13 @@ def publish_model(registry_url: str) -> int:
     from bench.plain import train_plain
     from common.model import build_model, weights_to_bytes
     from server.registry import Registry
+    from server.registry_signing import load_publishing_key
 
     data = load_silos("telco", workdir=WORK / "serving" / "silos")
     x, y = data.pooled_train()
     model = build_model("logreg", data.n_features)
     train_plain(model, x, y, make_config(LocalHyper(), epochs=5), seed=0)
-    with Registry(registry_url) as reg:
+    with Registry(registry_url, signer=load_publishing_key(PUBLISHING_KEY)) as reg:
         reg.publish(
             name=MODEL_NAME,
             task=data.contract.task,
@@ -251,14 +257,18 @@ async def _load(spec: dict[str, Any]) -> dict[str, Any]:
     body = Path(spec["body_file"]).read_bytes()
     conc = int(spec["concurrency"])
     headers = {"content-type": "application/json", **spec.get("headers", {})}
-    limits = httpx.Limits(max_connections=conc, max_keepalive_connections=conc)
     latencies: list[float] = []
     statuses: Counter[int] = Counter()
-    async with httpx.AsyncClient(limits=limits, timeout=60, headers=headers) as client:
-        t_measure = time.perf_counter() + float(spec["warmup"])
-        t_end = t_measure + float(spec["duration"])
+    # One client (one keep-alive connection) per worker: a single httpx pool shared by C
+    # connections costs the load generator O(C) per request, and at C = 32 it measured itself
+    # (a bare endpoint fell from ~590 to ~150 requests/s) instead of the server.
+    one = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    clients = [httpx.AsyncClient(limits=one, timeout=60, headers=headers) for _ in range(conc)]
+    t_measure = time.perf_counter() + float(spec["warmup"])
+    t_end = t_measure + float(spec["duration"])
 
-        async def worker() -> None:
+    async def worker(client: httpx.AsyncClient) -> None:
+        async with client:
             while True:
                 t0 = time.perf_counter()
                 res = await client.post(spec["url"], content=body)
@@ -269,7 +279,7 @@ async def _load(spec: dict[str, Any]) -> dict[str, Any]:
                     latencies.append(t1 - t0)
                     statuses[res.status_code] += 1
 
-        await asyncio.gather(*(worker() for _ in range(conc)))
+    await asyncio.gather(*(worker(client) for client in clients))
     ok = statuses.get(200, 0)
     duration = float(spec["duration"])
     ms = [v * 1000 for v in latencies]
@@ -338,25 +348,85 @@ def postgres_schema() -> Iterator[str]:
 # ---- main -------------------------------------------------------------------------------------
 
 
-def ratio_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each API variant against its bare ceiling at the same payload and concurrency."""
-    by_key = {(r["server"], r["payload"], r["concurrency"]): r for r in rows}
+def _median(values: list[float]) -> float:
+    return float(statistics.median(values)) if values else math.nan
+
+
+def aggregate(rounds: list[dict[str, Any]], servers: dict[str, Server]) -> list[dict[str, Any]]:
+    """One row per (server, payload, concurrency): the median of its rounds for each measure,
+    status codes and server CPU summed over the rounds."""
+    groups: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+    for r in rounds:
+        groups.setdefault((r["server"], r["payload"], r["concurrency"]), []).append(r)
+    rows = []
+    for (name, payload, conc), rs in groups.items():
+        spec = servers[name]
+        statuses: Counter[str] = Counter()
+        for r in rs:
+            statuses.update(r["status_counts"])
+        requests = sum(r["requests"] for r in rs)
+        rows.append(
+            {
+                "server": name,
+                "workers": spec.workers,
+                "database": spec.database if spec.is_api else None,
+                "limiter": spec.limiter if spec.is_api else None,
+                "payload": payload,
+                "records": rs[0]["records"],
+                "concurrency": conc,
+                "rounds": len(rs),
+                "requests": requests,
+                "status_counts": dict(statuses),
+                **{
+                    k: _median([r[k] for r in rs if r[k] is not None])
+                    for k in ("requests_per_s", "rows_per_s", "p50_ms", "p95_ms", "p99_ms")
+                },
+                "rounds_requests_per_s": [round(r["requests_per_s"], 1) for r in rs],
+                "rounds_p99_ms": [round(r["p99_ms"], 1) for r in rs],
+                "server_cpu_ms_per_request": 1000
+                * sum(r["server_cpu_seconds"] for r in rs)
+                / max(requests, 1),
+            }
+        )
+    return rows
+
+
+def ratio_rows(
+    rows: list[dict[str, Any]], rounds: list[dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """Each API variant against its bare ceiling at the same payload and concurrency: the
+    median over rounds of the ratio within a round (the two ran back to back), or of the
+    aggregated rows when no rounds are given."""
+    by_key: dict[tuple[str, str, int, int], dict[str, Any]] = {}
+    for r in rounds if rounds is not None else rows:
+        by_key[(r["server"], r["payload"], r["concurrency"], r.get("round", 0))] = r
     out = []
-    for r in rows:
-        spec = SERVERS.get(r["server"])
+    for row in rows:
+        spec = SERVERS.get(row["server"])
         if spec is None or not spec.is_api:
             continue
-        bare = by_key.get((spec.ceiling, r["payload"], r["concurrency"]))
-        if bare is None or not bare["requests_per_s"]:
+        throughput, p99 = [], []
+        for (server, payload, conc, rnd), r in by_key.items():
+            if (server, payload, conc) != (row["server"], row["payload"], row["concurrency"]):
+                continue
+            bare = by_key.get((spec.ceiling or "", payload, conc, rnd))
+            if bare is None or not bare["rows_per_s"]:
+                continue
+            throughput.append(r["rows_per_s"] / bare["rows_per_s"])
+            if bare["p99_ms"]:
+                p99.append(r["p99_ms"] / bare["p99_ms"])
+        if not throughput:
             continue
         out.append(
             {
-                "server": r["server"],
+                "server": row["server"],
                 "ceiling": spec.ceiling,
-                "payload": r["payload"],
-                "concurrency": r["concurrency"],
-                "throughput_ratio": r["rows_per_s"] / bare["rows_per_s"],
-                "p99_ratio": r["p99_ms"] / bare["p99_ms"] if bare["p99_ms"] else None,
+                "payload": row["payload"],
+                "concurrency": row["concurrency"],
+                "throughput_ratio": _median(throughput),
+                "p99_ratio": _median(p99) if p99 else None,
+                "rounds_throughput_ratio": [round(v, 3) for v in throughput],
+                "rounds_p99_ratio": [round(v, 3) for v in p99],
             }
         )
     return out
@@ -463,11 +533,16 @@ def markdown(
             f"({variants}): see `bench/serving.py`; `-2w` = 2 uvicorn workers (with the rate "
             "limiter in Redis), `-pg` = PostgreSQL registry and audit log, `-redis` = the "
             "1-worker API with the rate limiter in Redis. Load: a separate process (httpx "
-            "async, keep-alive), real Telco test records, `top_k` = 3 reason codes per record, "
-            f"{setup['duration']} s per level after a 1 s warm-up; every level is measured on "
-            "every server back to back. **2 cores**, shared with the load generator (and with "
-            "other engineers' test runs — see the load average below): compare ratios within "
-            "this run, not absolute numbers across runs.",
+            "async, C keep-alive connections with one client each — a single shared httpx pool "
+            "made the load generator itself the bottleneck at C = 32), real Telco test "
+            "records, `top_k` = 3 reason codes per record, "
+            "each server first warmed up for 2 s per payload; then each level is measured in "
+            f"{setup['rounds']} interleaved rounds of {setup['duration']} s (after 0.5 s of "
+            "warm-up each), the servers back to back and in reversed order every other round; "
+            "a row is the median of its rounds, a ratio the median of the rounds' ratios. "
+            "**2 cores**, shared with the load generator (and with other engineers' test "
+            "runs — see the load average below): compare ratios within this run, not absolute "
+            "numbers across runs.",
             "",
             "## Against the targets (1 worker, SQLite: `api` / `bare`)",
             "",
@@ -512,17 +587,23 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
-    for server in dict.fromkeys(r["server"] for r in rows):
+    servers = list(dict.fromkeys(r["server"] for r in rows))
+    colours = plt.get_cmap("tab10")
+    for k, server in enumerate(servers):  # a colour per server, a line style per payload
         for payload in dict.fromkeys(r["payload"] for r in rows):
             rs = sorted(
                 (r for r in rows if r["server"] == server and r["payload"] == payload),
                 key=lambda r: r["concurrency"],
             )
             xs = [r["concurrency"] for r in rs]
-            style = "--" if server.startswith("bare") else "-"
-            label = f"{server} {payload}"
-            axes[0].plot(xs, [r["rows_per_s"] for r in rs], style, marker="o", label=label)
-            axes[1].plot(xs, [r["p99_ms"] for r in rs], style, marker="o", label=label)
+            style = {
+                "color": colours(k % 10),
+                "linestyle": "-" if payload == "single" else "--",
+                "marker": "s" if server.startswith("bare") else "o",
+                "label": f"{server} {payload}",
+            }
+            axes[0].plot(xs, [r["rows_per_s"] for r in rs], **style)
+            axes[1].plot(xs, [r["p99_ms"] for r in rs], **style)
     for ax, label in zip(axes, ["rows scored per second", "p99 latency, ms"], strict=True):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
@@ -539,7 +620,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--concurrency", nargs="+", type=int, default=[1, 8, 32])
-    p.add_argument("--duration", type=float, default=10.0)
+    p.add_argument("--duration", type=float, default=5.0, help="seconds per round and level")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds per level (median)")
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--servers", nargs="+", choices=list(SERVERS), default=list(SERVERS))
     p.add_argument("--quick", action="store_true")
@@ -550,7 +632,7 @@ def main() -> None:
         print(json.dumps(asyncio.run(_load(json.loads(args.load)))))
         return
     if args.quick:
-        args.concurrency, args.duration = [1, 8], 3.0
+        args.concurrency, args.duration, args.rounds = [1, 8], 3.0, 1
     for name in list(args.servers):  # a variant needs its ceiling in the same run
         ceiling = SERVERS[name].ceiling
         if ceiling is not None and ceiling not in args.servers:
@@ -595,47 +677,64 @@ def main() -> None:
                 proc = start_server(spec.factory, port, env, work / f"{name}.log", spec.workers)
                 url = f"http://127.0.0.1:{port}{route if spec.is_api else '/predict'}"
                 procs[name] = (proc, url, headers)
-            rows = []
-            for payload, (path, n) in bodies.items():
-                for conc in args.concurrency:
-                    for name, (proc, url, headers) in procs.items():
-                        cpu0 = server_cpu_seconds(proc.pid)
-                        spec_load = {
+            for _proc, url, headers in procs.values():  # first requests: loads, caches
+                for path, n in bodies.values():
+                    run_load(
+                        {
                             "url": url,
                             "body_file": str(path),
                             "headers": headers,
-                            "concurrency": conc,
-                            "duration": args.duration,
-                            "warmup": 1.0,
+                            "concurrency": 8,
+                            "duration": 2.0,
+                            "warmup": 0.5,
                             "records": n,
                         }
-                        res = run_load(spec_load)
-                        cpu = server_cpu_seconds(proc.pid) - cpu0
-                        rows.append(
-                            {
-                                "server": name,
-                                "workers": servers[name].workers,
-                                "database": servers[name].database
-                                if servers[name].is_api
-                                else None,
-                                "limiter": servers[name].limiter if servers[name].is_api else None,
-                                "payload": payload,
-                                "records": n,
-                                "concurrency": conc,
-                                **res,
-                                "server_cpu_ms_per_request": 1000 * cpu / max(res["requests"], 1),
-                            }
-                        )
-                        print(json.dumps(rows[-1]), flush=True)
+                    )
+            rounds: list[dict[str, Any]] = []
+            for payload, (path, n) in bodies.items():
+                for conc in args.concurrency:
+                    for r in range(args.rounds):
+                        # servers back to back, the order reversed every other round, so that no
+                        # variant is always measured right after the same neighbour
+                        order = list(procs) if r % 2 == 0 else list(reversed(procs))
+                        for name in order:
+                            proc, url, headers = procs[name]
+                            cpu0 = server_cpu_seconds(proc.pid)
+                            res = run_load(
+                                {
+                                    "url": url,
+                                    "body_file": str(path),
+                                    "headers": headers,
+                                    "concurrency": conc,
+                                    "duration": args.duration,
+                                    "warmup": 0.5,
+                                    "records": n,
+                                }
+                            )
+                            cpu = server_cpu_seconds(proc.pid) - cpu0
+                            rounds.append(
+                                {
+                                    "server": name,
+                                    "payload": payload,
+                                    "records": n,
+                                    "concurrency": conc,
+                                    "round": r,
+                                    **res,
+                                    "server_cpu_seconds": cpu,
+                                }
+                            )
+                            print(json.dumps(rounds[-1]), flush=True)
+            rows = aggregate(rounds, servers)
         finally:
             for proc, _url, _headers in procs.values():
                 stop_server(proc)
     finish_metadata(meta, t0)
-    ratios = ratio_rows(rows)
+    ratios = ratio_rows(rows, rounds)
     setup = {
         "train_rows": train_rows,
         "auth": True,
         "duration": args.duration,
+        "rounds": args.rounds,
         "batch": args.batch,
         "servers": list(servers),
         "variants": {name: vars(spec) for name, spec in servers.items()},
@@ -645,7 +744,7 @@ def main() -> None:
     plot(rows, RESULTS / f"{args.out}.png")
     write_results(
         args.out,
-        {"meta": meta, "setup": setup, "rows": rows, "ratios": ratios},
+        {"meta": meta, "setup": setup, "rows": rows, "ratios": ratios, "rounds": rounds},
         markdown(meta, rows, ratios, setup).replace("serving.png", f"{args.out}.png"),
     )
 

@@ -6,11 +6,15 @@ wire stubs (no torch, opacus, pandas, sqlalchemy or scikit-learn — which also 
 per-message `flwr-clientapp` start short). Each message is forwarded to the node runtime named
 in the SuperNode's `--node-config runtime="unix:/path/node.sock"`; the runtime decides it
 against its owner's policy and the relay returns the runtime's reply as records.
+
+With the settings goes the build manifest that ships beside this file in the signed FAB (app id,
+version, expiry, signed by the app-signing key): the runtime refuses an expired or older build.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 from flwr.app import Context, Message, RecordDict
@@ -22,6 +26,11 @@ from common.protos.atoll.node.v1.runtime_pb2_grpc import NodeRuntimeStub
 
 app = ClientApp()
 CALL_TIMEOUT_S = 3600.0  # one local training round; the coordinator's round timeout is shorter
+MANIFEST = Path(__file__).resolve().with_name(wire.APP_MANIFEST_FILE)  # in this FAB's install dir
+
+
+def _settings(msg: Message) -> pb.RunSettings:
+    return wire.with_manifest(wire.settings_of(msg.content), MANIFEST)
 
 
 def _target(context: Context) -> str:
@@ -61,7 +70,7 @@ def rollcall(msg: Message, context: Context) -> Message:
         context,
         lambda stub, who: wire.rollcall_content(
             stub.RollCall(
-                pb.RollCallRequest(caller=who, settings=wire.settings_of(msg.content)),
+                pb.RollCallRequest(caller=who, settings=_settings(msg)),
                 timeout=CALL_TIMEOUT_S,
             )
         ),
@@ -77,7 +86,7 @@ def train(msg: Message, context: Context) -> Message:
             stub.Train(
                 pb.TrainRequest(
                     caller=who,
-                    settings=wire.settings_of(msg.content),
+                    settings=_settings(msg),
                     weights=wire.weights_of(msg.content),
                 ),
                 timeout=CALL_TIMEOUT_S,
@@ -95,7 +104,7 @@ def evaluate(msg: Message, context: Context) -> Message:
             stub.Evaluate(
                 pb.EvaluateRequest(
                     caller=who,
-                    settings=wire.settings_of(msg.content),
+                    settings=_settings(msg),
                     weights=wire.weights_of(msg.content),
                 ),
                 timeout=CALL_TIMEOUT_S,
@@ -113,7 +122,7 @@ def finish(msg: Message, context: Context) -> Message:
             stub.Finish(
                 pb.FinishRequest(
                     caller=who,
-                    settings=wire.settings_of(msg.content),
+                    settings=_settings(msg),
                     weights=wire.weights_of(msg.content),
                 ),
                 timeout=CALL_TIMEOUT_S,
@@ -129,7 +138,9 @@ def analytics(msg: Message, context: Context) -> Message:
         context,
         lambda stub, who: wire.query_content(
             stub.Query(
-                pb.QueryRequest(caller=who, spec=wire.query_spec_of(msg.content)),
+                wire.with_manifest(
+                    pb.QueryRequest(caller=who, spec=wire.query_spec_of(msg.content)), MANIFEST
+                ),
                 timeout=CALL_TIMEOUT_S,
             )
         ),

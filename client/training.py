@@ -9,11 +9,12 @@ appear exactly when some record satisfies a predicate). What leaves is only the 
 
 from __future__ import annotations
 
+import functools
 import math
 import secrets
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ from privacy.dp import (
     PlannedEvent,
     calibrate_run_noise,
     effective_sample_rate,
+    epsilon,
     plan_run,
     steps_per_epoch,
 )
@@ -39,9 +41,6 @@ LOGIT_BOUND = 30.0
 
 # The update rules a node may apply to its privatised gradient (post-processing: same ε).
 OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
-# What `optimizer` is until the node's wire contract carries it (RunSettings has no such field
-# yet): equal to RunConfig's default, which tests/test_training.py checks.
-TRANSITIONAL_OPTIMIZER = "adam"
 
 
 @dataclass(frozen=True)
@@ -50,8 +49,7 @@ class DPTrainConfig:
 
     No defaults on purpose: the run config is the one source of run defaults, and a node that
     filled a gap itself would do something the coordinator did not ask for (and the owner did not
-    admit). One transitional exception: `optimizer`, until the wire carries it (its default is
-    RunConfig's, and a test keeps the two equal).
+    admit).
     """
 
     epochs: int
@@ -67,7 +65,74 @@ class DPTrainConfig:
     proximal_mu: float
     # the update rule applied to the noised gradient: "adam" (bias-corrected moments, restarted
     # every round) or "sgd"; a choice of post-processing, so ε does not depend on it
-    optimizer: str = TRANSITIONAL_OPTIMIZER
+    optimizer: str
+    # σ of the final model's evaluation (on finish); 0: eval_noise (see `final_noise`)
+    final_eval_noise: float
+
+
+def final_noise(cfg: DPTrainConfig) -> float:
+    """σ of the final model's evaluation: `final_eval_noise` if set, else `eval_noise`."""
+    return cfg.final_eval_noise if cfg.final_eval_noise > 0 else cfg.eval_noise
+
+
+# With a target ε, the run's evaluations (per-round and final) may spend at most this share of
+# it on their own; training gets the rest. The run-config defaults put them at ≈ 0.85 of ε = 1.
+EVAL_SHARE = 0.85
+
+
+def fit_evaluations(cfg: DPTrainConfig) -> DPTrainConfig:
+    """`cfg` with its evaluation σs scaled up by one common factor until the evaluations alone
+    spend at most EVAL_SHARE of the target ε (unchanged if they already do, or without a target).
+
+    A fixed evaluation σ that suits ε = 1 would make a smaller target unreachable; scaling keeps
+    the defaults usable at any target. It depends on the settings alone (public), only ever adds
+    noise, and the node reports the σ of each release, so the coordinator reads it correctly.
+    """
+    if cfg.target_epsilon <= 0 or (cfg.eval_noise <= 0 and cfg.final_eval_noise <= 0):
+        return cfg
+    factor = _evaluation_factor(
+        cfg.eval_noise, cfg.final_eval_noise, cfg.total_rounds, cfg.target_epsilon, cfg.delta
+    )
+    if factor <= 1.0:
+        return cfg
+    return replace(
+        cfg, eval_noise=cfg.eval_noise * factor, final_eval_noise=cfg.final_eval_noise * factor
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _evaluation_factor(
+    eval_noise: float, final_eval_noise: float, rounds: int, target: float, delta: float
+) -> float:
+    """Smallest factor f ≥ 1 (to 0.1 %) with ε(evaluations at f·σ) ≤ EVAL_SHARE × target."""
+    sigmas = [
+        p.noise_multiplier
+        for p in plan_run(
+            noise_multiplier=1.0,
+            sample_rate=1.0,
+            rounds=rounds,
+            epochs=1,
+            eval_noise=eval_noise,
+            final_eval_noise=final_eval_noise,
+        )
+        if p.purpose == "evaluation"
+    ]
+    # Gaussian releases compose into one Gaussian: σ_eff = (Σ σ⁻²)^(-1/2), scaled by f
+    sigma = sum(s**-2 for s in sigmas) ** -0.5
+    budget = EVAL_SHARE * target
+
+    def spends(f: float) -> float:
+        return epsilon([(sigma * f, 1.0, 1)], delta)
+
+    if spends(1.0) <= budget:
+        return 1.0
+    lo, hi = 1.0, 2.0
+    while spends(hi) > budget:
+        lo, hi = hi, hi * 2
+    while hi / lo > 1.001:
+        mid = math.sqrt(lo * hi)
+        lo, hi = (mid, hi) if spends(mid) > budget else (lo, mid)
+    return hi
 
 
 @dataclass(frozen=True)
@@ -103,6 +168,7 @@ def noise_multiplier(cfg: DPTrainConfig) -> float:
         rounds=cfg.total_rounds,
         epochs=cfg.epochs,
         eval_noise=cfg.eval_noise,
+        final_eval_noise=cfg.final_eval_noise,
     )
 
 
@@ -114,6 +180,7 @@ def plan(cfg: DPTrainConfig) -> list[PlannedEvent]:
         rounds=cfg.total_rounds,
         epochs=cfg.epochs,
         eval_noise=cfg.eval_noise,
+        final_eval_noise=cfg.final_eval_noise,
     )
 
 

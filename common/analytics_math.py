@@ -18,7 +18,8 @@ Gaussian mechanism at sampling rate 1, the ledger event `(σ, 1.0, 1)`.
 Intervals (95%): a summed count/sum/bin over k nodes has noise variance Σ_k s_k², so ±1.96·√Σ s_k²
 (±1.96·√k·s for equal noise); ratios (rate, mean) use the delta method,
 Var(S/N) ≈ (Var S + R² Var N) / N²; quantiles come from the summed DP histogram by linear
-interpolation, their interval from a parametric bootstrap over the known noise (post-processing).
+interpolation, their interval from a parametric bootstrap over the known noise (post-processing;
+the union of its percentile and basic intervals, see `_bootstrap_interval`).
 """
 
 from __future__ import annotations
@@ -435,6 +436,45 @@ def epsilon_for_width(
     return epsilon_of(sigma, delta), sigma
 
 
+def preview(
+    query: Query,
+    contract: Contract,
+    *,
+    nodes: int,
+    delta: float,
+    target_half_width: float | None = None,
+    cell_size: float | None = None,
+) -> dict[str, Any]:
+    """What `query` will cost each node and the 95% interval of every cell, before anything is
+    spent; with `target_half_width`, also the ε that reaches it (ValueError if it cannot)."""
+    if query.epsilon > 0:
+        sigma, eps = sigma_for_epsilon(query.epsilon, delta), query.epsilon
+    else:
+        sigma, eps = query.noise_multiplier, epsilon_of(query.noise_multiplier, delta)
+    out: dict[str, Any] = {
+        "query": query.model_dump(mode="json"),
+        "delta": delta,
+        "epsilon_per_node": eps,
+        **expected_intervals(query, contract, nodes=nodes, sigma=sigma),
+    }
+    if target_half_width is not None:
+        e, s = epsilon_for_width(
+            query,
+            contract,
+            nodes=nodes,
+            half_width=target_half_width,
+            delta=delta,
+            cell_size=cell_size,
+        )
+        out["for_target"] = {
+            "half_width": target_half_width,
+            "cell_size": cell_size,
+            "epsilon_per_node": e,
+            "noise_multiplier": s,
+        }
+    return out
+
+
 # ================================================================================================
 # The coordinator's post-processing: summed answers → estimates, intervals, reliability
 # ================================================================================================
@@ -556,9 +596,22 @@ def finish(
                     continue
                 b = boot[:, j][~np.isnan(boot[:, j])]
                 q_lo, q_hi = (
-                    (float(np.percentile(b, 2.5)), float(np.percentile(b, 97.5)))
-                    if len(b)
-                    else (None, None)
+                    _bootstrap_interval(est_q[j], b, lay.value_range) if len(b) else (None, None)
                 )
                 row(key, f"q{p:g}", est_q[j], q_lo, q_hi, total)
     return rows
+
+
+def _bootstrap_interval(
+    est: float, draws: np.ndarray, value_range: tuple[float, float] | None
+) -> tuple[float, float]:
+    """95% interval of a quantile: the union of the percentile and the basic (reflected)
+    bootstrap intervals. Redrawing around a noisy histogram adds the noise a second time, and
+    with it the shift that negative bins clipped to 0 cause; the percentile interval keeps that
+    shift and the basic one over-corrects it, so either alone undercovers (bench/analytics.py
+    measured 80–91% on the public data sets); their union covers 94–96%."""
+    q_lo, q_hi = (float(v) for v in np.percentile(draws, [2.5, 97.5]))
+    lo, hi = min(2 * est - q_hi, q_lo), max(2 * est - q_lo, q_hi)
+    if value_range is not None:
+        lo, hi = max(lo, value_range[0]), min(hi, value_range[1])
+    return lo, hi

@@ -12,9 +12,11 @@ the receiver refuses (a zero setting, a tensor with an impossible shape, a malfo
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
-from typing import Final
+from pathlib import Path
+from typing import Final, TypeVar
 
 import numpy as np
 from flwr.app import (
@@ -67,6 +69,8 @@ SETTINGS_KEYS: Final[Mapping[str, str]] = {
     "proximal_mu": "proximal-mu",
     "server_round": "server-round",
     "evaluate_incoming": "evaluate-incoming",
+    "optimizer": "optimizer",
+    "final_eval_noise": "final-eval-noise",
 }
 BUDGET_KEYS: Final[Mapping[str, str]] = {
     "epsilon_run": "epsilon",
@@ -76,6 +80,12 @@ BUDGET_KEYS: Final[Mapping[str, str]] = {
     "delta": "delta",
 }
 RUNTIME_SOCKET: Final = "runtime"  # SuperNode --node-config key: the runtime's local socket
+# The signed build's manifest, inside the FAB beside the relay (server/app_store.py writes it at
+# publish; the relay forwards it as RunSettings.app_manifest / app_manifest_signature)
+APP_MANIFEST_FILE: Final = "app_manifest.json"
+MANIFEST, MANIFEST_SIGNATURE = "manifest", "signature"
+_MAX_MANIFEST_BYTES = 4096
+Carrier = TypeVar("Carrier", pb.RunSettings, pb.QueryRequest)  # what carries a build manifest
 _UINT32_MAX = 2**32 - 1
 
 
@@ -222,6 +232,23 @@ def settings_of(content: RecordDict) -> pb.RunSettings:
         elif isinstance(value, int | float) and not isinstance(value, bool):
             setattr(out, field, float(value))
     return out
+
+
+def with_manifest(settings: Carrier, manifest_file: Path) -> Carrier:
+    """`settings` (a RunSettings or QueryRequest) plus the build manifest found in
+    `manifest_file` (the relay's own FAB copy); anything the coordinator's message said about a
+    manifest is replaced. Unreadable or unsigned: both fields stay empty (a node that checks
+    builds refuses that)."""
+    settings.ClearField("app_manifest")
+    settings.ClearField("app_manifest_signature")
+    try:
+        raw = json.loads(manifest_file.read_bytes()[:_MAX_MANIFEST_BYTES])
+        manifest, signature = raw[MANIFEST], bytes.fromhex(raw[MANIFEST_SIGNATURE])
+    except (OSError, ValueError, TypeError, KeyError):
+        return settings
+    if isinstance(manifest, str):
+        settings.app_manifest, settings.app_manifest_signature = manifest, signature
+    return settings
 
 
 def weights_of(content: RecordDict) -> pb.Weights:

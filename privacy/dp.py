@@ -142,17 +142,22 @@ def plan_run(
     rounds: int,
     epochs: int,
     eval_noise: float,
+    final_eval_noise: float = 0.0,
 ) -> list[PlannedEvent]:
     """Every release a run will make on a node, known before its data is read.
 
     Each round: DP-SGD steps at rate q (epochs × k steps), then one Gaussian-noised evaluation
-    histogram (sensitivity 1, sampling rate 1) if `eval_noise` > 0.
+    histogram (sensitivity 1, sampling rate 1) if `eval_noise` > 0. With `final_eval_noise` > 0
+    the last of those evaluations (the final model's) is at that σ instead, and the others at
+    `eval_noise` (none if it is 0).
     """
     q = effective_sample_rate(sample_rate)
     k = steps_per_epoch(sample_rate)
     plan = [PlannedEvent(noise_multiplier, q, epochs * k, "training") for _ in range(rounds)]
-    if eval_noise > 0:
-        plan += [PlannedEvent(eval_noise, 1.0, 1, "evaluation") for _ in range(rounds)]
+    evals = [eval_noise] * rounds if eval_noise > 0 else []
+    if final_eval_noise > 0:
+        evals = evals[1:] + [final_eval_noise] if evals else [final_eval_noise]
+    plan += [PlannedEvent(sigma, 1.0, 1, "evaluation") for sigma in evals]
     return plan
 
 
@@ -164,6 +169,7 @@ def calibrate_run_noise(
     rounds: int,
     epochs: int,
     eval_noise: float,
+    final_eval_noise: float = 0.0,
     tolerance: float = 0.01,
 ) -> float:
     """Smallest training noise so the whole planned run (evaluations included) spends ≤ target.
@@ -182,6 +188,7 @@ def calibrate_run_noise(
             rounds=rounds,
             epochs=epochs,
             eval_noise=eval_noise,
+            final_eval_noise=final_eval_noise,
         )
         return epsilon([p[:3] for p in plan], delta)
 

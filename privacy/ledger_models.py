@@ -11,7 +11,7 @@ stay in the schema unused, so a database that still holds an old-format ledger c
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Float, Integer, String, Text, UniqueConstraint
@@ -86,6 +86,11 @@ class Policy(BaseModel):
     reservation_hours: float = Field(24.0, gt=0, description="Unfinished runs release after this")
     period_cap: PeriodCap | None = Field(
         None, description="Also cap ε per UTC calendar period (pace); the overall cap still binds"
+    )
+    purpose_caps: dict[str, Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(
+        default_factory=dict,
+        description="Per-purpose ε caps (e.g. analytics apart from training): a cap on P binds "
+        "the releases of purpose P and of its sub-purposes P/…; the overall cap still binds",
     )
     limits: RequestLimits = Field(
         default_factory=RequestLimits,

@@ -13,94 +13,27 @@ from __future__ import annotations
 
 import logging
 import math
-from datetime import datetime
 from typing import Any
 
 import numpy as np
 from flwr.app import Context
 from flwr.serverapp import Grid
 from pydantic import ValidationError
-from sqlalchemy import Integer, String, select
-from sqlalchemy.orm import Mapped, mapped_column, sessionmaker
 
 from common import wire
 from common.analytics_math import Layout, Query, QueryError, finish, layout
-from common.contract import Contract, load_contract
-from common.db import JSONType, UTCDateTime, make_engine, migrate, utcnow
+from common.contract import Contract
 from common.protos.atoll.node.v1 import runtime_pb2 as pb
 from privacy.audit import digest_arrays, json_number
 from server.coordinator_audit import CoordinatorAudit
 from server.coordinator_settings import CoordinatorSettings
 from server.fleet import Identities, RunFailed, query_nodes, wait_for_nodes
-from server.registry import MIGRATIONS_DIR
-from server.registry_models import Base
+from server.query_store import QueryRecord, QueryStore, rows_csv
 from server.run_settings import RunSettings
 from server.spend_reports import SpendReports
 
 log = logging.getLogger("flwr")
-
-
-class QueryRecord(Base):
-    """One query: what was asked, who answered with what ε, and the result with intervals."""
-
-    __tablename__ = "analytics_queries"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    run_id: Mapped[str] = mapped_column(String(64))
-    kind: Mapped[str] = mapped_column(String(16))
-    status: Mapped[str] = mapped_column(String(16))  # answered | failed
-    contract_name: Mapped[str] = mapped_column(String(100))
-    contract_hash: Mapped[str] = mapped_column(String(64))
-    spec: Mapped[dict[str, Any]] = mapped_column(JSONType)
-    nodes: Mapped[dict[str, Any]] = mapped_column(JSONType)  # name → status, ε, noise or reason
-    result: Mapped[dict[str, Any]] = mapped_column(JSONType)  # rows: cell, statistic, interval
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "run_id": self.run_id,
-            "kind": self.kind,
-            "status": self.status,
-            "contract": {"name": self.contract_name, "hash": self.contract_hash},
-            "spec": self.spec,
-            "nodes": self.nodes,
-            "result": self.result,
-            "created_at": self.created_at.isoformat(),
-        }
-
-
-class QueryStore:
-    """The coordinator database's `analytics_queries` (opening it migrates the database)."""
-
-    def __init__(self, url: str) -> None:
-        self.engine = make_engine(url)
-        migrate(self.engine, MIGRATIONS_DIR)
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-
-    def add(self, **fields: Any) -> int:
-        with self._sessions() as s, s.begin():
-            row = QueryRecord(created_at=utcnow(), **fields)
-            s.add(row)
-            s.flush()
-            return int(row.id)
-
-    def get(self, query_id: int) -> QueryRecord | None:
-        with self._sessions() as s:
-            return s.get(QueryRecord, query_id)
-
-    def by_run(self, run_id: str) -> QueryRecord | None:
-        with self._sessions() as s:
-            q = select(QueryRecord).where(QueryRecord.run_id == run_id).order_by(QueryRecord.id)
-            return s.scalars(q).first()
-
-    def all(self, limit: int = 100) -> list[QueryRecord]:
-        with self._sessions() as s:
-            q = select(QueryRecord).order_by(QueryRecord.id.desc()).limit(limit)
-            return list(s.scalars(q).all())
-
-    def close(self) -> None:
-        self.engine.dispose()
+__all__ = ["QueryRecord", "QueryStore", "check_answer", "result_of", "rows_csv", "run_query"]
 
 
 # ================================================================================================
@@ -164,7 +97,7 @@ def run_query(grid: Grid, context: Context) -> int:
     settings = RunSettings.from_run_config(dict(context.run_config))
     coordinator = CoordinatorSettings.load()  # the coordinator host's own, never in a run config
     query = parse_query(settings.query)
-    contract = load_contract(settings.contract_path)
+    contract = coordinator.contract(settings.contract_hash)
     try:
         lay = layout(query, contract, max_bins=10**6)  # each node applies its owner's bin limit
     except QueryError as err:

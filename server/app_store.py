@@ -10,6 +10,10 @@ it with its own app-signing key (`publish`), and the SuperLink — started with
 
 The store is not trusted: it only distributes. A node checks the signature against the key its
 owner installed; a FAB altered in the store, or signed by any other key, is refused by the node.
+
+Flower's signature binds no app id, version or expiry, so each build also carries a manifest
+(`common.app_manifest`: app id, version, expires_at, key id) signed with the same key, written
+into the FAB at `client/app_manifest.json`; node runtimes refuse expired or older builds.
 """
 
 from __future__ import annotations
@@ -23,17 +27,25 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+import tomli_w
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import Response
-from flwr.cli.build import build_fab_from_disk
+from flwr.cli.build import build_fab_from_files
+from flwr.cli.utils import collect_files
 from flwr.common.config import get_metadata_from_config
 from flwr.supercore.primitives.asymmetric_ed25519 import create_message_to_sign
 from pydantic import BaseModel
 
+from common import wire
+from common.app_manifest import AppManifest, key_id
+from common.app_manifest import message as manifest_message
+
 _HASH = re.compile(r"^[0-9a-f]{64}$")
 INDEX = "index.json"
+MANIFEST_PATH = f"client/{wire.APP_MANIFEST_FILE}"  # beside the relay, inside the FAB
+APP_VALID_SECONDS = 30 * 24 * 3600  # a signed build runs on nodes for 30 days after publish
 
 
 class Verification(BaseModel):
@@ -69,12 +81,6 @@ class SigningKey:
         if not isinstance(key, ed25519.Ed25519PrivateKey):
             raise ValueError(f"{path}: not an Ed25519 key; make one with `atoll keys app-signing`")
         return cls(key_id=key_id(key.public_key()), private_key=key)
-
-
-def key_id(public_key: ed25519.Ed25519PublicKey) -> str:
-    """A stable id for a publisher key: `fpk_` + the first 16 hex digits of its SHA-256."""
-    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return f"fpk_{hashlib.sha256(raw).hexdigest()[:16]}"
 
 
 def trusted_entities_yaml(public_key: ed25519.Ed25519PublicKey) -> str:
@@ -135,12 +141,43 @@ class AppStore:
         return path.read_bytes() if _HASH.match(fab_hash) and path.exists() else None
 
 
-def publish_app(app_dir: Path, store_dir: Path, key: SigningKey) -> StoredApp:
-    """Build the app in `app_dir` exactly as `flwr run` would, sign it, put it in the store."""
-    app_id, version = get_metadata_from_config(
-        tomllib.loads((app_dir / "pyproject.toml").read_text())
+def signed_manifest(manifest: AppManifest, key: SigningKey) -> bytes:
+    """The manifest file the relay reads: the manifest's text and its signature (hex)."""
+    text = manifest.text()
+    signature = key.private_key.sign(manifest_message(text)).hex()
+    return json.dumps({wire.MANIFEST: text, wire.MANIFEST_SIGNATURE: signature}).encode()
+
+
+def publish_app(
+    app_dir: Path,
+    store_dir: Path,
+    key: SigningKey,
+    *,
+    valid_seconds: int = APP_VALID_SECONDS,
+    now: float | None = None,
+) -> StoredApp:
+    """Build the app in `app_dir` as `flwr run` would, with its signed manifest (valid for
+    `valid_seconds`) inside, sign the FAB, put it in the store."""
+    config = tomllib.loads((app_dir / "pyproject.toml").read_text())
+    app_id, version = get_metadata_from_config(config)
+    issued = int(time.time() if now is None else now)
+    manifest = AppManifest(
+        app_id=app_id.lstrip("@"),
+        version=version,
+        issued_at=issued,
+        expires_at=issued + valid_seconds,
+        key_id=key.key_id,
     )
-    return AppStore(store_dir).publish(build_fab_from_disk(app_dir), app_id, version, key)
+    files: dict[str, bytes | Path] = {**collect_files(app_dir.expanduser().resolve())}
+    files[MANIFEST_PATH] = signed_manifest(manifest, key)
+    include = config.get("tool", {}).get("flwr", {}).get("app", {}).get("fab-include")
+    if isinstance(include, list) and MANIFEST_PATH not in include:
+        # the app lists what its FAB holds: the manifest must be in it too (Flower writes the
+        # FAB's pyproject.toml from the parsed config anyway)
+        include.append(MANIFEST_PATH)
+        files["pyproject.toml"] = tomli_w.dumps(config).encode()
+    fab, _format = build_fab_from_files(files)
+    return AppStore(store_dir).publish(fab, app_id, version, key)
 
 
 class FetchFabRequest(BaseModel):

@@ -4,6 +4,10 @@ A published version is immutable and self-describing: weights (.npz), the exact 
 were trained under (canonical JSON + hash), per-round metrics, who took part and what privacy each
 participant spent. Opening a registry migrates its database to the latest schema, so a fresh
 SQLite file or PostgreSQL database needs no separate setup step.
+
+Each row is signed by the coordinator's publishing key (`server.registry_signing`): a registry
+opened with a `verifier` (the API, the CLI) refuses a row whose signature does not verify with
+`RowRefused`, naming the model and version — and serves every other row as before.
 """
 
 from __future__ import annotations
@@ -39,7 +43,9 @@ from common.contract import Contract, ContractError, contract_from_json
 from common.db import SQLITE_BEGIN_OPTION, make_engine, make_session_factory, migrate, safe_url
 from common.encoding import Encoder
 from common.model import MODEL_KINDS, load_model
+from privacy.audit import AuditSigner
 from server.registry_models import ModelVersion, utcnow
+from server.registry_signing import RowVerifier, sign_row
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +56,20 @@ _PUBLISH_ATTEMPTS = 3  # a concurrent publisher can take our version number; the
 
 class RegistryError(RuntimeError):
     """The registry cannot be opened or a publish/read failed; the message says what to do."""
+
+
+class RowRefused(RegistryError):
+    """A row fails its publisher signature: it was altered after publishing; it is not served."""
+
+    def __init__(self, name: str, version: int, why: str) -> None:
+        self.name = name
+        self.version = version
+        self.why = why
+        super().__init__(
+            f"model '{name}' v{version} is refused: {why} — the registry row was altered after "
+            "it was published (or signed by a key that is not pinned); it is not served. "
+            "Restore the row from a backup or republish the model; check --registry-public-key"
+        )
 
 
 class ModelNotFound(LookupError):
@@ -218,8 +238,20 @@ def _check_weights(model_kind: str, n_features: int, weights: bytes) -> None:
 class Registry:
     """Versioned model store over SQLite or PostgreSQL."""
 
-    def __init__(self, url: str, *, migrate: bool = True) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        migrate: bool = True,
+        signer: AuditSigner | None = None,
+        verifier: RowVerifier | None = None,
+    ) -> None:
+        """`signer`: the publishing key (needed to publish); `verifier`: the pinned public keys
+        every card and model read is checked against (without one, reads are unverified: give
+        one wherever a model is served or shown)."""
         self.url = safe_url(url)
+        self.signer = signer
+        self.verifier = verifier
         self.engine: Engine = make_engine(url)
         self._sessions = make_session_factory(self.engine)
         if migrate:
@@ -269,7 +301,12 @@ class Registry:
         privacy: dict[str, Any],
         run: dict[str, Any],
     ) -> ModelCard:
-        """Store a new version of `name` (previous highest + 1) and return its card."""
+        """Store a new version of `name` (previous highest + 1), signed, and return its card."""
+        if self.signer is None:
+            raise RegistryError(
+                "this registry was opened without the coordinator's publishing key, so it cannot "
+                "publish: set publishing-key in the coordinator settings (Registry(signer=...))"
+            )
         if not re.fullmatch(MODEL_NAME_PATTERN, name):
             raise RegistryError(
                 "model name must be 1-100 characters of letters, digits, '.', '_' or '-', "
@@ -329,6 +366,9 @@ class Registry:
                         select(func.max(ModelVersion.version)).where(ModelVersion.name == name)
                     )
                     row = ModelVersion(version=(latest or 0) + 1, created_at=utcnow(), **values)
+                    row.signature = sign_row(
+                        self.signer, _card(row).model_dump(mode="json"), row.contract_json
+                    )
                     session.add(row)
                 card = _card(row)
                 log.info("published model %s v%d (%d participants)", name, row.version, len(people))
@@ -394,7 +434,7 @@ class Registry:
             ).all()
         if not rows:
             raise ModelNotFound(name)
-        return [_card(r) for r in rows]
+        return [self._verified(r) for r in rows]
 
     def _row(self, session: Session, name: str, version: int | None, weights: bool) -> ModelVersion:
         stmt = select(ModelVersion).where(ModelVersion.name == name)
@@ -414,17 +454,29 @@ class Registry:
             raise ModelNotFound(name, version)
         raise ModelNotFound(name)
 
+    def _verified(self, row: ModelVersion) -> ModelCard:
+        """The row's card, after its signature is checked (when a verifier is pinned)."""
+        card = _card(row)
+        if self.verifier is not None:
+            why = self.verifier.why_not(
+                card.model_dump(mode="json"), row.contract_json, row.signature
+            )
+            if why:
+                log.error("registry row of model %s v%d refused: %s", row.name, row.version, why)
+                raise RowRefused(row.name, row.version, why)
+        return card
+
     def card(self, name: str, version: int | None = None) -> ModelCard:
         """The card of one version (None = latest), without reading the weights."""
         with self._sessions() as session:
-            return _card(self._row(session, name, version, weights=False))
+            return self._verified(self._row(session, name, version, weights=False))
 
     def get(self, name: str, version: int | None = None) -> StoredModel:
         """One version (None = latest) with weights and contract, integrity-checked."""
         with self._sessions() as session:
             row = self._row(session, name, version, weights=True)
             weights = bytes(row.weights)
-            card = _card(row)
+            card = self._verified(row)
         where = f"model '{card.name}' v{card.version}"
         if hashlib.sha256(weights).hexdigest() != card.weights_sha256:
             raise RegistryError(

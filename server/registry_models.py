@@ -42,6 +42,9 @@ class ModelVersion(Base):
     privacy: Mapped[dict[str, Any]] = mapped_column(JSONType)
     run: Mapped[dict[str, Any]] = mapped_column(JSONType)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # Ed25519 signature (hex) by the coordinator's publishing key over the card and contract
+    # (server.registry_signing); NULL only on rows published before signing existed
+    signature: Mapped[str | None] = mapped_column(String(128), nullable=True)
 
     def __repr__(self) -> str:
         return f"ModelVersion(name={self.name!r}, version={self.version})"

@@ -15,7 +15,7 @@ from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Result
 
-from common.contract import Contract, load_contract
+from common.contract import Contract
 from common.encoding import Encoder
 from common.estimation import Report, estimate, pool
 from common.model import build_model, weights_to_bytes
@@ -27,6 +27,7 @@ from server.coordinator_audit import CoordinatorAudit
 from server.coordinator_settings import CoordinatorSettings
 from server.fleet import FastGrid, Identities, RunFailed, finish_nodes, node_settings, roll_call
 from server.registry import Registry
+from server.registry_signing import load_publishing_key
 from server.run_settings import RunSettings
 from server.spend_reports import SpendReports
 from server.strategies import make_strategy
@@ -90,8 +91,10 @@ def main(grid: Grid, context: Context) -> None:
         return
     settings = RunSettings.from_run_config(dict(context.run_config))
     coordinator = CoordinatorSettings.load()  # the coordinator host's own, never in a run config
-    contract = load_contract(settings.contract_path)
-    registry = Registry(coordinator.registry_url)  # open (and migrate) before any node spends
+    contract = coordinator.contract(settings.contract_hash)  # resolved on this host, by hash
+    registry = Registry(  # open (and migrate) before any node spends; every row it writes is signed
+        coordinator.registry_url, signer=load_publishing_key(coordinator.publishing_key)
+    )
     reports = SpendReports(coordinator.registry_url)
     run_id = str(context.run_id)
     audit = CoordinatorAudit(coordinator.registry_url, coordinator.audit_key, run_id)
@@ -164,6 +167,11 @@ def _train(
         settings.strategy,
         proximal_mu=settings.proximal_mu,
         trim_beta=settings.trim_beta,
+        server_learning_rate=settings.server_learning_rate,
+        server_momentum=settings.server_momentum,
+        clip_factor=settings.clip_factor,
+        max_weight_ratio=settings.max_weight_ratio,
+        min_nodes=settings.min_nodes,
         evaluate=False,  # evaluations ride on the next train request and on finish
     )
     strategy.on_reply = audit.reply

@@ -41,6 +41,7 @@ from common.contract import Contract, load_contract
 from common.encoding import OTHER
 from common.protos.atoll.node.v1 import runtime_pb2 as pb
 from privacy.audit import query as audit_entries
+from privacy.dp import PlannedEvent
 from privacy.ledger import Ledger, Policy
 from server.analytics import QueryStore, check_answer, result_of
 
@@ -316,6 +317,80 @@ def test_a_query_that_would_overspend_is_refused_before_data_with_the_numbers(
         )
     )
     assert bad.refusal.code == "query-key"
+
+
+def test_the_owners_analytics_cap_binds_apart_from_the_total_before_data(
+    tmp_path: Path, fifo: Path, contract: Contract
+) -> None:
+    one = epsilon_of(3.0, 1e-5)
+    policy = Policy(
+        cap_epsilon=100,
+        delta=1e-5,
+        allowed_purposes=[*ANALYTICS, "analytics/drift"],
+        purpose_caps={"analytics": 1.2 * one},
+    )
+    ledger = Ledger.initialize(tmp_path / "state", "dept-a", policy)
+    ledger.reserve("1", "churn", "analytics/drift", [PlannedEvent(3.0, 1.0, 1, "analytics/drift")])
+    ledger.record("1", 1, "analytics/drift", 3.0, 1.0, 1)  # a drift check counts as analytics
+    ledger.close("1")
+    training = [PlannedEvent(3.0, 1.0, 5, "training")]  # training is not under that cap
+    assert ledger.reserve("2", "churn", "training", training) > one
+    ledger.close("2")
+    status = ledger.status().purposes
+    assert [(p.purpose, p.cap_epsilon) for p in status] == [("analytics", 1.2 * one)]
+    assert status[0].spent_epsilon == pytest.approx(one)
+    ledger.close_db()
+    svc = NodeService(node_config(tmp_path, fifo, contract=TELCO), seed=11)  # data: a FIFO
+    reply = _call(lambda: svc.query(_request(contract, noise_multiplier=3.0)))
+    assert reply.refusal.code == "budget-purpose-cap", reply
+    message = reply.refusal.message
+    assert "purpose 'analytics'" in message and f"{0.2 * one:.3f} of its cap" in message
+    after = Ledger(tmp_path / "state")
+    assert after.status().events == 1 and after.refusals()[-1]["code"] == "purpose-cap"
+    assert after.refusals()[-1]["remaining_epsilon"] == pytest.approx(0.2 * one, rel=1e-6)
+
+
+def test_the_owner_sets_and_sees_a_purpose_cap_with_atoll_budget(tmp_path: Path) -> None:
+    from atoll.cli import app
+
+    runner, state = CliRunner(), str(tmp_path / "state")
+    base = ["--state-dir", state, "--cap", "8", "--purpose", "training", "--purpose", "analytics"]
+    bad = runner.invoke(app, ["budget", "init", "--node-name", "n", *base, "--purpose-cap", "x"])
+    assert bad.exit_code == 2 and "PURPOSE=EPSILON" in " ".join(bad.output.split())
+    zero_cap = runner.invoke(
+        app, ["budget", "init", "--node-name", "n", *base, "--purpose-cap", "analytics=0"]
+    )
+    assert zero_cap.exit_code == 2 and "--purpose-cap" in zero_cap.output
+    assert not (tmp_path / "state" / "node-privacy.db").exists()
+    made = runner.invoke(
+        app, ["budget", "init", "--node-name", "n", *base, "--purpose-cap", "analytics=1.5"]
+    )
+    assert made.exit_code == 0, made.output
+    changed = runner.invoke(app, ["budget", "policy", *base, "--purpose-cap", "analytics=0.75"])
+    assert changed.exit_code == 0, changed.output
+    ledger = Ledger(tmp_path / "state")
+    assert ledger.policy().purpose_caps == {"analytics": 0.75}
+    changes = [e for e in audit_entries(ledger.engine, "node:n") if e.action == "policy.changed"]
+    assert [c.details["policy"]["purpose_caps"] for c in changes] == [
+        {"analytics": 1.5},
+        {"analytics": 0.75},
+    ]
+    ledger.close_db()
+    shown = runner.invoke(app, ["budget", "show", "--state-dir", state])
+    text = " ".join(shown.output.split())
+    assert "purpose analytics: spent ε=0.000" in text and "cap 0.750" in text
+    status = json.loads(
+        runner.invoke(app, ["budget", "show", "--state-dir", state, "--json"]).stdout
+    )
+    assert status["purposes"] == [
+        {
+            "purpose": "analytics",
+            "cap_epsilon": 0.75,
+            "spent_epsilon": 0.0,
+            "reserved_epsilon": 0.0,
+            "remaining_epsilon": 0.75,
+        }
+    ]
 
 
 def test_a_query_is_charged_as_one_gaussian_and_matches_an_independent_accountant(

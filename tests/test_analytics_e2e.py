@@ -4,6 +4,8 @@ Three SuperNodes on Telco split by `Contract`; the query is a run of the same si
 run-config key `query` set. Checks: the result is stored with its ε per node and intervals, it is
 close to the pooled truth, every node's ledger holds one `analytics` release, the query is in the
 coordinator's and the nodes' audit logs, and a node whose owner does not allow analytics refuses.
+Then an analyst submits a second query through the API (`POST /queries`), which runs on the same
+engine in the background and is polled until its stored result is in.
 """
 
 from __future__ import annotations
@@ -13,12 +15,16 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from fastapi.testclient import TestClient
 
 from atoll.federation import LocalFederation, partition_csv
 from common.analytics_math import epsilon_of
+from common.contract import load_contract
 from privacy.audit import query as audit_entries
 from privacy.ledger import Ledger, Policy
 from server.analytics import QueryStore
+from server.api.app import create_app
+from server.query_jobs import QueryRunnerSettings, QuerySubmitter
 
 pytestmark = [pytest.mark.e2e, pytest.mark.analytics]
 
@@ -77,3 +83,35 @@ def test_a_query_runs_through_the_deployment_engine(tmp_path: Path, shared_data:
             ledger.close_db()
         coordinator = [e.action for e in audit_entries(fed.registry_url, "coordinator")]
         assert "query.started" in coordinator and "query.answered" in coordinator
+        _an_analyst_submits_through_the_api(fed, parts[0].name)
+
+
+def _an_analyst_submits_through_the_api(fed: LocalFederation, a_node: str) -> None:
+    """The same engine, from `POST /queries`: submitted in the background, polled, stored."""
+    assert fed.last_app is not None
+    key = fed.create_api_key("analyst")
+    app = create_app(
+        fed.registry_url, registry_public_keys=[fed.publishing_key.with_suffix(".pub")]
+    )
+    settings = QueryRunnerSettings(
+        flwr_home=fed.coordinator_home / "flwr",
+        contracts_dir=fed.contracts_dir,
+        app=fed.last_app.spec,
+        min_nodes=3,
+    )
+    spec = {"kind": "mean", "field": "MonthlyCharges", "group_by": ["PaymentMethod"], "epsilon": 1}
+    body = {"contract_hash": load_contract(CONTRACT).hash, "spec": spec}
+    headers = {"Authorization": f"Bearer {key}"}
+    with TestClient(app) as client:
+        client.app.state.query_submitter = QuerySubmitter(settings)  # type: ignore[attr-defined]
+        sent = client.post("/queries", json=body, headers=headers)
+        assert sent.status_code == 202, sent.text
+        done = client.get(f"/queries/submissions/{sent.json()['id']}", headers=headers).json()
+        assert done["status"] == "answered", done
+        row = client.get(f"/queries/{done['query_id']}", headers=headers).json()
+    assert row["spec"]["kind"] == "mean" and row["run_id"] == done["run_id"]
+    assert len(row["result"]["participants"]) == 2  # the third node's owner allows no analytics
+    assert all(0.99 <= e <= 1.0 for e in row["result"]["epsilon_per_node"].values())
+    ledger = Ledger(fed.workdir / "nodes" / a_node / "state")
+    assert ledger.status().events == 2  # the CLI's query and the analyst's, both charged
+    ledger.close_db()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Generator, Iterator
 
 import httpx
@@ -18,70 +17,28 @@ import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from helpers.api import (
+    B_V1,
+    B_V2,
+    CANARY,
+    RECORD,
+    W_V1,
+    W_V2,
+    assert_no_canary,
+    assert_no_input_key,
+    logreg_weights,
+    publish,
+    publisher_pub,
+    sigmoid,
+    toy_contract,
+)
 
-from common.contract import Contract, parse_contract
 from common.encoding import Encoder
 from common.model import build_model, weights_to_bytes
 from server.api.app import create_app
 from server.api.auth import ApiKeyStore
-from server.api.scoring import neutral_baseline, occlusion
+from server.api.explain import neutral_baseline, occlusion
 from server.registry import Registry
-
-CANARY = "CANARY-7f3a-do-not-echo"
-
-# Encoded columns: tenure, monthly, plan=basic, plan=pro, plan=<other>, paperless.
-W_V1 = [-4.0, 1.0, 0.5, -0.5, 0.0, 2.0]
-B_V1 = 0.3
-W_V2 = [1.0, 0.0, 0.0, 0.0, 0.0, 0.0]
-B_V2 = -1.0
-
-
-def toy_contract() -> Contract:
-    return parse_contract(
-        {
-            "name": "toy-churn",
-            "version": 1,
-            "task": "churn",
-            "label": {"column": "churned", "positive": "Yes"},
-            "id": "customer_id",
-            "drop": ["email"],
-            "features": [
-                {"name": "tenure", "type": "numeric", "min": 0, "max": 100},
-                {
-                    "name": "monthly",
-                    "type": "numeric",
-                    "min": 0,
-                    "max": 200,
-                    "missing": "impute",
-                    "impute": 50,
-                },
-                {"name": "plan", "type": "categorical", "vocabulary": ["basic", "pro"]},
-                {"name": "paperless", "type": "binary"},
-            ],
-        }
-    )
-
-
-def logreg_weights(w: list[float], b: float) -> bytes:
-    return weights_to_bytes(
-        {"0.weight": np.array([w], np.float32), "0.bias": np.array([b], np.float32)}
-    )
-
-
-def publish(registry: Registry, name: str, kind: str, weights: bytes) -> None:
-    contract = toy_contract()
-    registry.publish(
-        name=name,
-        task="churn",
-        contract=contract,
-        model_kind=kind,
-        n_features=Encoder(contract).n_features,
-        weights=weights,
-        metrics={"final": {"auc": 0.8}},
-        participants=[{"name": "north", "node_id": 1, "train_examples": 90, "test_examples": 10}],
-        privacy={"delta": 1e-5, "epsilon_per_node": {"north": float("inf")}, "mechanism": "none"},
-        run={"run_id": "r1", "strategy": "fedavg", "rounds": 1, "config": {}},
-    )
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +52,13 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
         publish(registry, "toy-mlp", "mlp", weights_to_bytes(mlp.state_dict()))
     with ApiKeyStore.open(url) as keys:
         app_key, analyst_key = keys.create("test-app", "app")[1], keys.create("test", "analyst")[1]
-    app = create_app(url, max_records=5, rate_per_second=1000, rate_burst=1000)
+    app = create_app(
+        url,
+        registry_public_keys=[publisher_pub()],
+        max_records=5,
+        rate_per_second=1000,
+        rate_burst=1000,
+    )
     with TestClient(app) as c:
         c.auth = KeyPerCaller(app_key, analyst_key)
         yield c
@@ -111,33 +74,6 @@ class KeyPerCaller(httpx.Auth):
         key = self.app_key if request.url.path.endswith("/predict") else self.analyst_key
         request.headers["Authorization"] = f"Bearer {key}"
         yield request
-
-
-def sigmoid(z: float) -> float:
-    return 1 / (1 + math.exp(-z))
-
-
-RECORD = {
-    "tenure": 10,
-    "monthly": 150,
-    "plan": "pro",
-    "paperless": "Yes",
-    "customer_id": "c-1",
-    "churned": "No",
-    "email": "x@example.org",
-}
-
-
-def assert_no_canary(response) -> None:
-    assert CANARY not in response.text
-    assert_no_input_key(response)
-
-
-def assert_no_input_key(response) -> None:
-    """FastAPI's default 422 echoes the submitted value under `input`; ours must not."""
-    detail = response.json().get("detail")
-    if isinstance(detail, list):
-        assert all("input" not in item and "ctx" not in item for item in detail)
 
 
 # ---- metadata ----------------------------------------------------------------------------------

@@ -21,16 +21,16 @@ from typing import Any
 
 import httpx
 import pytest
-import test_registry
 from fastapi import Depends, FastAPI
 from fastapi.testclient import TestClient
-from test_api import RECORD, logreg_weights, publish
+from helpers.api import RECORD, logreg_weights, publish, publisher_pub
 from typer.testing import CliRunner
 
 from atoll import pki
 from atoll.cli import app as atoll_cli
 from atoll.cli_keys import keys_app
 from atoll.processes import ManagedProcess, flower_env, free_port, spawn, wait_for_port
+from common.db import default_registry_url
 from server.api.app import create_app
 from server.api.auth import (
     FORBIDDEN_DETAIL,
@@ -83,6 +83,17 @@ TABLE: dict[tuple[str, str], Case] = {
     ("GET", "/audit"): Case("/audit?log=api", P.AUDIT_READ),
     ("GET", "/audit/export"): Case("/audit/export?log=api", P.AUDIT_READ),
     ("GET", "/audit/verify"): Case("/audit/verify?log=api", P.AUDIT_READ),
+    ("POST", "/queries/preview"): Case(
+        "/queries/preview", P.QUERIES_RUN, {"model": "toy", "spec": {"kind": "count", "epsilon": 1}}
+    ),
+    ("POST", "/queries"): Case("/queries", P.QUERIES_RUN, {"model": "toy", "spec": {}}, ok=422),
+    ("GET", "/queries"): Case("/queries", P.QUERIES_RUN),
+    ("GET", "/queries/{query_id}"): Case("/queries/1", P.QUERIES_RUN, ok=404),
+    ("GET", "/queries/{query_id}/export"): Case("/queries/1/export", P.QUERIES_RUN, ok=404),
+    ("GET", "/queries/submissions/{submission_id}"): Case(
+        "/queries/submissions/1", P.QUERIES_RUN, ok=404
+    ),
+    ("GET", "/models/{name}/drift"): Case("/models/toy/drift", P.MODELS_READ),
 }
 # Not API routes but still not public: any valid key may read the API's own description.
 ANY_KEY = ("/openapi.json", "/docs")
@@ -114,6 +125,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     keys = {role: store.create(f"test-{role}", role)[1] for role in Role}
     app = create_app(
         url,
+        registry_public_keys=[publisher_pub()],
         rate_per_second=1000,
         rate_burst=1000,
         client_rate_per_second=1000,  # this module sends hundreds of bad keys on purpose
@@ -156,7 +168,7 @@ def test_least_privilege_matrix() -> None:
     """The policy the README documents; changing it must be deliberate."""
     assert {r.value: sorted(p.value for p in ps) for r, ps in ROLE_PERMISSIONS.items()} == {
         "app": ["models:score"],
-        "analyst": ["models:read"],
+        "analyst": ["models:read", "queries:run"],
         "governance": ["audit:read", "budgets:read", "models:read"],
         "admin": ["keys:manage", "policy:write"],
     }
@@ -265,7 +277,7 @@ def test_rotate_and_revoke(tmp_path: Path) -> None:
 def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A fresh database on each backend the registry supports (see test_registry.py)."""
     if request.param == "sqlite":
-        yield from test_registry._sqlite_url(tmp_path)
+        yield default_registry_url(tmp_path / "nested" / "home")
     else:
         yield request.getfixturevalue("postgres_url")
 
@@ -363,7 +375,8 @@ def test_rate_limit_per_key(tmp_path: Path) -> None:
     url = _registry(tmp_path)
     with ApiKeyStore.open(url) as store:
         one, two = store.create("one", "analyst")[1], store.create("two", "analyst")[1]
-    with TestClient(create_app(url, rate_per_second=0.2, rate_burst=3)) as client:
+    app = create_app(url, registry_public_keys=[publisher_pub()], rate_per_second=0.2, rate_burst=3)
+    with TestClient(app) as client:
         codes = [
             client.get("/models", headers={"Authorization": f"Bearer {one}"}) for _ in range(4)
         ]
@@ -428,6 +441,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     tls = pki.create_tls(work / "certs")
     port = free_port()
     argv = [sys.executable, "-m", "atoll", "serve", "--registry", url, "--port", str(port)]
+    argv += ["--registry-public-key", str(publisher_pub())]
     argv += ["--certfile", str(tls.server_cert), "--keyfile", str(tls.server_key)]
     proc: ManagedProcess = spawn("api", argv, work / "api.log", flower_env())
     try:

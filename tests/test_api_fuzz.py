@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import schemathesis
+from helpers.api import logreg_weights, publish, publisher_pub
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
-from test_api import logreg_weights, publish
 
 from server.api.app import create_app
 from server.api.auth import ApiKeyStore, Role, api_routes, roles_with
@@ -31,7 +31,13 @@ def keyed_app(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, dict[st
         publish(registry, "toy", "logreg", logreg_weights([1.0, -1.0, 0.5, 0, 0, 2.0], 0.1))
     with ApiKeyStore.open(url) as store:
         keys = {role: store.create(f"fuzz-{role}", role)[1] for role in Role}
-    app = create_app(url, max_records=20, rate_per_second=100_000, rate_burst=100_000)
+    app = create_app(
+        url,
+        registry_public_keys=[publisher_pub()],
+        max_records=20,
+        rate_per_second=100_000,
+        rate_burst=100_000,
+    )
     key_for: dict[str, str] = {}  # "METHOD /path" -> a key allowed there
     for route in api_routes(app):
         for method in route.methods:
@@ -49,7 +55,9 @@ def api_schema(keyed_app: tuple[object, dict[str, str]]) -> schemathesis.BaseSch
 
 
 def _operations() -> list[tuple[str, str]]:
-    spec = create_app("sqlite://").openapi()  # in-memory registry: just the route list
+    spec = create_app(
+        "sqlite://", registry_public_keys=[publisher_pub()]
+    ).openapi()  # in-memory registry: just the route list
     return [(method.upper(), path) for path, item in spec["paths"].items() for method in item]
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from test_api import CANARY, RECORD, logreg_weights, publish
+from helpers.api import CANARY, RECORD, logreg_weights, publish, publisher_pub
 
 from privacy.audit import AuditLog, AuditSigner, query
 from server.api.app import create_app
@@ -67,6 +67,7 @@ def gov(tmp_path: Path) -> Iterator[Gov]:
     AuditSigner.create(api_key)  # `atoll audit keygen`: its .pub is pinned below
     app = create_app(
         url,
+        registry_public_keys=[publisher_pub()],
         rate_per_second=1000,
         rate_burst=1000,
         audit_key=api_key,

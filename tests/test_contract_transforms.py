@@ -168,7 +168,7 @@ def test_bad_scaling_is_refused_naming_the_feature(options, expected: list[str])
 
 
 def test_neutral_value_is_the_middle_of_the_transformed_range_or_the_impute_value() -> None:
-    from server.api.scoring import neutral_baseline
+    from server.api.explain import neutral_baseline
 
     plain = parse_contract(contract_data(missing="impute", impute=250))
     enc = Encoder(plain)  # no transform: the same baseline scoring has always used

@@ -102,6 +102,10 @@ def _run(tmp: Path, procs: list[ManagedProcess]) -> None:
             f"sqlite:///{tmp / 'registry.db'}",
             "--audit-key",
             str(tmp / "audit" / "coordinator.pem"),
+            "--publishing-key",  # signs every registry row
+            str(tmp / "publishing" / "publishing.pem"),
+            "--contracts",  # runs name their contract by hash; it is staged here
+            str(tmp / "contracts"),
         ],
         tmp / "superlink.log",
         flower_env(),
@@ -224,6 +228,8 @@ def _run(tmp: Path, procs: list[ManagedProcess]) -> None:
         str(tmp / "app-signing" / "app-signing"),
         "--app-store-dir",
         str(tmp / "app-store"),
+        "--contracts-dir",
+        str(tmp / "contracts"),
         timeout=900,
     )
     assert "signed @atoll/atoll==" in res.stdout + res.stderr

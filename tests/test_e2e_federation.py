@@ -354,12 +354,14 @@ def test_one_message_per_node_per_round_and_evaluations_every_round(federation) 
 
 @pytest.mark.hardening
 def test_no_secret_or_coordinator_path_leaves_the_coordinator(federation) -> None:
-    """The registry URL and the audit key's location are the coordinator's own settings
-    (coordinator.toml, 0600): not in the SuperLink's state, any node's Flower files or a card."""
+    """The registry URL, the audit and publishing keys' and the contract's locations are the
+    coordinator's own settings (coordinator.toml, 0600; the run names its contract by hash): not
+    in the SuperLink's state, any node's Flower files or a card."""
     fed: LocalFederation = federation["fed"]
     own = fed.coordinator_home / "coordinator.toml"
     assert own.stat().st_mode & 0o777 == 0o600
     needles = [fed.registry_url, str(fed.coordinator_home / "audit")]  # URL, key location
+    needles += [str(CONTRACT.resolve()), str(fed.contracts_dir), str(fed.publishing_key.parent)]
     blobs = [p.read_bytes() for p in fed.coordinator_home.glob("superlink-state.db*")]
     for node_home in (fed.workdir / "nodes").iterdir():
         blobs += [p.read_bytes() for p in (node_home / "flwr").rglob("*") if p.is_file()]

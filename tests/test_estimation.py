@@ -187,3 +187,25 @@ def test_any_noised_counts_give_finite_or_nan_numbers_never_an_error(
         values = [e.estimate, *e.ci95]
         assert all(math.isnan(v) for v in values) or all(math.isfinite(v) for v in values)
     assert rep.calibration.slope > 0
+
+
+def test_scores_within_one_bin_give_a_wide_interval_not_a_confident_wrong_one() -> None:
+    """A barely trained model: every logit inside one bin, so the histograms cannot show its
+    ranking. The interval must say so (wide) and still cover the truth; the calibration fit
+    must not flatten the model (its slope is not identified: it stays near the identity)."""
+    rng = np.random.default_rng(21)
+    z = rng.normal(-0.2, 0.15, 3000)
+    y = (rng.random(z.size) < _sigmoid(6.0 * z + 1.0)).astype(float)
+    pos, neg = logit_histogram(y, z, bins=12)
+    assert (pos + neg).max() >= 0.95 * y.size  # one bin holds (nearly) everything
+    truth = roc_auc_score(y, z)
+    covered = 0
+    for seed in range(20):
+        noise = np.random.default_rng(seed)
+        pooled = _releases(pos.astype(float), neg.astype(float), 3, 10.0, noise)
+        rep = estimate(pooled, calibrate=True, draws=100)
+        lo, hi = rep.metrics["roc_auc"].ci95
+        covered += lo <= truth <= hi
+        assert hi - lo > 0.2
+        assert rep.calibration.slope > 0.5
+    assert covered >= 19

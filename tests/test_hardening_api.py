@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from helpers.api import logreg_weights, publish, publisher_pub
 from sqlalchemy import event
-from test_api import logreg_weights, publish
 from typer.testing import CliRunner
 
 from atoll.cli import app as atoll_cli
@@ -45,8 +45,9 @@ from privacy.audit import (
     verify,
 )
 from server.api.app import create_app
-from server.api.audit_trail import AuthFailureTally, key_change_recorder, operator_log
+from server.api.audit_trail import key_change_recorder, operator_log
 from server.api.auth import ApiKeyError, ApiKeyStore, client_address, parse_key
+from server.api.auth_failures import AuthFailureTally
 from server.api.limits import TokenBucketLimiter
 from server.api.settings import ApiSettings
 from server.registry import Registry
@@ -113,6 +114,7 @@ class Deployment:
             "checkpoint_every_entries": 5,
             "checkpoint_every_minutes": 60,
             "maintenance_seconds": 3600,  # the tests drive maintenance by hand
+            "registry_public_keys": [publisher_pub()],
         }
         return create_app(self.url, **(options | overrides))
 
@@ -270,7 +272,7 @@ def test_replaced_key_and_re_signed_log_fail_against_the_pinned_key(
     result = CliRunner().invoke(
         atoll_cli,
         ["serve", "--registry", d.url, "--audit-key", str(d.api_key)]
-        + ["--api-audit-public-key", str(d.api_pub)],
+        + ["--api-audit-public-key", str(d.api_pub), "--registry-public-key", str(publisher_pub())],
     )
     assert result.exit_code == 2 and "not one of the 1 pinned public key" in _said(result)
     assert "Traceback" not in result.output
@@ -284,7 +286,7 @@ def test_without_pinned_keys_the_api_does_not_trust_its_own_key_file(tmp_path: P
     url = _registry(tmp_path)
     with ApiKeyStore.open(url) as store:
         gov = store.create("gov", "governance")[1]
-    with TestClient(create_app(url)) as client:
+    with TestClient(create_app(url, registry_public_keys=[publisher_pub()])) as client:
         for _ in range(2):
             report = client.get("/audit/verify?log=api", headers=_bearer(gov)).json()
         assert report["ok"] is False and report["problem"] == "unknown_key"
@@ -297,16 +299,18 @@ def test_missing_api_key_is_created_only_for_an_empty_log(tmp_path: Path) -> Non
     with ApiKeyStore.open(url) as store:
         analyst = store.create("a", "analyst")[1]
     assert not key.exists()
-    with TestClient(create_app(url)) as client:  # first start, empty log: the key is created
+    app = create_app(url, registry_public_keys=[publisher_pub()])
+    with TestClient(app) as client:  # first start, empty log: the key is created
         assert key.exists()
         assert client.get("/models", headers=_bearer(analyst)).status_code == 200
     assert log_length(url, "api") == 1
 
     key.unlink()  # lost (or removed to slip a new one in)
     with pytest.raises(AuditKeyError, match=r"is missing but log 'api' already holds 1 entries"):
-        create_app(url)
+        create_app(url, registry_public_keys=[publisher_pub()])
     assert not key.exists()  # not silently re-created beside the registry
-    result = CliRunner().invoke(atoll_cli, ["serve", "--registry", url])
+    pinned_registry = ["--registry-public-key", str(publisher_pub())]
+    result = CliRunner().invoke(atoll_cli, ["serve", "--registry", url, *pinned_registry])
     assert result.exit_code == 2
     assert "is missing but log 'api' already holds 1 entries" in _said(result)
     assert "restore the key" in _said(result) and not key.exists()
@@ -317,7 +321,9 @@ def test_missing_api_key_is_created_only_for_an_empty_log(tmp_path: Path) -> Non
     pub.write_text(AuditSigner.generate().public_key_pem)
     fresh = tmp_path / "other" / "k" / "api.pem"
     with pytest.raises(AuditKeyError, match="missing and public keys are pinned"):
-        create_app(other, audit_key=fresh, api_public_keys=[pub])
+        create_app(
+            other, registry_public_keys=[publisher_pub()], audit_key=fresh, api_public_keys=[pub]
+        )
     assert not fresh.exists()
 
 
@@ -406,7 +412,13 @@ def test_unauthenticated_flood_is_cheap_bounded_in_the_audit_log_and_spares_vali
     with ApiKeyStore.open(url) as store:
         valid = store.create("crm", "analyst")[1]
         real_id = parse_key(store.create("victim", "app")[1])[0]  # type: ignore[index]
-    app = create_app(url, rate_per_second=1000, rate_burst=1000, maintenance_seconds=3600)
+    app = create_app(
+        url,
+        registry_public_keys=[publisher_pub()],
+        rate_per_second=1000,
+        rate_burst=1000,
+        maintenance_seconds=3600,
+    )
     store = app.state.api_keys
     lookups = Counter[str]()
     authenticate = store.authenticate
@@ -533,7 +545,7 @@ def test_client_buckets_are_bounded_and_valid_keys_get_their_token_back() -> Non
 
 def test_health_says_only_alive_without_touching_the_database(tmp_path: Path) -> None:
     url = _registry(tmp_path)
-    app = create_app(url)
+    app = create_app(url, registry_public_keys=[publisher_pub()])
     statements: list[str] = []
 
     def seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
@@ -569,7 +581,17 @@ def test_serve_refuses_plain_http_off_loopback(
     assert result.exit_code == 2 and not started
     assert "refusing plain HTTP" in _said(result) and "--insecure-http" in _said(result)
     result = CliRunner().invoke(
-        atoll_cli, ["serve", "--registry", url, "--host", host, "--insecure-http"]
+        atoll_cli,
+        [
+            "serve",
+            "--registry",
+            url,
+            "--host",
+            host,
+            "--insecure-http",
+            "--registry-public-key",
+            str(publisher_pub()),
+        ],
     )
     assert result.exit_code == 0, result.output
     assert started[-1]["host"] == host and started[-1]["ssl_certfile"] is None
@@ -584,7 +606,16 @@ def test_serve_allows_plain_http_on_loopback(
     started: list[dict[str, Any]] = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: started.append(kw))
     result = CliRunner().invoke(
-        atoll_cli, ["serve", "--registry", _registry(tmp_path), "--host", host]
+        atoll_cli,
+        [
+            "serve",
+            "--registry",
+            _registry(tmp_path),
+            "--host",
+            host,
+            "--registry-public-key",
+            str(publisher_pub()),
+        ],
     )
     assert result.exit_code == 0, result.output
     assert started[-1]["host"] == host
@@ -619,10 +650,15 @@ def test_settings_pin_keys_from_the_environment_and_keep_checkpoints_off_the_key
     assert settings.api_public_keys == [tmp_path / "a.pub", tmp_path / "b.pub"]
     assert settings.checkpoint_every_entries == 50 and settings.key_path() == key
     with pytest.raises(ValueError, match="is beside the signing key"):
-        create_app(url, audit_key=key, checkpoint_dir=key.parent / "checkpoints")
+        create_app(
+            url,
+            registry_public_keys=[publisher_pub()],
+            audit_key=key,
+            checkpoint_dir=key.parent / "checkpoints",
+        )
     beside_default = tmp_path / "coordinator" / "audit" / "cp"  # default key: audit/api.pem
     with pytest.raises(ValueError, match="is beside the signing key"):
-        create_app(url, checkpoint_dir=beside_default)
+        create_app(url, registry_public_keys=[publisher_pub()], checkpoint_dir=beside_default)
     result = CliRunner().invoke(
         atoll_cli, ["serve", "--registry", url, "--checkpoint-dir", str(beside_default)]
     )

@@ -17,6 +17,7 @@ import pytest
 import torch
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from helpers.api import PUBLISHER, publisher_verifier
 
 from common.contract import Contract, parse_contract
 from common.db import default_registry_url
@@ -50,6 +51,7 @@ def weights_for(contract: Contract, seed: int, kind: str = "logreg") -> bytes:
 
 
 def publish(registry: Registry, name: str = "churn-model", seed: int = 0, **overrides) -> ModelCard:
+    registry.signer = registry.signer or PUBLISHER  # the coordinator's publishing key
     contract = small_contract()
     args = {
         "name": name,
@@ -92,7 +94,7 @@ def registry_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 @pytest.fixture
 def registry(registry_url: str) -> Iterator[Registry]:
-    with Registry(registry_url) as reg:
+    with Registry(registry_url, signer=PUBLISHER, verifier=publisher_verifier()) as reg:
         yield reg
 
 

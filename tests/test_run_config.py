@@ -21,7 +21,7 @@ from common.run_config import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-REQUIRED = {"contract-path": "c"}
+REQUIRED = {"contract-hash": "c" * 64}  # a contract by hash, never a coordinator path
 
 
 def _app_config() -> dict[str, Any]:
@@ -42,7 +42,7 @@ def test_pyproject_lists_every_key_with_runconfigs_default() -> None:
 def test_required_keys_have_no_default_and_the_empty_pyproject_value_is_refused() -> None:
     required = {k for k, v in RunConfig.defaults().items() if v is None}
     assert required == set(REQUIRED)
-    with pytest.raises(RunConfigError, match="contract-path"):
+    with pytest.raises(RunConfigError, match="contract-hash"):
         RunConfig.from_run_config(_app_config())  # Flower's defaults alone are not a run
 
 
@@ -57,33 +57,46 @@ def test_to_run_config_gives_every_key_by_alias_and_round_trips() -> None:
 
 def test_keys_and_defaults_by_field_or_alias() -> None:
     assert RunConfig.key("rounds") == "num-server-rounds" and RunConfig.key("seed") == "seed"
-    assert RunConfig.default("rounds") == RunConfig.default("num-server-rounds") == 5
+    assert RunConfig.default("rounds") == RunConfig.default("num-server-rounds") == 10
     with pytest.raises(KeyError):
-        RunConfig.default("contract-path")  # required: no default
+        RunConfig.default("contract-hash")  # required: no default
     with pytest.raises(KeyError):
         RunConfig.default("no-such-key")
 
 
 def test_node_config_is_kept() -> None:
     node = RunConfig.from_run_config(REQUIRED).node_config("abc")
-    assert node["contract-hash"] == "abc" and node["total-rounds"] == 5
-    assert node["sample-rate"] == 0.02 and node["eval-noise"] == 10.0
-    assert node["optimizer"] == "adam" and node["learning-rate"] == 0.02
+    assert node["contract-hash"] == "abc" and node["total-rounds"] == 10
+    assert node["sample-rate"] == 0.1 and node["eval-noise"] == 50.0
+    assert node["final-eval-noise"] == 4.5
+    assert node["optimizer"] == "adam" and node["learning-rate"] == 0.05
 
 
 def test_the_defaults_a_new_run_gets() -> None:
-    """The chosen defaults (evidence: bench/quality_sweep.py, `--grid evidence`)."""
+    """The chosen defaults (evidence: bench/quality_sweep.py, README "Training defaults")."""
     d = RunConfig.from_run_config(REQUIRED)
-    assert (d.optimizer, d.learning_rate, d.max_grad_norm) == ("adam", 0.02, 1.0)
+    assert (d.optimizer, d.learning_rate, d.max_grad_norm) == ("adam", 0.05, 1.0)
     assert (d.strategy, d.model, d.rounds, d.local_epochs, d.sample_rate) == (
         "fedavg",
         "logreg",
-        5,
+        10,
         1,
-        0.02,
+        0.1,
     )
-    assert (d.eval_noise, d.eval_bins, d.calibrate) == (10.0, 12, True)
+    assert (d.eval_noise, d.final_eval_noise, d.eval_bins, d.calibrate) == (50.0, 4.5, 12, True)
+    assert d.noise_multiplier == 2.0
     assert (d.server_learning_rate, d.server_momentum) == (1.0, 0.0)
+
+
+def test_the_run_configs_optimizer_and_final_evaluation_reach_the_node() -> None:
+    """Through the wire mapping the relay uses (common.wire): what the node admits."""
+    from common import wire
+
+    rc = RunConfig.from_run_config({**REQUIRED, "optimizer": "sgd", "final-eval-noise": 6.0})
+    record = wire.settings_record(rc.node_config("abc"))
+    settings = wire.settings_of(wire.request(record))
+    assert (settings.optimizer, settings.final_eval_noise) == ("sgd", 6.0)
+    assert settings.eval_noise == rc.eval_noise and settings.learning_rate == rc.learning_rate
 
 
 def test_optimizer_names_are_the_nodes() -> None:
@@ -117,7 +130,8 @@ def test_optimizer_names_are_the_nodes() -> None:
         ("local-epochs", 0),
         ("strategy", "fedfoo"),
         ("model", "xgboost"),
-        ("contract-path", ""),
+        ("contract-hash", ""),
+        ("contract-hash", "/srv/contracts/telco.yaml"),  # a path is not a hash
     ],
 )
 def test_out_of_range_values_are_refused_naming_the_key(key: str, value: Any) -> None:

@@ -85,6 +85,9 @@ BAD_SETTINGS = [
     ({"noise_multiplier": 0.1}, "limit-noise"),
     ({"noise_multiplier": float("inf")}, "limit-noise"),
     ({"eval_noise": 0.01}, "limit-noise"),
+    ({"final_eval_noise": 0.01}, "limit-noise"),
+    ({"optimizer": "lbfgs"}, "setting-optimizer"),
+    ({"optimizer": ""}, "setting-optimizer"),
     ({"learning_rate": float("nan")}, "setting-learning-rate"),
     ({"max_grad_norm": -1.0}, "setting-max-grad-norm"),
 ]

@@ -20,7 +20,8 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from test_api import RECORD, logreg_weights, publish
+from helpers.api import RECORD, logreg_weights, publish, publisher_pub
+from helpers.audit import PER_THREAD, THREADS, hammer, rendezvous
 
 from privacy.audit import (
     AuditEntry,
@@ -37,7 +38,6 @@ from server.api.auth import ApiKeyStore
 from server.registry import Registry
 
 LOG = "api"
-THREADS, PER_THREAD = 8, 500
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -53,42 +53,20 @@ def _keys(*signers: AuditSigner) -> dict[str, str]:
     return {s.key_id: s.public_key_pem for s in signers}
 
 
-def _hammer(writer: GroupCommitWriter, name: str, go: threading.Event | None = None) -> None:
-    """THREADS threads × PER_THREAD entries, each waiting for its own entry before the next."""
-    failures: list[BaseException] = []
-
-    def one(t: int) -> None:
-        if go is not None:
-            go.wait()
-        try:
-            for i in range(PER_THREAD):
-                entry = writer.append(f"apikey:{name}{t}", "api.predict", "model:m/v1", {"i": i})
-                assert entry.details == {"i": i}
-        except BaseException as exc:  # surfaced below
-            failures.append(exc)
-
-    threads = [threading.Thread(target=one, args=(t,)) for t in range(THREADS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert failures == []
-
-
 CHILD = textwrap.dedent(
     """
     import sys, threading, time
     from pathlib import Path
     sys.path.insert(0, sys.argv[4])
     from privacy.audit import AuditLog, AuditSigner, GroupCommitWriter
-    from test_serving_audit import _hammer
+    from helpers.audit import hammer, rendezvous
     url, key, go = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
     log = AuditLog(url, "api", AuditSigner.load(key))
     writer = GroupCommitWriter(log)
     Path(sys.argv[5]).touch()  # ready
     while not go.exists():
         time.sleep(0.001)
-    _hammer(writer, "child")
+    hammer(writer, "child", halfway=rendezvous(go.parent, "child", "parent"))
     writer.close()
     log.close()
     print("batches", writer.batches)
@@ -118,7 +96,7 @@ def test_8_threads_x_500_in_each_of_2_processes_verify_as_one_chain(
             time.sleep(0.01)
         go.touch()
         t0 = time.monotonic()
-        _hammer(writer, "parent")
+        hammer(writer, "parent", halfway=rendezvous(tmp_path, "parent", "child"))
         out, err = child.communicate(timeout=600)
         elapsed = time.monotonic() - t0
     finally:
@@ -140,7 +118,8 @@ def test_8_threads_x_500_in_each_of_2_processes_verify_as_one_chain(
         by_actor.setdefault(e.actor, []).append(e.details["i"])
     assert len(by_actor) == 2 * THREADS
     assert all(seq == list(range(PER_THREAD)) for seq in by_actor.values())
-    # the processes really interleaved, and entries really shared transactions
+    # the processes really interleaved (the halfway rendezvous guarantees it), and entries really
+    # shared transactions
     signer_runs = sum(1 for a, b in zip(entries, entries[1:], strict=False) if a.key_id != b.key_id)
     assert signer_runs > 1, "the two processes did not write at the same time"
     child_batches = int(out.split()[-1])
@@ -216,7 +195,13 @@ def _api(tmp_path: Path) -> tuple[str, str, Any]:
         publish(registry, "toy", "logreg", logreg_weights([1.0, 0, 0, 0, 0, 0], 0.0))
     with ApiKeyStore.open(url) as store:
         key = store.create("crm", "app")[1]
-    app = create_app(url, rate_per_second=10_000, rate_burst=10_000, maintenance_seconds=3600)
+    app = create_app(
+        url,
+        registry_public_keys=[publisher_pub()],
+        rate_per_second=10_000,
+        rate_burst=10_000,
+        maintenance_seconds=3600,
+    )
     return url, key, app
 
 
@@ -281,3 +266,31 @@ def test_a_commit_the_database_refuses_fails_its_requests_and_no_other(tmp_path:
     assert codes[3] == 503 and 3 not in stored
     assert {n for n, code in codes.items() if code == 200} == stored
     assert set(codes.values()) <= {200, 503}
+
+
+@pytest.mark.postgres
+def test_the_api_on_postgresql_group_commits_through_the_writer_thread(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """On PostgreSQL the loop hands each turn's entries to the writer thread in one submission;
+    every request still waits for its own entry, and the chain verifies."""
+    with Registry(postgres_url) as registry:
+        publish(registry, "toy", "logreg", logreg_weights([1.0, 0, 0, 0, 0, 0], 0.0))
+    with ApiKeyStore.open(postgres_url) as store:
+        key = store.create("crm", "app")[1]
+    audit_key = tmp_path / "keys" / "api.pem"
+    app = create_app(
+        postgres_url,
+        registry_public_keys=[publisher_pub()],
+        rate_per_second=10_000,
+        rate_burst=10_000,
+        maintenance_seconds=3600,
+        audit_key=audit_key,
+    )
+    assert app.state.api_audit.inline is False
+    codes = _concurrent_predicts(app, key, range(1, 17))
+    assert set(codes.values()) == {200}
+    pub = AuditSigner.public_key_path(audit_key)
+    report = verify(postgres_url, "api", {AuditSigner.load(audit_key).key_id: pub.read_text()})
+    assert report.ok and report.entries == 16, report.message
+    assert app.state.api_audit.writer.batches <= 16

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from test_api import RECORD, logreg_weights, publish
+from helpers.api import RECORD, logreg_weights, publish, publisher_pub
 
 from server.api.app import create_app
 from server.api.auth import ApiKeyStore, KeyCache, Unauthenticated, parse_key
@@ -39,7 +39,13 @@ def registry_url(tmp_path: Path) -> str:
 
 @pytest.fixture
 def served(registry_url: str) -> Iterator[tuple[TestClient, dict[str, int]]]:
-    app = create_app(registry_url, rate_per_second=10_000, rate_burst=10_000, key_cache_seconds=TTL)
+    app = create_app(
+        registry_url,
+        registry_public_keys=[publisher_pub()],
+        rate_per_second=10_000,
+        rate_burst=10_000,
+        key_cache_seconds=TTL,
+    )
     store = app.state.api_keys
     queries = {"n": 0}
     authenticate = store.authenticate
@@ -177,7 +183,12 @@ def test_key_cache_ttl_and_a_forget_racing_a_lookup() -> None:
 def test_latest_is_re_resolved_within_its_ttl(registry_url: str) -> None:
     with ApiKeyStore.open(registry_url) as store:
         key = store.create("crm", "app")[1]
-    app = create_app(registry_url, rate_per_second=10_000, rate_burst=10_000)
+    app = create_app(
+        registry_url,
+        registry_public_keys=[publisher_pub()],
+        rate_per_second=10_000,
+        rate_burst=10_000,
+    )
     headers = {"Authorization": f"Bearer {key}"}
     with TestClient(app) as client:
 

@@ -23,18 +23,17 @@ from hypothesis import strategies as st
 from common.contract import Contract, load_contract
 from common.encoding import Encoder
 from common.model import build_model
-from server.api import scoring
-from server.api.scoring import (
+from server.api import explain
+from server.api import records as record_checks
+from server.api.explain import (
     LinearExplainer,
-    RecordChecker,
-    RecordProblem,
-    RecordsInvalid,
-    Scorer,
     batched_occlusion,
     neutral_baseline,
     occlusion,
     top_reason_codes,
 )
+from server.api.records import RecordChecker, RecordProblem, RecordsInvalid
+from server.api.scoring import Scorer
 
 CONTRACTS = Path(__file__).resolve().parents[1] / "contracts"
 
@@ -52,10 +51,11 @@ def reference_check(
         notes: list[str] = []
         for key in record:
             if key not in known and key not in ignored:
-                problem = f"unknown field '{scoring._shown(key)}' — not in contract {contract.name}"
-                problems.append(RecordProblem(i, scoring._shown(key), problem))
+                shown = record_checks._shown(key)
+                problem = f"unknown field '{shown}' — not in contract {contract.name}"
+                problems.append(RecordProblem(i, record_checks._shown(key), problem))
         for f in contract.features:
-            checked = scoring._check(f, record.get(f.name))
+            checked = record_checks._check(f, record.get(f.name))
             if checked.problem is not None:
                 problems.append(RecordProblem(i, f.name, checked.problem))
             if checked.warning is not None:
@@ -69,7 +69,7 @@ def reference_check(
 
 def reference_score(
     contract: Contract, model: torch.nn.Module, records: list[dict[str, Any]], top_k: int
-) -> tuple[np.ndarray, np.ndarray, list[list[scoring.ReasonCode]]]:
+) -> tuple[np.ndarray, np.ndarray, list[list[explain.ReasonCode]]]:
     encoder = Encoder(contract)
     columns, _warnings = reference_check(contract, records)
     x = encoder.encode(pd.DataFrame(columns, dtype=object)).x

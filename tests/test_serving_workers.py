@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_api import RECORD, logreg_weights, publish
+from helpers.api import RECORD, logreg_weights, publish, publisher_pub
 from typer.testing import CliRunner
 
 from atoll.cli import app as atoll_cli
@@ -79,7 +79,9 @@ def test_unreachable_redis_fails_closed_with_503(tmp_path: Path) -> None:
     with ApiKeyStore.open(url) as store:
         key = store.create("crm", "app")[1]
     dead = f"redis://127.0.0.1:{free_port()}/0"
-    with TestClient(create_app(url, rate_limit_url=dead)) as client:
+    with TestClient(
+        create_app(url, registry_public_keys=[publisher_pub()], rate_limit_url=dead)
+    ) as client:
         r = client.post(
             "/models/toy/predict",
             json={"records": [RECORD]},
@@ -150,6 +152,7 @@ def two_workers(tmp_path: Path, redis_url: str) -> Iterator[dict[str, object]]:
     argv = ["-m", "atoll", "serve", "--registry", url, "--port", str(port), "--workers", "2"]
     argv += ["--rate-limit-url", redis_url, "--rate-per-second", "10", "--rate-burst", "10"]
     argv += ["--audit-key", str(audit_key), "--api-audit-public-key", str(pub)]
+    argv += ["--registry-public-key", str(publisher_pub())]
     proc = spawn("api", [sys.executable, *argv], tmp_path / "api.log", flower_env())
     try:
         wait_for_port(port, timeout=90, proc=proc)

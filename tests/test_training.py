@@ -15,14 +15,16 @@ from opacus.optimizers import DPOptimizer
 from torch import nn
 
 from client.training import (
+    EVAL_SHARE,
     OPTIMIZERS,
-    TRANSITIONAL_OPTIMIZER,
     DPTrainConfig,
     EvalRelease,
     TrainResult,
     bounded_logits,
     drop_non_finite_samples,
     evaluate,
+    final_noise,
+    fit_evaluations,
     noise_multiplier,
     plan,
     release_of,
@@ -46,6 +48,7 @@ _BASE: dict[str, Any] = {
     "eval_bins": 20,
     "proximal_mu": 0.0,
     "optimizer": "sgd",
+    "final_eval_noise": 0.0,
 }
 HOSTILE = (math.inf, -math.inf, math.nan, 1e30, 3e38)  # 3e38: finite, but overflows in forward
 
@@ -140,13 +143,9 @@ def test_nothing_but_the_noised_weights_depends_on_the_data() -> None:
 
 
 def test_the_node_invents_no_run_defaults() -> None:
-    """Every setting comes from the run config; the one transitional default (`optimizer`, until
-    the wire carries it) is the run config's own default, so node and coordinator agree."""
+    """Every setting comes from the run config (over the wire): a node fills no gap itself."""
     missing = dataclasses.MISSING
     for f in dataclasses.fields(DPTrainConfig):
-        if f.name == "optimizer":
-            assert f.default == TRANSITIONAL_OPTIMIZER == RunConfig.default("optimizer")
-            continue
         assert f.default is missing and f.default_factory is missing, f.name
     assert set(_BASE) == {f.name for f in dataclasses.fields(DPTrainConfig)}
     assert set(OPTIMIZERS) == set(OPTIMIZER_NAMES)
@@ -241,6 +240,38 @@ def test_target_epsilon_covers_training_and_evaluation() -> None:
     spent = epsilon([p[:3] for p in plan(cfg)], cfg.delta)
     assert 1.8 <= spent <= 2.0
     assert {p.purpose for p in plan(cfg)} == {"training", "evaluation"}
+
+
+def test_a_separate_final_evaluation_is_planned_once_and_covered_by_the_target() -> None:
+    """final-eval-noise: rounds − 1 evaluations at eval-noise, the final one at its own σ, and
+    the calibrated training noise leaves room for exactly that (no more, no less)."""
+    base = _cfg(target_epsilon=1.0, sample_rate=0.05, total_rounds=4, eval_noise=30.0)
+    split = dataclasses.replace(base, final_eval_noise=5.0)
+    evals = [p.noise_multiplier for p in plan(split) if p.purpose == "evaluation"]
+    assert sorted(evals) == [5.0, 30.0, 30.0, 30.0]
+    assert final_noise(split) == 5.0 and final_noise(base) == 30.0
+    assert 0.99 <= epsilon([p[:3] for p in plan(split)], split.delta) <= 1.0
+    # the precise final evaluation costs training noise: σ rises, the total ε does not
+    assert noise_multiplier(split) > noise_multiplier(base)
+    only_final = dataclasses.replace(split, eval_noise=0.0)
+    assert [p.noise_multiplier for p in plan(only_final) if p.purpose == "evaluation"] == [5.0]
+
+
+def test_a_small_target_scales_the_evaluations_up_instead_of_being_unreachable() -> None:
+    """The default evaluation σs suit ε = 1; at ε = 0.5 they alone would spend more than the
+    target. `fit_evaluations` scales them by one factor so they take at most EVAL_SHARE of it,
+    and leaves a target they already fit (or a run without a target) unchanged."""
+    cfg = _cfg(target_epsilon=0.5, sample_rate=0.1, total_rounds=10, eval_noise=50.0,
+               final_eval_noise=4.5)  # fmt: skip
+    fitted = fit_evaluations(cfg)
+    factor = fitted.final_eval_noise / cfg.final_eval_noise
+    assert factor > 1.0 and fitted.eval_noise == pytest.approx(cfg.eval_noise * factor)
+    evals = [p[:3] for p in plan(fitted) if p.purpose == "evaluation"]
+    assert epsilon(evals, cfg.delta) <= EVAL_SHARE * 0.5 * 1.01
+    assert 0.49 <= epsilon([p[:3] for p in plan(fitted)], cfg.delta) <= 0.5
+    for unchanged in (dataclasses.replace(cfg, target_epsilon=3.0),
+                      dataclasses.replace(cfg, target_epsilon=0.0)):  # fmt: skip
+        assert fit_evaluations(unchanged) == unchanged
 
 
 # --- totality under hostile weights and any data ---------------------------------------------

@@ -40,6 +40,7 @@ def train_config(total_rounds: int) -> DPTrainConfig:
         eval_bins=int(d("eval-bins")),
         proximal_mu=float(d("proximal-mu")),
         optimizer=str(d("optimizer")),
+        final_eval_noise=0.0,
     )
 
 

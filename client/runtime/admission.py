@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from client.node import NodeError
-from client.training import DPTrainConfig
+from client.training import OPTIMIZERS, DPTrainConfig, fit_evaluations
 from common import wire
 from common.contract import Contract
 from common.encoding import Encoder
@@ -91,15 +91,25 @@ def admit_settings(s: pb.RunSettings, contract: Contract, policy: Policy) -> Run
             f"local-epochs × 1/sample-rate = {steps} DP-SGD steps per round exceeds this node's "
             f"limit {lim.max_steps_per_round}; raise sample-rate",
         )
-    evaluating = s.eval_noise != 0
+    if s.optimizer not in OPTIMIZERS:
+        raise refuse(
+            "setting-optimizer",
+            f"optimizer '{s.optimizer[:40]}' is not one this node applies "
+            f"({', '.join(OPTIMIZERS)}); send one of them",
+        )
+    evaluating = s.eval_noise != 0 or s.final_eval_noise != 0
     if evaluating and not 2 <= s.eval_bins <= lim.max_eval_bins:
         raise refuse(
             "limit-eval-bins",
             f"eval-bins {s.eval_bins} is outside 2..{lim.max_eval_bins} (owner's limit)",
         )
-    for name, value in (("noise-multiplier", s.noise_multiplier), ("eval-noise", s.eval_noise)):
-        if name == "eval-noise" and not evaluating:
-            continue
+    for name, value in (
+        ("noise-multiplier", s.noise_multiplier),
+        ("eval-noise", s.eval_noise),
+        ("final-eval-noise", s.final_eval_noise),
+    ):
+        if name in ("eval-noise", "final-eval-noise") and value == 0:
+            continue  # that evaluation is off (final-eval-noise 0: the same as eval-noise)
         if name == "noise-multiplier" and s.target_epsilon > 0:
             continue  # the node calibrates its own noise; the floor is applied to the result
         if not (math.isfinite(value) and value >= lim.min_noise_multiplier):
@@ -127,10 +137,12 @@ def admit_settings(s: pb.RunSettings, contract: Contract, policy: Policy) -> Run
         eval_noise=float(s.eval_noise),
         eval_bins=int(s.eval_bins),
         proximal_mu=float(s.proximal_mu),
+        optimizer=s.optimizer,
+        final_eval_noise=float(s.final_eval_noise),
     )
     return RunRequest(
         model=s.model,
-        train=train,
+        train=fit_evaluations(train),  # a target ε below the evaluations' own cost stays usable
         server_round=int(s.server_round),
         evaluate_incoming=bool(s.evaluate_incoming),
     )

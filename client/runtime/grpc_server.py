@@ -18,6 +18,7 @@ from pathlib import Path
 from types import FrameType
 
 import grpc
+import torch
 
 from client.runtime.config import NodeConfig
 from client.runtime.service import NodeService
@@ -71,6 +72,7 @@ def _bind(server: grpc.Server, socket: Path, group: str) -> None:
 
 def start(config: NodeConfig, service: NodeService | None = None) -> grpc.Server:
     """Serve `config`'s node on its socket (returns the started server)."""
+    torch.set_num_threads(config.torch_threads)
     service = service or NodeService(config)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="atoll-runtime"),

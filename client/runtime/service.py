@@ -35,9 +35,18 @@ from client.runtime.admission import (
     refuse,
 )
 from client.runtime.analytics import PURPOSE, admit_query, answer, answered
+from client.runtime.app_check import AppCheck, load_trusted_keys
 from client.runtime.config import NodeConfig, bucket_of, parse_bucket
 from client.runtime.data_cache import DataCache
-from client.training import DPTrainConfig, evaluate, noise_multiplier, plan, release_of, train_dp
+from client.training import (
+    DPTrainConfig,
+    evaluate,
+    final_noise,
+    noise_multiplier,
+    plan,
+    release_of,
+    train_dp,
+)
 from common import wire
 from common.protos.atoll.node.v1 import runtime_pb2 as pb
 from privacy.audit import AuditWriteError, digest_arrays, json_number
@@ -68,6 +77,15 @@ class NodeService:
         self._lock = threading.Lock()  # one request at a time: the ledger decides in order
         self._rng = np.random.default_rng(seed)  # None: OS entropy (production)
         self.actor = f"node:{config.name}"
+        self.app_check = (
+            None
+            if config.trusted_app_key is None
+            else AppCheck(
+                load_trusted_keys(config.trusted_app_key),
+                config.state_dir,
+                allow_older=config.allow_older_app,
+            )
+        )
 
     # -- plumbing ----------------------------------------------------------------------------
     def _audit(self, run_id: str, action: str, **details: object) -> None:
@@ -157,6 +175,8 @@ class NodeService:
     def _admit(
         self, caller: pb.Caller, settings: pb.RunSettings
     ) -> tuple[RunRequest, DPTrainConfig]:
+        if self.app_check is not None:  # the build first: authentic, unexpired, not older
+            self.app_check.admit(settings)
         policy = self.ledger.policy()
         run = admit_settings(settings, self.contract, policy)
         earlier = self._runs.get(caller.run_id)
@@ -239,18 +259,23 @@ class NodeService:
         return self._answer(req.caller, "rollcall", decide, lambda r: pb.RollCallReply(refusal=r))
 
     def _evaluation(
-        self, caller: pb.Caller, cfg: DPTrainConfig, model: torch.nn.Module, data: NodeData
+        self,
+        caller: pb.Caller,
+        cfg: DPTrainConfig,
+        model: torch.nn.Module,
+        data: NodeData,
+        sigma: float,
     ) -> pb.Evaluated:
-        """One noised evaluation; the caller has charged it and holds `_charged()`."""
+        """One noised evaluation at σ `sigma`; the caller has charged it and holds `_charged()`."""
         rel = evaluate(
             model,
             data.x_test,
             data.y_test,
-            cfg.eval_noise,
+            sigma,
             cfg.eval_bins,
             rng=np.random.default_rng(int(self._rng.integers(2**63 - 1))),
         )
-        return pb.Evaluated(hist_pos=rel.hist_pos, hist_neg=rel.hist_neg, noise=cfg.eval_noise)
+        return pb.Evaluated(hist_pos=rel.hist_pos, hist_neg=rel.hist_neg, noise=sigma)
 
     def train(self, req: pb.TrainRequest) -> pb.TrainReply:
         def decide() -> pb.TrainReply:
@@ -268,7 +293,7 @@ class NodeService:
             self._charge(req.caller, run.server_round, "training", release)
             with _charged():
                 incoming = (
-                    self._evaluation(req.caller, cfg, copy.deepcopy(model), data)
+                    self._evaluation(req.caller, cfg, copy.deepcopy(model), data, cfg.eval_noise)
                     if fused
                     else pb.Evaluated()
                 )
@@ -326,7 +351,7 @@ class NodeService:
             data = self._data(req.caller, cfg)
             self._charge(req.caller, run.server_round, "evaluation", (cfg.eval_noise, 1.0, 1))
             with _charged():
-                evaluated = self._evaluation(req.caller, cfg, model, data)
+                evaluated = self._evaluation(req.caller, cfg, model, data, cfg.eval_noise)
                 evaluated.budget.CopyFrom(self._budget(req.caller.run_id))
                 self._sent(req.caller, run.server_round, "evaluate", evaluated.budget, None)
                 return pb.EvaluateReply(evaluated=evaluated)
@@ -342,19 +367,20 @@ class NodeService:
             return pb.Evaluated()
         try:
             run, cfg = self._admit(req.caller, req.settings)
-            if cfg.eval_noise <= 0:
+            sigma = final_noise(cfg)  # final-eval-noise, or eval-noise without it
+            if sigma <= 0:
                 return pb.Evaluated()
             model = admit_weights(
                 req.weights, run.model, self.contract, self.ledger.policy().limits
             )
             data = self._data(req.caller, cfg)
-            self._charge(req.caller, run.server_round, "evaluation", (cfg.eval_noise, 1.0, 1))
+            self._charge(req.caller, run.server_round, "evaluation", (sigma, 1.0, 1))
         except NodeError as err:
             self._audit(req.caller.run_id, "request.refused", kind="final", code=err.code)
             return pb.Evaluated()
         try:
             with _charged():
-                return self._evaluation(req.caller, cfg, model, data)
+                return self._evaluation(req.caller, cfg, model, data, sigma)
         except _Charged:
             self._audit(req.caller.run_id, "request.failed", kind="final")
             return pb.Evaluated()
@@ -385,6 +411,8 @@ class NodeService:
 
         def decide() -> pb.QueryReply:
             run_id = req.caller.run_id
+            if self.app_check is not None:  # the build first, as for training runs
+                self.app_check.admit(req)
             aq = admit_query(req.spec, self.contract, self.ledger.policy())
             if run_id in self._runs or self.ledger.planned(run_id) is not None:
                 raise refuse(

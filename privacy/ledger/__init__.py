@@ -24,7 +24,13 @@ from __future__ import annotations
 from privacy.journal import ANCHOR, LedgerUnavailable
 from privacy.ledger.admission import BudgetRefused
 from privacy.ledger.core import DB_NAME, Ledger
-from privacy.ledger.state import EPSILON_COVERS, BudgetStatus, PeriodBudget, RunBudget
+from privacy.ledger.state import (
+    EPSILON_COVERS,
+    BudgetStatus,
+    PeriodBudget,
+    PurposeBudget,
+    RunBudget,
+)
 from privacy.ledger_models import PeriodCap, Policy, period_start
 from privacy.limits import RequestLimits
 
@@ -39,6 +45,7 @@ __all__ = [
     "PeriodBudget",
     "PeriodCap",
     "Policy",
+    "PurposeBudget",
     "RequestLimits",
     "RunBudget",
     "period_start",

@@ -1,7 +1,9 @@
 """Whether a run's planned releases fit the owner's policy, decided before any data is read.
 
-Checks, in order: allowed purposes and task, the per-run cap, the overall and per-task caps and
-the calendar-period cap — each on the composed ε of everything spent or held plus this run.
+Checks, in order: allowed purposes and task, the per-run cap, the overall and per-task caps, the
+per-purpose caps (a cap on `analytics` binds `analytics` and `analytics/…` releases) and the
+calendar-period cap — each on the composed ε of everything spent or held in its scope plus this
+run's releases in that scope.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from privacy.dp import PlannedEvent, epsilon
-from privacy.ledger.state import History, LedgerState
+from privacy.ledger.state import History, LedgerState, in_purpose
 from privacy.ledger_models import period_start
 
 
@@ -67,6 +69,8 @@ def check(
                 requested=after,
                 remaining=max(cap - now, 0.0),
             )
+    for scope, cap in sorted(policy.purpose_caps.items()):
+        _check_purpose(state, scope, cap, planned)
     if policy.period_cap is not None:
         pc = policy.period_cap
         start = period_start(pc.period, at)
@@ -85,13 +89,39 @@ def check(
     return run_eps
 
 
+def _check_purpose(state: LedgerState, scope: str, cap: float, planned: list[PlannedEvent]) -> None:
+    """BudgetRefused if this run's releases of purpose `scope` (or `scope/…`) would take that
+    purpose's composed ε over the owner's cap for it."""
+    mine = [
+        (p.noise_multiplier, p.sample_rate, p.steps)
+        for p in planned
+        if in_purpose(p.purpose, scope)
+    ]
+    if not mine:
+        return
+    delta = state.policy.delta
+    now, after = projected(state, mine, purpose=scope)
+    if after > cap:
+        needs = epsilon(mine, delta)
+        raise BudgetRefused(
+            "purpose-cap",
+            f"budget exceeded for purpose '{scope}': this run's {scope} releases need "
+            f"ε={needs:.3f} (the purpose's cumulative would be {after:.3f}) but only "
+            f"{max(cap - now, 0):.3f} of its cap {cap:.3f} remains (δ={delta:g}); "
+            f"difference {after - cap:.3f}",
+            requested=after,
+            remaining=max(cap - now, 0.0),
+        )
+
+
 def projected(
     state: LedgerState,
     history: History,
     task: str | None = None,
     since: datetime | None = None,
+    purpose: str | None = None,
 ) -> tuple[float, float]:
     """ε committed in one scope (spent + held) now, and after adding `history`."""
-    spent, held = state.committed(task, since)
+    spent, held = state.committed(task, since, purpose)
     delta = state.policy.delta
     return epsilon(spent + held, delta), epsilon(spent + held + history, delta)

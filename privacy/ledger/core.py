@@ -35,6 +35,7 @@ from privacy.ledger.state import (
     LedgerState,
     PeriodBudget,
     PolicySet,
+    PurposeBudget,
     Refused,
     Released,
     Reserved,
@@ -260,13 +261,15 @@ class Ledger:
 
     def record(
         self, run_id: str, round_: int, purpose: str, noise: float, rate: float, steps: int
-    ) -> float:
-        """Append one release that the run's reservation covers; returns the run's ε so far.
+    ) -> None:
+        """Append one release that the run's reservation covers (ε is the accountant's, on
+        demand: `run_epsilon`, `status`; computing it here would cost a fresh accounting per
+        release that nobody reads).
 
         A release the reservation does not cover is refused (and the refusal journalled).
         """
         if steps <= 0:
-            return self.run_epsilon(run_id)
+            return
         with self._write() as tx:
             run = tx.state.runs.get(run_id)
             refused = self._uncovered(run_id, run, noise, rate, steps)
@@ -283,10 +286,8 @@ class Ledger:
                     steps=int(steps),
                 )
                 tx.append("release", run_id, released)
-                history, delta = tx.state.run_history(run_id), tx.state.policy.delta
         if refused is not None:
             raise refused
-        return epsilon(history, delta)  # after the write: the lock is not held for this
 
     @staticmethod
     def _uncovered(
@@ -345,6 +346,23 @@ class Ledger:
             runs=runs,
             policy=policy,
             period=self._period_status(state),
+            purposes=[
+                self._purpose_status(state, scope, cap)
+                for scope, cap in sorted(policy.purpose_caps.items())
+            ],
+        )
+
+    @staticmethod
+    def _purpose_status(state: LedgerState, scope: str, cap: float) -> PurposeBudget:
+        spent, held = state.committed(purpose=scope)
+        delta = state.policy.delta
+        spent_eps, committed = epsilon(spent, delta), epsilon(spent + held, delta)
+        return PurposeBudget(
+            purpose=scope,
+            cap_epsilon=cap,
+            spent_epsilon=spent_eps,
+            reserved_epsilon=max(committed - spent_eps, 0.0),
+            remaining_epsilon=max(cap - committed, 0.0),
         )
 
     @staticmethod

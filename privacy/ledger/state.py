@@ -24,6 +24,7 @@ from privacy.ledger_models import Policy
 EPSILON_COVERS = (
     "DP-SGD training steps (sampled Gaussian, per round)",
     "noised evaluation histograms (Gaussian, per round)",
+    "analytics queries (Gaussian, one release per query)",
 )
 
 
@@ -51,6 +52,16 @@ class PeriodBudget(BaseModel):
     remaining_epsilon: float
 
 
+class PurposeBudget(BaseModel):
+    """One purpose under a per-purpose cap: its releases (and sub-purposes'), plus held."""
+
+    purpose: str
+    cap_epsilon: float
+    spent_epsilon: float
+    reserved_epsilon: float
+    remaining_epsilon: float
+
+
 class BudgetStatus(BaseModel):
     node: str
     delta: float
@@ -65,6 +76,7 @@ class BudgetStatus(BaseModel):
     runs: list[RunBudget]
     policy: Policy
     period: PeriodBudget | None = None
+    purposes: list[PurposeBudget] = Field(default_factory=list)  # one per purpose cap
 
 
 # ---- journal payloads (one model per entry kind) ------------------------------------------------
@@ -146,6 +158,7 @@ class RunState:
     created_at: datetime
     status: str = "active"  # active | closed | expired
     left: dict[tuple[float, float], int] = field(default_factory=dict)  # unspent steps
+    left_by_purpose: dict[tuple[float, float, str], int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -156,6 +169,7 @@ class Release:
     sample_rate: float
     steps: int
     at: datetime
+    purpose: str = ""
 
 
 @dataclass(frozen=True)
@@ -225,14 +239,20 @@ class LedgerState:
 
     def _reserve(self, run_id: str, r: Reserved, at: datetime) -> None:
         run = RunState(run_id, r.task, r.purpose, list(r.planned), r.planned_epsilon, at)
-        for noise, rate, steps, _purpose in r.planned:
+        for noise, rate, steps, purpose in r.planned:
             run.left[(noise, rate)] = run.left.get((noise, rate), 0) + steps
+            by = (noise, rate, purpose)
+            run.left_by_purpose[by] = run.left_by_purpose.get(by, 0) + steps
         self.runs[run_id] = run
 
     def _release(self, run: RunState, r: Released, at: datetime) -> None:
         key = (r.noise_multiplier, r.sample_rate)
         run.left[key] = run.left.get(key, 0) - r.steps
-        rel = Release(run.run_id, run.task, r.noise_multiplier, r.sample_rate, r.steps, at)
+        by = (*key, r.purpose)
+        run.left_by_purpose[by] = run.left_by_purpose.get(by, 0) - r.steps
+        rel = Release(
+            run.run_id, run.task, r.noise_multiplier, r.sample_rate, r.steps, at, r.purpose
+        )
         self.releases.append(rel)
 
     # -- queries ---------------------------------------------------------------------------------
@@ -240,9 +260,10 @@ class LedgerState:
         return [_event(r) for r in self.releases if r.run_id == run_id]
 
     def committed(
-        self, task: str | None = None, since: datetime | None = None
+        self, task: str | None = None, since: datetime | None = None, purpose: str | None = None
     ) -> tuple[History, History]:
-        """(spent events, unspent parts of active reservations), optionally for one task.
+        """(spent events, unspent parts of active reservations), optionally for one task or one
+        purpose (with its sub-purposes, see `in_purpose`).
 
         With `since`, only releases from then on count as spent; held parts always count, since
         they can only be released from now on.
@@ -250,16 +271,30 @@ class LedgerState:
         spent = [
             _event(r)
             for r in self.releases
-            if (task is None or r.task == task) and (since is None or r.at >= since)
+            if (task is None or r.task == task)
+            and (since is None or r.at >= since)
+            and (purpose is None or in_purpose(r.purpose, purpose))
         ]
-        held = [
-            (key[0], key[1], n)
+        active = [
+            run
             for run in self.runs.values()
             if run.status == "active" and (task is None or run.task == task)
-            for key, n in run.left.items()
-            if n > 0
         ]
+        if purpose is None:
+            held = [(k[0], k[1], n) for run in active for k, n in run.left.items() if n > 0]
+        else:
+            held = [
+                (k[0], k[1], n)
+                for run in active
+                for k, n in run.left_by_purpose.items()
+                if n > 0 and in_purpose(k[2], purpose)
+            ]
         return spent, held
+
+
+def in_purpose(purpose: str, scope: str) -> bool:
+    """Does a release of `purpose` count against a cap on `scope` (itself, or `scope/…`)?"""
+    return purpose == scope or purpose.startswith(scope + "/")
 
 
 def _event(r: Release) -> tuple[float, float, int]:

@@ -31,17 +31,17 @@ from server.api.audit_trail import (
     ADMIN_LOG_ID,
     LOG_ID,
     ApiAudit,
-    AuditMaintenance,
     AuditTrust,
-    AuthFailureTally,
 )
 from server.api.auth import (
     DEFAULT_KEY_CACHE_SECONDS,
     ApiKeyStore,
     AuthMiddleware,
     KeyCache,
+    document_bearer_auth,
     unguarded_routes,
 )
+from server.api.auth_failures import AuditMaintenance, AuthFailureTally
 from server.api.deps import DEFAULT_LATEST_CACHE_SECONDS, ModelCache
 from server.api.limits import (
     DEFAULT_CLIENT_RATE_BURST,
@@ -54,14 +54,16 @@ from server.api.limits import (
     RedisTokenBucketLimiter,
     TokenBucketLimiter,
 )
-from server.api.routes import audit, budgets, health, models, predict
+from server.api.registry_trust import row_refused
+from server.api.routes import audit, budgets, health, models, predict, queries
 from server.api.settings import (
     DEFAULT_CHECKPOINT_EVERY_ENTRIES,
     DEFAULT_CHECKPOINT_EVERY_MINUTES,
     DEFAULT_MAX_RECORDS,
     ApiSettings,
 )
-from server.registry import ModelNotFound, Registry, RegistryError
+from server.registry import ModelNotFound, Registry, RegistryError, RowRefused
+from server.registry_signing import RowVerifier
 from server.spend_reports import SpendReports
 
 log = logging.getLogger(__name__)
@@ -119,6 +121,7 @@ def create_app(
     audit_public_keys: list[Path] | None = None,
     api_public_keys: list[Path] | None = None,
     admin_public_keys: list[Path] | None = None,
+    registry_public_keys: list[Path] | None = None,
     checkpoint_dir: Path | None = None,
     checkpoint_every_entries: int = DEFAULT_CHECKPOINT_EVERY_ENTRIES,
     checkpoint_every_minutes: float = DEFAULT_CHECKPOINT_EVERY_MINUTES,
@@ -134,6 +137,8 @@ def create_app(
     `admin_public_keys` for the operators' log, `audit_public_keys` for the others (coordinator,
     nodes). With `checkpoint_dir` the API writes signed checkpoints of the api and admin logs
     there every `checkpoint_every_entries` entries or `checkpoint_every_minutes` minutes.
+    `registry_public_keys` (required) pin the coordinator's publishing key: a model whose registry
+    row does not verify is refused with 409 (and audited); the others are served.
 
     A verified key is trusted for `key_cache_seconds` without a query (a revocation or rotation
     made in this process applies at once, one made elsewhere within that time); "latest" is
@@ -156,6 +161,7 @@ def create_app(
             audit_public_keys=audit_public_keys or [],
             api_public_keys=api_public_keys or [],
             admin_public_keys=admin_public_keys or [],
+            registry_public_keys=registry_public_keys or [],
             checkpoint_dir=checkpoint_dir,
             checkpoint_every_entries=checkpoint_every_entries,
             checkpoint_every_minutes=checkpoint_every_minutes,
@@ -189,7 +195,8 @@ def build_app(settings: ApiSettings) -> FastAPI:
     client_limiter = TokenBucketLimiter(
         settings.client_rate_per_second, settings.client_rate_burst, settings.client_table_size
     )
-    registry = Registry(settings.registry_url)
+    verifier = RowVerifier.from_files(settings.registry_public_keys)  # none pinned: no start
+    registry = Registry(settings.registry_url, verifier=verifier)
     privacy_engine = open_privacy_db(settings.registry_url)  # spend reports and audit logs
     try:
         api_audit = ApiAudit(
@@ -269,12 +276,14 @@ def build_app(settings: ApiSettings) -> FastAPI:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(ModelNotFound, _not_found)
     app.add_exception_handler(RegistryError, _registry_error)
+    app.add_exception_handler(RowRefused, row_refused)
     app.add_exception_handler(OperationalError, _database_down)
     app.include_router(predict.router)  # first: the hot path matches on the first route tried
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(budgets.router)
     app.include_router(audit.router)
+    app.include_router(queries.router)
     app.state.api_keys = ApiKeyStore(registry.engine)
     app.state.key_cache = KeyCache(app.state.api_keys, ttl=settings.key_cache_seconds)
     app.state.limiter = limiter
@@ -288,6 +297,7 @@ def build_app(settings: ApiSettings) -> FastAPI:
         failures=tally,
         keys=app.state.key_cache,
     )
+    document_bearer_auth(app)
     if unguarded := unguarded_routes(app):
         raise RuntimeError(
             f"routes without a permission: {', '.join(unguarded)}; add "

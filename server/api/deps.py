@@ -26,7 +26,9 @@ from fastapi import Depends, HTTPException, Request, status
 
 from common.contract import Contract
 from common.model import load_model
+from server.analytics import QueryStore
 from server.api.scoring import Scorer
+from server.query_jobs import QueryRunnerError, QueryRunnerSettings, QuerySubmitter, SubmissionStore
 from server.registry import ModelCard, Registry
 
 DEFAULT_LATEST_CACHE_SECONDS = 1.0
@@ -172,3 +174,47 @@ async def latest_model(name: str, request: Request) -> LoadedModel:
 
 async def versioned_model(name: str, version: str, request: Request) -> LoadedModel:
     return await model_for(request, name, parse_version(version))
+
+
+# ---- federated analytics -------------------------------------------------------------------------
+def get_query_store(request: Request) -> QueryStore:
+    """The coordinator's stored queries, on the registry's (migrated) engine."""
+    state = request.app.state
+    store: QueryStore | None = getattr(state, "query_store", None)
+    if store is None:
+        store = state.query_store = QueryStore.from_engine(state.registry.engine)
+    return store
+
+
+def get_submissions(request: Request) -> SubmissionStore:
+    state = request.app.state
+    store: SubmissionStore | None = getattr(state, "query_submissions", None)
+    if store is None:
+        store = state.query_submissions = SubmissionStore(state.registry.engine)
+    return store
+
+
+NOT_CONFIGURED = (
+    "query submission is not configured on this API: its operator sets $ATOLL_QUERY_RUNNER "
+    "(see server.query_jobs)"
+)
+
+
+def get_query_submitter(request: Request) -> QuerySubmitter:
+    """How this API submits query runs (503 if its operator has not set it up)."""
+    state = request.app.state
+    submitter: QuerySubmitter | None = getattr(state, "query_submitter", None)
+    if submitter is None:
+        try:
+            settings = QueryRunnerSettings.from_env()
+        except QueryRunnerError as err:
+            log.error("%s", err)
+            settings = None
+        if settings is None:
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=NOT_CONFIGURED)
+        submitter = state.query_submitter = QuerySubmitter(settings)
+    return submitter
+
+
+QueryStoreDep = Annotated[QueryStore, Depends(get_query_store)]
+SubmissionsDep = Annotated[SubmissionStore, Depends(get_submissions)]

@@ -73,3 +73,64 @@ class RecordsInvalidOut(BaseModel):
 
 class ErrorOut(BaseModel):
     detail: str
+
+
+# ---- federated analytics (server.api.routes.queries) -------------------------------------------
+
+
+class QueryTarget(BaseModel):
+    """Which contract a query is over: a published model's (`model`) or one staged on the
+    coordinator (`contract_hash`). Give exactly one."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: str | None = Field(None, max_length=200, description="A published model's name")
+    contract_hash: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    spec: dict[str, Any] = Field(
+        description="The query (common.analytics_math.Query): kind, field, group_by, filters, "
+        "bins, quantiles, epsilon or noise_multiplier, min_count."
+    )
+
+
+class QueryPreviewIn(QueryTarget):
+    nodes: int = Field(3, ge=1, le=10_000, description="How many nodes will answer")
+    delta: float = Field(1e-5, gt=0, lt=1, description="δ the nodes account at")
+    target_half_width: float | None = Field(
+        None, gt=0, description="Also give the ε that reaches this 95% half-width per cell"
+    )
+    cell_size: float | None = Field(None, gt=0, description="Rate/mean: the cell size meant")
+
+
+class SubmissionOut(BaseModel):
+    id: int
+    status: Literal["queued", "running", "answered", "failed"]
+    contract_hash: str
+    spec: dict[str, Any]
+    run_id: str | None
+    query_id: int | None = Field(description="Set once answered: GET /queries/{query_id}")
+    error: str | None
+    created_at: str
+    finished_at: str | None
+
+
+class QuerySummaryOut(BaseModel):
+    id: int
+    run_id: str
+    kind: str
+    status: str
+    contract: dict[str, str]
+    participants: list[str]
+    epsilon_per_node: dict[str, float]
+    created_at: str
+
+
+class QueryOut(BaseModel):
+    id: int
+    run_id: str
+    kind: str
+    status: str
+    contract: dict[str, str]
+    spec: dict[str, Any]
+    nodes: dict[str, Any] = Field(description="Per node: answered with its ε, or refused, why")
+    result: dict[str, Any] = Field(description="rows (cell, statistic, estimate, 95% interval)")
+    created_at: str

@@ -72,6 +72,11 @@ class ApiSettings(BaseModel):
     admin_public_keys: list[Path] = Field(
         default_factory=list, description="Pinned public keys of the admin (operator) log"
     )
+    registry_public_keys: list[Path] = Field(
+        default_factory=list,
+        description="Pinned public key(s) of the coordinator's publishing key: a model is served "
+        "only if its registry row verifies (required: the API does not start without one)",
+    )
     checkpoint_dir: Path | None = Field(
         None, description="Where signed checkpoints of the api and admin logs go (off-host)"
     )
@@ -140,6 +145,7 @@ class ApiSettings(BaseModel):
             "ATOLL_AUDIT_PUBLIC_KEYS": paths(self.audit_public_keys),
             "ATOLL_API_AUDIT_PUBLIC_KEYS": paths(self.api_public_keys),
             "ATOLL_ADMIN_AUDIT_PUBLIC_KEYS": paths(self.admin_public_keys),
+            "ATOLL_REGISTRY_PUBLIC_KEYS": paths(self.registry_public_keys),
             "ATOLL_AUDIT_CHECKPOINT_DIR": str(self.checkpoint_dir or ""),
             "ATOLL_AUDIT_CHECKPOINT_EVERY": str(self.checkpoint_every_entries),
             "ATOLL_AUDIT_CHECKPOINT_MINUTES": repr(self.checkpoint_every_minutes),
@@ -154,9 +160,10 @@ class ApiSettings(BaseModel):
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ApiSettings:
         """ATOLL_REGISTRY_URL (required), ATOLL_API_AUDIT_KEY, ATOLL_AUDIT_PUBLIC_KEYS,
-        ATOLL_API_AUDIT_PUBLIC_KEYS, ATOLL_ADMIN_AUDIT_PUBLIC_KEYS (paths separated by
-        os.pathsep), ATOLL_AUDIT_CHECKPOINT_DIR, ATOLL_AUDIT_CHECKPOINT_EVERY (entries),
-        ATOLL_AUDIT_CHECKPOINT_MINUTES, ATOLL_RATE_LIMIT_URL (Redis, shared by workers),
+        ATOLL_API_AUDIT_PUBLIC_KEYS, ATOLL_ADMIN_AUDIT_PUBLIC_KEYS, ATOLL_REGISTRY_PUBLIC_KEYS
+        (paths separated by os.pathsep), ATOLL_AUDIT_CHECKPOINT_DIR,
+        ATOLL_AUDIT_CHECKPOINT_EVERY (entries), ATOLL_AUDIT_CHECKPOINT_MINUTES,
+        ATOLL_RATE_LIMIT_URL (Redis, shared by workers),
         ATOLL_API_RATE_PER_SECOND, ATOLL_API_RATE_BURST, ATOLL_API_KEY_CACHE_SECONDS,
         ATOLL_API_LATEST_CACHE_SECONDS. `atoll serve --workers N` passes its options to the
         workers this way."""
@@ -175,6 +182,7 @@ class ApiSettings(BaseModel):
             "audit_public_keys": paths("ATOLL_AUDIT_PUBLIC_KEYS"),
             "api_public_keys": paths("ATOLL_API_AUDIT_PUBLIC_KEYS"),
             "admin_public_keys": paths("ATOLL_ADMIN_AUDIT_PUBLIC_KEYS"),
+            "registry_public_keys": paths("ATOLL_REGISTRY_PUBLIC_KEYS"),
         }
         if key := env.get("ATOLL_API_AUDIT_KEY"):
             values["audit_key"] = Path(key)

@@ -45,6 +45,7 @@ GOOD: dict[str, Any] = {  # a well-formed mlp run of 3 rounds; contract-hash com
     "eval-bins": 20,
     "proximal-mu": 0.0,
     "server-round": 1,
+    "optimizer": "adam",
 }
 OUT_OF_BOUNDS: dict[str, dict[str, Any]] = {
     "sample-rate-tiny": {"sample-rate": 1e-9},

@@ -63,6 +63,7 @@ def settings(contract: Path = SYNTHETIC_CONTRACT, **overrides: object) -> pb.Run
         "eval_bins": 20,
         "proximal_mu": 0.0,
         "server_round": 1,
+        "optimizer": "adam",
     }
     base.update(overrides)
     return pb.RunSettings(**base)  # type: ignore[arg-type]

@@ -1,4 +1,5 @@
-"""Browse the registry: model names, their versions, and model cards (never weights)."""
+"""Browse the registry: model names, their versions, model cards (never weights) and the last
+drift check of a version."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from server.api.audit_trail import Audited
 from server.api.auth import AUTH_RESPONSES, Permission, require
 from server.api.deps import RegistryDep, parse_version
 from server.api.schemas import ErrorOut, ModelVersions
+from server.drift import DriftStore, summary
 from server.registry import ModelCard, ModelSummary
 
 router = APIRouter(
@@ -43,3 +45,12 @@ def model_versions(name: str, registry: RegistryDep) -> ModelVersions:
 def model_card(name: str, version: str, registry: RegistryDep) -> ModelCard:
     """One model card; `version` is a number or `latest`."""
     return registry.card(name, parse_version(version))
+
+
+@router.get("/{name}/drift", responses=_NOT_FOUND)
+def model_drift(name: str, registry: RegistryDep, version: str = "latest") -> dict[str, Any]:
+    """The last drift check of a model version (`atoll drift check`): PSI per feature and the
+    features flagged beyond the noise; `last_check` is null if it was never checked."""
+    card = registry.card(name, parse_version(version))
+    last = DriftStore(engine=registry.engine).latest(card.name, card.version, "check")
+    return {"model": card.name, "version": card.version, "last_check": summary(last)}

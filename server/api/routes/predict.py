@@ -18,8 +18,8 @@ from fastapi.responses import JSONResponse
 
 from server.api.auth import AUTH_RESPONSES, Permission, Principal, authenticated, require
 from server.api.deps import LoadedModel, model_for, parse_version
+from server.api.records import RecordsInvalid
 from server.api.schemas import ErrorOut, PredictRequest, PredictResponse, RecordsInvalidOut
-from server.api.scoring import RecordsInvalid
 
 log = logging.getLogger(__name__)
 router = APIRouter(

@@ -17,7 +17,7 @@ class Caller(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., node_id: _Optional[int] = ..., message_id: _Optional[str] = ...) -> None: ...
 
 class RunSettings(_message.Message):
-    __slots__ = ("contract_hash", "model", "local_epochs", "sample_rate", "learning_rate", "max_grad_norm", "noise_multiplier", "target_epsilon", "delta", "total_rounds", "eval_noise", "eval_bins", "proximal_mu", "server_round", "evaluate_incoming")
+    __slots__ = ("contract_hash", "model", "local_epochs", "sample_rate", "learning_rate", "max_grad_norm", "noise_multiplier", "target_epsilon", "delta", "total_rounds", "eval_noise", "eval_bins", "proximal_mu", "server_round", "evaluate_incoming", "optimizer", "final_eval_noise", "app_manifest", "app_manifest_signature")
     CONTRACT_HASH_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     LOCAL_EPOCHS_FIELD_NUMBER: _ClassVar[int]
@@ -33,6 +33,10 @@ class RunSettings(_message.Message):
     PROXIMAL_MU_FIELD_NUMBER: _ClassVar[int]
     SERVER_ROUND_FIELD_NUMBER: _ClassVar[int]
     EVALUATE_INCOMING_FIELD_NUMBER: _ClassVar[int]
+    OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
+    FINAL_EVAL_NOISE_FIELD_NUMBER: _ClassVar[int]
+    APP_MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    APP_MANIFEST_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     contract_hash: str
     model: str
     local_epochs: int
@@ -48,7 +52,11 @@ class RunSettings(_message.Message):
     proximal_mu: float
     server_round: int
     evaluate_incoming: bool
-    def __init__(self, contract_hash: _Optional[str] = ..., model: _Optional[str] = ..., local_epochs: _Optional[int] = ..., sample_rate: _Optional[float] = ..., learning_rate: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., noise_multiplier: _Optional[float] = ..., target_epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., total_rounds: _Optional[int] = ..., eval_noise: _Optional[float] = ..., eval_bins: _Optional[int] = ..., proximal_mu: _Optional[float] = ..., server_round: _Optional[int] = ..., evaluate_incoming: _Optional[bool] = ...) -> None: ...
+    optimizer: str
+    final_eval_noise: float
+    app_manifest: str
+    app_manifest_signature: bytes
+    def __init__(self, contract_hash: _Optional[str] = ..., model: _Optional[str] = ..., local_epochs: _Optional[int] = ..., sample_rate: _Optional[float] = ..., learning_rate: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., noise_multiplier: _Optional[float] = ..., target_epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., total_rounds: _Optional[int] = ..., eval_noise: _Optional[float] = ..., eval_bins: _Optional[int] = ..., proximal_mu: _Optional[float] = ..., server_round: _Optional[int] = ..., evaluate_incoming: _Optional[bool] = ..., optimizer: _Optional[str] = ..., final_eval_noise: _Optional[float] = ..., app_manifest: _Optional[str] = ..., app_manifest_signature: _Optional[bytes] = ...) -> None: ...
 
 class Tensor(_message.Message):
     __slots__ = ("name", "shape", "data")
@@ -247,12 +255,16 @@ class QuerySpec(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., field: _Optional[str] = ..., group_by: _Optional[_Iterable[str]] = ..., filters: _Optional[_Iterable[_Union[Filter, _Mapping]]] = ..., bins: _Optional[int] = ..., quantiles: _Optional[_Iterable[float]] = ..., noise_multiplier: _Optional[float] = ..., target_epsilon: _Optional[float] = ..., contract_hash: _Optional[str] = ...) -> None: ...
 
 class QueryRequest(_message.Message):
-    __slots__ = ("caller", "spec")
+    __slots__ = ("caller", "spec", "app_manifest", "app_manifest_signature")
     CALLER_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
+    APP_MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    APP_MANIFEST_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     caller: Caller
     spec: QuerySpec
-    def __init__(self, caller: _Optional[_Union[Caller, _Mapping]] = ..., spec: _Optional[_Union[QuerySpec, _Mapping]] = ...) -> None: ...
+    app_manifest: str
+    app_manifest_signature: bytes
+    def __init__(self, caller: _Optional[_Union[Caller, _Mapping]] = ..., spec: _Optional[_Union[QuerySpec, _Mapping]] = ..., app_manifest: _Optional[str] = ..., app_manifest_signature: _Optional[bytes] = ...) -> None: ...
 
 class Cell(_message.Message):
     __slots__ = ("key", "values", "noise_std")

@@ -1,11 +1,13 @@
-"""Records → tensors, determined by the contract alone.
+"""The row path: the same encoding from plain Python values, without pandas.
 
-Numeric features are clipped to the agreed range (counted), optionally transformed (`log1p`) and
-scaled: standardised with the contract's `center`/`scale` (transformed space) when it gives them,
-else mapped to [0, 1] over the transformed bounds. Categorical features are one-hot over the agreed
-vocabulary plus an "other" bucket; binary features map to 0/1. Nothing is estimated from a node's
-data, so every node and the scoring API produce identical encodings. Every problem is *counted* per
-feature and reason; no value is ever put into a message.
+`Encoder.encode_records` / `encode_columns` give exactly what `Encoder.encode` gives for a frame
+of the same values (dtype=object): same x (bit for bit), keep, row_errors and stats. A request of
+one record is too small for pandas to pay off (building a frame and a dozen Series per feature
+cost more than the arithmetic), so the scoring API uses this path. Each cell is read the way
+pandas reads it — missing (`is_missing`), text (`astype("string").str.strip()`) and number
+(`pd.to_numeric(errors="coerce")`) — by direct Python for the common types (None, str, bool,
+int, float) and by pandas itself, one cell at a time, for anything else, so exotic values cannot
+drift apart. Everything after reading the cells is the same numpy code as `encode`.
 """
 
 from __future__ import annotations
@@ -14,204 +16,26 @@ import math
 import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from common.contract import BinaryFeature, CategoricalFeature, Contract, NumericFeature
+from common.contract import BinaryFeature, CategoricalFeature, NumericFeature
+from common.encoding.base import (
+    REJECT_MISSING,
+    REJECT_NOT_A_NUMBER,
+    REJECT_NOT_BINARY,
+    REJECT_NOT_FINITE,
+    REJECT_UNKNOWN_CATEGORY,
+    Encoded,
+    EncodingStats,
+    is_missing,
+)
 
-OTHER = "<other>"
+if TYPE_CHECKING:
+    from common.encoding.encoder import Encoder
 
-# Why a row could not be encoded; these names appear in data-quality reports and API errors.
-REJECT_MISSING = "missing"
-REJECT_NOT_A_NUMBER = "not_a_number"
-REJECT_NOT_FINITE = "not_finite"
-REJECT_NOT_BINARY = "not_binary"
-REJECT_UNKNOWN_CATEGORY = "unknown_category"
-
-
-@dataclass
-class EncodingStats:
-    """Counts only — safe to leave a node."""
-
-    rows: int = 0
-    rows_rejected: int = 0
-    rejected: Counter[str] = field(default_factory=Counter)  # "feature:reason" -> rows
-    clipped: Counter[str] = field(default_factory=Counter)  # feature -> values clipped
-    unknown_category: Counter[str] = field(default_factory=Counter)  # feature -> values to OTHER
-    missing: Counter[str] = field(default_factory=Counter)  # feature -> missing values (any policy)
-
-
-@dataclass
-class Encoded:
-    x: np.ndarray  # float32 [n_kept, n_features]
-    keep: np.ndarray  # bool [n_rows]: rows that were encoded (others rejected)
-    row_errors: dict[int, list[tuple[str, str]]]  # row position -> [(feature, reason)]
-    stats: EncodingStats
-
-
-def is_missing(s: pd.Series) -> pd.Series:
-    as_str = s.astype("string").str.strip()
-    return s.isna() | as_str.isna() | (as_str == "")
-
-
-def scale_numeric(f: NumericFeature, clipped: np.ndarray) -> np.ndarray:
-    """Values already clipped to [f.min, f.max] → transform → scale, in float64."""
-    values = np.log1p(clipped) if f.transform == "log1p" else clipped
-    if f.center is not None and f.scale is not None:
-        return (values - f.center) / f.scale
-    lo, hi = f.transformed_bounds
-    return (values - lo) / (hi - lo)
-
-
-def numeric_neutral(f: NumericFeature) -> float:
-    """The encoded "no information" value of a numeric feature (reason-code occlusion baseline).
-
-    The impute value if the contract has one, else the middle of the range — taken in the
-    transformed space, i.e. the value whose encoding is halfway between the encoded bounds (0.5
-    under min-max scaling, as before transforms existed).
-    """
-    if f.impute is not None:
-        return f.encode_value(f.impute)
-    lo, hi = f.encoded_bounds
-    return (lo + hi) / 2
-
-
-class Encoder:
-    """Deterministic encoder for one contract."""
-
-    def __init__(self, contract: Contract, strict_categories: bool = False) -> None:
-        self.contract = contract
-        # strict_categories: reject unknown categories instead of mapping them to OTHER.
-        self.strict_categories = strict_categories
-        self.columns: list[str] = []
-        self.groups: dict[str, list[int]] = {}
-        for f in contract.features:
-            start = len(self.columns)
-            if isinstance(f, CategoricalFeature):
-                self.columns += [f"{f.name}={v}" for v in f.vocabulary] + [f"{f.name}={OTHER}"]
-            else:
-                self.columns.append(f.name)
-            self.groups[f.name] = list(range(start, len(self.columns)))
-
-    @property
-    def n_features(self) -> int:
-        return len(self.columns)
-
-    def encode(self, frame: pd.DataFrame) -> Encoded:
-        """Encode the contract's features of `frame` (missing columns raise KeyError by name)."""
-        n = len(frame)
-        x = np.zeros((n, self.n_features), dtype=np.float32)
-        bad = np.zeros(n, dtype=bool)
-        stats = EncodingStats(rows=n)
-        row_errors: dict[int, list[tuple[str, str]]] = {}
-
-        def reject(mask: np.ndarray, feature: str, reason: str) -> None:
-            idx = np.flatnonzero(mask)
-            if idx.size == 0:
-                return
-            stats.rejected[f"{feature}:{reason}"] += int(idx.size)
-            for i in idx:
-                row_errors.setdefault(int(i), []).append((feature, reason))
-            bad[idx] = True
-
-        for f in self.contract.features:
-            col = frame[f.name]
-            missing = is_missing(col).to_numpy()
-            stats.missing[f.name] += int(missing.sum())
-            cols = self.groups[f.name]
-            if isinstance(f, NumericFeature):
-                x[:, cols[0]] = self._numeric(f, col, missing, stats, reject)
-            elif isinstance(f, CategoricalFeature):
-                x[:, cols] = self._categorical(f, col, missing, stats, reject)
-            else:
-                x[:, cols[0]] = self._binary(f, col, missing, reject)
-
-        keep = ~bad
-        stats.rows_rejected = int(bad.sum())
-        return Encoded(x=x[keep], keep=keep, row_errors=row_errors, stats=stats)
-
-    def _numeric(self, f: NumericFeature, col: pd.Series, missing, stats, reject) -> np.ndarray:
-        values = pd.to_numeric(col.where(~missing), errors="coerce").to_numpy(dtype=np.float64)
-        unparsable = ~missing & np.isnan(values)
-        not_finite = ~missing & np.isinf(values)
-        reject(unparsable, f.name, REJECT_NOT_A_NUMBER)
-        reject(not_finite, f.name, REJECT_NOT_FINITE)
-        if f.missing == "reject":
-            reject(missing, f.name, REJECT_MISSING)
-        else:
-            values = np.where(missing, f.impute, values)
-        ok = np.isfinite(values)
-        clipped = ok & ((values < f.min) | (values > f.max))
-        stats.clipped[f.name] += int(clipped.sum())
-        values = np.clip(np.where(ok, values, f.min), f.min, f.max)
-        return scale_numeric(f, values).astype(np.float32)
-
-    def _categorical(
-        self, f: CategoricalFeature, col: pd.Series, missing, stats, reject
-    ) -> np.ndarray:
-        values = col.astype("string").str.strip().fillna("").to_numpy(dtype=object)
-        index = {v: i for i, v in enumerate(f.vocabulary)}
-        pos = np.array([index.get(v, -1) for v in values], dtype=np.int64)
-        unknown = (pos < 0) & ~missing
-        stats.unknown_category[f.name] += int(unknown.sum())
-        if self.strict_categories:
-            reject(unknown, f.name, REJECT_UNKNOWN_CATEGORY)
-        if f.missing == "reject":
-            reject(missing, f.name, REJECT_MISSING)
-        pos = np.where(pos < 0, len(f.vocabulary), pos)  # unknown and missing -> OTHER
-        out = np.zeros((len(values), len(f.vocabulary) + 1), dtype=np.float32)
-        out[np.arange(len(values)), pos] = 1.0
-        return out
-
-    def _binary(self, f: BinaryFeature, col: pd.Series, missing, reject) -> np.ndarray:
-        values = col.astype("string").str.strip().fillna("").to_numpy(dtype=object)
-        true = np.isin(values, f.true_values)
-        false = np.isin(values, f.false_values)
-        reject(~missing & ~true & ~false, f.name, REJECT_NOT_BINARY)
-        if f.missing == "reject":
-            reject(missing, f.name, REJECT_MISSING)
-        elif f.impute:
-            true = true | missing
-        return true.astype(np.float32)
-
-    def encode_records(self, records: Sequence[Mapping[str, object]]) -> Encoded:
-        """`encode` of the contract's features of `records` (dicts; a missing key is a missing
-        value), without building a frame: identical x, keep, row_errors and stats to
-        `encode(pd.DataFrame(records, dtype=object))`, several times faster for small batches."""
-        columns = {f.name: [r.get(f.name) for r in records] for f in self.contract.features}
-        return _encode_columns(self, columns, len(records))
-
-    def encode_columns(self, columns: Mapping[str, Sequence[object]], n_rows: int) -> Encoded:
-        """`encode` of `n_rows` rows given as one sequence of values per feature (missing
-        columns raise KeyError by name), identical to `encode(pd.DataFrame(columns,
-        dtype=object))`; see `encode_records`."""
-        return _encode_columns(self, columns, n_rows)
-
-    def _row_path(self) -> _RowPath:
-        path = self.__dict__.get("_row_path_cache")
-        if path is None:
-            path = self.__dict__["_row_path_cache"] = _RowPath(self)
-        return path
-
-    def labels(self, frame: pd.DataFrame) -> np.ndarray:
-        """1.0 where the label equals the contract's positive value, else 0.0."""
-        col = frame[self.contract.label.column].astype("string").str.strip()
-        return (col == self.contract.label.positive).fillna(False).to_numpy(dtype=np.float32)
-
-
-# ---- the row path: the same encoding from plain Python values, without pandas ------------------
-#
-# `Encoder.encode_records` / `encode_columns` give exactly what `Encoder.encode` gives for a frame
-# of the same values (dtype=object): same x (bit for bit), keep, row_errors and stats. A request of
-# one record is too small for pandas to pay off (building a frame and a dozen Series per feature
-# cost more than the arithmetic), so the scoring API uses this path. Each cell is read the way
-# pandas reads it — missing (`is_missing`), text (`astype("string").str.strip()`) and number
-# (`pd.to_numeric(errors="coerce")`) — by direct Python for the common types (None, str, bool,
-# int, float) and by pandas itself, one cell at a time, for anything else, so exotic values cannot
-# drift apart. Everything after reading the cells is the same numpy code as `encode`.
 
 # Number syntax both `float()` and pandas' parser accept identically; anything else goes to pandas.
 _NUMBER_TEXT = re.compile(
@@ -272,6 +96,10 @@ class _RowPath:
         self.numeric_names = [f.name for f in self.numeric]
         self.categorical_names = [f.name for f in self.categorical]
         self.binary_names = [f.name for f in self.binary]
+        kinds: tuple[Sequence[Any], ...] = (self.numeric, self.categorical, self.binary)
+        self.position = {  # a feature's index among the features of its kind
+            f.name: j for group in kinds for j, f in enumerate(group)
+        }
         num = self.numeric
         self.num_cols = np.array([encoder.groups[f.name][0] for f in num], dtype=np.intp)
         self.num_min = np.array([f.min for f in num], dtype=np.float64)
@@ -308,7 +136,6 @@ class _RowPath:
         self.bin_reject = np.array([f.missing == "reject" for f in self.binary], dtype=bool)
         # Rejection checks in the order `encode` makes them: features in contract order, then
         # reasons in the order of each kind's method.
-        kinds: tuple[Sequence[Any], ...] = (self.numeric, self.categorical, self.binary)
         kind_of = {id(g): (k, j) for k, group in enumerate(kinds) for j, g in enumerate(group)}
         self.order: list[tuple[str, str, int, int]] = []  # (feature, reason, kind, index)
         for feature in features:
@@ -365,10 +192,139 @@ def _numbers(
     return missing, numbers
 
 
+SMALL_BATCH = 8  # up to this many rows, plain Python per cell beats a numpy call per step
+
+
 def _encode_columns(encoder: Encoder, columns: Mapping[str, Sequence[object]], n: int) -> Encoded:
-    path = encoder._row_path()
     for f in encoder.contract.features:
-        columns[f.name]  # noqa: B018 - a missing column is a KeyError by name, as in `encode`
+        _column(columns, f.name, n)  # a missing column is a KeyError by name, as in `encode`
+    if n <= SMALL_BATCH:
+        return _encode_small(encoder, columns, n)
+    return _encode_vectorised(encoder, columns, n)
+
+
+def _encode_small(encoder: Encoder, columns: Mapping[str, Sequence[object]], n: int) -> Encoded:
+    """The row path for a few rows: the same steps as `_encode_vectorised`, cell by cell in
+    Python floats (IEEE doubles, as numpy's float64), except log1p, which stays numpy's."""
+    path = encoder._row_path()
+    cells = [[0.0] * encoder.n_features for _ in range(n)]  # float32 once, at the end
+    missing: dict[str, int] = {}
+    clipped_count: dict[str, int] = {}
+    unknown_count: dict[str, int] = {}
+    rejected: dict[str, int] = {}
+    row_errors: dict[int, list[tuple[str, str]]] = {}
+    bad = [False] * n
+    rows = range(n)
+
+    def reject(hits: list[int], feature: str, reason: str) -> None:
+        if hits:
+            rejected[f"{feature}:{reason}"] = rejected.get(f"{feature}:{reason}", 0) + len(hits)
+            for i in hits:
+                row_errors.setdefault(i, []).append((feature, reason))
+                bad[i] = True
+
+    groups = encoder.groups
+    for f in encoder.contract.features:
+        col = columns[f.name]
+        c0 = groups[f.name][0]
+        if isinstance(f, NumericFeature):
+            miss: list[bool] = []
+            vals: list[float] = []
+            for v in col:
+                if type(v) is float:
+                    miss.append(v != v)
+                    vals.append(v)
+                else:
+                    absent = cell_text(v) is None
+                    miss.append(absent)
+                    vals.append(math.nan if absent else cell_number(v))
+            missing[f.name] = sum(miss)
+            reject(
+                [i for i in rows if not miss[i] and vals[i] != vals[i]], f.name, REJECT_NOT_A_NUMBER
+            )
+            reject(
+                [i for i in rows if not miss[i] and vals[i] in _INFINITIES],
+                f.name,
+                REJECT_NOT_FINITE,
+            )
+            if f.missing == "reject":
+                reject([i for i in rows if miss[i]], f.name, REJECT_MISSING)
+            else:
+                impute = math.nan if f.impute is None else float(f.impute)
+                vals = [impute if miss[i] else vals[i] for i in rows]
+            lo, hi = f.min, f.max
+            clipped = 0
+            out: list[float] = []
+            for v in vals:
+                if math.isfinite(v):
+                    clipped += v < lo or v > hi
+                else:
+                    v = lo  # np.where(ok, values, f.min)
+                v = lo if v < lo else v  # np.clip: a bound only replaces a value beyond it
+                out.append(hi if v > hi else v)  # (so -0.0 at a bound of 0.0 stays -0.0)
+            clipped_count[f.name] = clipped
+            if f.transform == "log1p":  # numpy's log1p on a contiguous float64 array, as `encode`
+                out = np.log1p(np.array(out, dtype=np.float64)).tolist()
+            j = path.position[f.name]
+            off, div = float(path.num_offset[j]), float(path.num_divisor[j])
+            for i in rows:
+                cells[i][c0] = (out[i] - off) / div
+        elif isinstance(f, CategoricalFeature):
+            texts = [(v.strip() or None) if type(v) is str else cell_text(v) for v in col]
+            missing[f.name] = sum(t is None for t in texts)
+            index = path.cat_index[path.position[f.name]]
+            pos = [index.get("" if t is None else t, -1) for t in texts]
+            unknown = [i for i in rows if pos[i] < 0 and texts[i] is not None]
+            unknown_count[f.name] = len(unknown)
+            if encoder.strict_categories:
+                reject(unknown, f.name, REJECT_UNKNOWN_CATEGORY)
+            if f.missing == "reject":
+                reject([i for i in rows if texts[i] is None], f.name, REJECT_MISSING)
+            other = len(f.vocabulary)
+            for i in rows:
+                cells[i][c0 + (other if pos[i] < 0 else pos[i])] = 1.0
+        else:
+            texts = [(v.strip() or None) if type(v) is str else cell_text(v) for v in col]
+            missing[f.name] = sum(t is None for t in texts)
+            k = path.position[f.name]
+            trues, falses = path.bin_true[k], path.bin_false[k]
+            tokens = ["" if t is None else t for t in texts]
+            true = [t in trues for t in tokens]
+            false = [t in falses for t in tokens]
+            reject(
+                [i for i in rows if texts[i] is not None and not true[i] and not false[i]],
+                f.name,
+                REJECT_NOT_BINARY,
+            )
+            if f.missing == "reject":
+                reject([i for i in rows if texts[i] is None], f.name, REJECT_MISSING)
+            elif f.impute:
+                true = [true[i] or texts[i] is None for i in rows]
+            for i in rows:
+                if true[i]:
+                    cells[i][c0] = 1.0
+    # Python floats to float32: the same round-to-nearest cast as `astype(np.float32)`.
+    x = np.array(cells, dtype=np.float32).reshape(n, encoder.n_features)
+    keep = ~np.array(bad, dtype=bool)
+    stats = EncodingStats(
+        rows=n,
+        rows_rejected=sum(bad),
+        rejected=Counter(rejected),
+        clipped=Counter(clipped_count),
+        unknown_category=Counter(unknown_count),
+        missing=Counter(missing),
+    )
+    return Encoded(x=x[keep], keep=keep, row_errors=row_errors, stats=stats)
+
+
+_INFINITIES = (math.inf, -math.inf)
+
+
+def _encode_vectorised(
+    encoder: Encoder, columns: Mapping[str, Sequence[object]], n: int
+) -> Encoded:
+    """The row path for larger batches: one numpy step per kind of feature, all rows at once."""
+    path = encoder._row_path()
     x = np.zeros((n, encoder.n_features), dtype=np.float32)
     stats = EncodingStats(rows=n)
     masks: dict[tuple[str, int], np.ndarray] = {}  # (reason, kind) -> bool [n, features of kind]
@@ -385,7 +341,11 @@ def _encode_columns(encoder: Encoder, columns: Mapping[str, Sequence[object]], n
         values = np.where(miss & ~path.num_reject, path.num_impute, values)
         ok = np.isfinite(values)
         clipped = ok & ((values < path.num_min) | (values > path.num_max))
-        values = np.clip(np.where(ok, values, path.num_min), path.num_min, path.num_max)
+        # np.clip with scalar bounds, as `encode`: a bound replaces only a value beyond it (with
+        # array bounds np.clip would turn -0.0 at a bound of 0.0 into 0.0)
+        values = np.where(ok, values, path.num_min)
+        values = np.where(values < path.num_min, path.num_min, values)
+        values = np.where(values > path.num_max, path.num_max, values)
         for j in path.num_log1p:  # one feature at a time, on a contiguous column, as `encode`
             values[:, j] = np.log1p(np.ascontiguousarray(values[:, j]))
         x[:, path.num_cols] = ((values - path.num_offset) / path.num_divisor).astype(np.float32)
