@@ -90,12 +90,21 @@ def superlink_start(
         Path,
         typer.Option(help="Where `atoll run --contracts-dir` stages contracts (found by hash)"),
     ] = Path("runs/contracts"),
+    checkpoint_dir: Annotated[
+        Path,
+        typer.Option(
+            help="Signed checkpoints of the coordinator's audit log, one per run (not beside "
+            "the audit key; mount a share from another host)"
+        ),
+    ] = Path("runs/coordinator-checkpoints"),
 ) -> None:
     """Start a SuperLink with TLS, node authentication and persistent state (foreground).
 
     The ServerApp it starts reads the coordinator's own settings (database URL, audit key) from
     a 0600 file beside the state database — never from a run config, which Flower stores and
     forwards to every node."""
+    from pydantic import ValidationError
+
     from server.coordinator_settings import CoordinatorSettings
 
     tls = pki.tls_files(certs)
@@ -109,11 +118,15 @@ def superlink_start(
         load_publishing_key(publishing_key)  # checked (or created) now, not at the first publish
     except RegistryKeyError as err:
         fail(str(err))
-    settings = CoordinatorSettings(
-        registry_url=registry,
-        audit_key=audit_key.resolve(),
-        publishing_key=publishing_key.resolve(),
-        contracts_dir=contracts.resolve(),
-    )
+    try:
+        settings = CoordinatorSettings(
+            registry_url=registry,
+            audit_key=audit_key.resolve(),
+            publishing_key=publishing_key.resolve(),
+            contracts_dir=contracts.resolve(),
+            checkpoint_dir=checkpoint_dir.resolve(),
+        )
+    except ValidationError as err:
+        fail("; ".join(str(e["msg"]).removeprefix("Value error, ") for e in err.errors()))
     own = settings.write(state.resolve().parent / "coordinator.toml")
     os.execve(argv[0], argv, superlink_env(app_store, tls.ca_cert, own))

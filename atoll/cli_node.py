@@ -64,6 +64,13 @@ def node_init(
             "manifest verifies (app id, version, expiry)"
         ),
     ] = None,
+    checkpoint_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Signed checkpoints of this node's audit log after every run (outside "
+            "--state-dir; a share on another host)"
+        ),
+    ] = None,
     table: str = "",
     query: str = "",
 ) -> None:
@@ -83,6 +90,7 @@ def node_init(
             socket_group=socket_group,
             size_bucket=size_bucket,
             trusted_app_key=trusted_app_key.resolve() if trusted_app_key else None,
+            checkpoint_dir=checkpoint_dir.resolve() if checkpoint_dir else None,
             data=DataConfig(
                 source=data if "://" in data else str(Path(data).resolve()),
                 table=table,
@@ -90,7 +98,13 @@ def node_init(
             ),
         )
     except ValidationError as err:
-        fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()))
+        fail(
+            "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'node config'}: "
+                + str(e["msg"]).removeprefix("Value error, ")
+                for e in err.errors()
+            )
+        )
     write_private(out, cfg.to_toml())  # names the data source: the owner's alone
     console.print(f"wrote {out}; next: `atoll budget init --state-dir {cfg.state_dir} --cap EPS`")
 

@@ -185,6 +185,7 @@ class LocalFederation:
             audit_key=self.coordinator_home / "audit" / "coordinator.pem",
             publishing_key=self.publishing_key,
             contracts_dir=self.contracts_dir,
+            checkpoint_dir=self.workdir / "checkpoints" / "coordinator",
         ).write(self.coordinator_home / "coordinator.toml")
         self._start_superlink()
         write_connection(self.coordinator_home / "flwr", CONNECTION, self.address, self.tls.ca_cert)
@@ -282,6 +283,8 @@ class LocalFederation:
                 "socket-group": _group_of(supernode_user) if supernode_user else "",
                 # the runtime checks each build's signed manifest against the same key(s)
                 "trusted-app-key": str(trusted_entities) if trusted_entities else None,
+                # the node log's signed checkpoints, outside the node's state (as a share would be)
+                "checkpoint-dir": str(self.workdir / "checkpoints" / "nodes" / name),
                 "data": {"source": str(data), **data_config},
             }
         )

@@ -105,7 +105,9 @@ def run_query(grid: Grid, context: Context) -> int:
     run_id = str(context.run_id)
     store = QueryStore(coordinator.registry_url)
     reports = SpendReports(coordinator.registry_url)
-    audit = CoordinatorAudit(coordinator.registry_url, coordinator.audit_key, run_id)
+    audit = CoordinatorAudit(
+        coordinator.registry_url, coordinator.audit_key, run_id, coordinator.checkpoint_dir
+    )
     ids = Identities.load(coordinator.registry_url, audit)
     spec = query.model_dump(mode="json")
     audit(

@@ -13,7 +13,13 @@ from typing import Any, cast
 from flwr.app import Message, MetricRecord, MetricRecordValues
 
 from common import wire
-from privacy.audit import AuditLog, digest_arrays, json_number
+from privacy.audit import (
+    AuditLog,
+    Checkpointer,
+    CheckpointPolicy,
+    digest_arrays,
+    json_number,
+)
 
 LOG_ID = "coordinator"
 ACTOR = "service:coordinator"
@@ -32,21 +38,29 @@ def default_key_path() -> Path:
 
 
 class CoordinatorAudit:
-    def __init__(self, url: str, key_path: str | Path, run_id: str) -> None:
+    def __init__(
+        self, url: str, key_path: str | Path, run_id: str, checkpoint_dir: Path | None = None
+    ) -> None:
         self.key_path = Path(key_path) if key_path else default_key_path()
         self.log = AuditLog.open(url, LOG_ID, self.key_path)  # never re-created for a used log
         self.run_id = run_id
         self.names: dict[int, str] = {}
+        self.checkpoints = (
+            Checkpointer(
+                self.log.engine, [LOG_ID], self.log.signer, CheckpointPolicy(checkpoint_dir)
+            )
+            if checkpoint_dir is not None
+            else None
+        )
 
     def __call__(self, action: str, subject: str | None = None, **details: Any) -> None:
         self.log.append(ACTOR, action, subject or f"run:{self.run_id}", details)
 
-    def checkpoint(self) -> Path:
-        """A signed (count, last hash) kept beside the key: truncation below it is detectable."""
-        path = self.key_path.parent / "checkpoints" / f"coordinator-{self.run_id}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.log.checkpoint(path)
-        return path
+    def checkpoint(self) -> list[Path]:
+        """A signed (count, last hash) in the coordinator's checkpoint directory, extending the
+        previous one: truncation below it is detectable, and a log found truncated or rewritten
+        gets no new checkpoint (the error is logged; the last good one keeps exposing it)."""
+        return self.checkpoints.run_due(force=True) if self.checkpoints is not None else []
 
     def reply(self, server_round: int, kind: str, msg: Message) -> None:
         """One reply as received: who sent it (the SuperLink's node id), its update digest, ε."""

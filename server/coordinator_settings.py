@@ -9,8 +9,10 @@ SuperLink was started with: `ATOLL_COORDINATOR_CONFIG` names a TOML file (mode 0
     audit-key = "/etc/atoll/coordinator-audit/coordinator.pem"
     publishing-key = "/etc/atoll/publishing/publishing.pem"   # signs every registry row
     contracts-dir = "/etc/atoll/contracts"                     # runs name a contract by its hash
+    checkpoint-dir = "/mnt/audit-share/coordinator"            # signed checkpoints, off this host
 
-`atoll superlink start --registry URL --audit-key PATH --publishing-key PATH --contracts DIR`
+`atoll superlink start --registry URL --audit-key PATH --publishing-key PATH --contracts DIR
+--checkpoint-dir DIR`
 writes that file beside the SuperLink's state database and starts the SuperLink with the
 variable set; `LocalFederation` does the same. The publishing key's `.pub` is what the API and
 CLI pin (`--registry-public-key`) to verify registry rows (`server.registry_signing`).
@@ -22,7 +24,7 @@ import os
 import tomllib
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from common.contract import Contract, ContractError, contract_from_json, load_contract
 from common.files import toml_value, write_private
@@ -41,6 +43,20 @@ class CoordinatorSettings(BaseModel):
     audit_key: Path = Field(alias="audit-key")
     publishing_key: Path = Field(alias="publishing-key")
     contracts_dir: Path = Field(alias="contracts-dir")
+    # where the coordinator log's signed checkpoints go (one per run, each extending the last);
+    # never beside the audit key: whoever can replace the key could rewrite them too
+    checkpoint_dir: Path = Field(alias="checkpoint-dir")
+
+    @model_validator(mode="after")
+    def _checkpoints_away_from_the_key(self) -> CoordinatorSettings:
+        key_dir = self.audit_key.expanduser().resolve().parent
+        if self.checkpoint_dir.expanduser().resolve().is_relative_to(key_dir):
+            raise ValueError(
+                f"checkpoint-dir {self.checkpoint_dir} is beside the audit key {self.audit_key}: "
+                "whoever can replace the key could rewrite the checkpoints too; use a directory "
+                "on another volume or host (e.g. a mounted share)"
+            )
+        return self
 
     @classmethod
     def load(cls) -> CoordinatorSettings:
@@ -50,8 +66,8 @@ class CoordinatorSettings(BaseModel):
             raise CoordinatorSettingsError(
                 f"${ENV} is not set in the SuperLink's environment: start the SuperLink with "
                 "`atoll superlink start --registry URL --audit-key PATH --publishing-key PATH "
-                "--contracts DIR`, or set it to a TOML file holding registry-url, audit-key, "
-                "publishing-key and contracts-dir"
+                "--contracts DIR --checkpoint-dir DIR`, or set it to a TOML file holding "
+                "registry-url, audit-key, publishing-key, contracts-dir and checkpoint-dir"
             )
         path = Path(name)
         try:

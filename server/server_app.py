@@ -97,7 +97,9 @@ def main(grid: Grid, context: Context) -> None:
     )
     reports = SpendReports(coordinator.registry_url)
     run_id = str(context.run_id)
-    audit = CoordinatorAudit(coordinator.registry_url, coordinator.audit_key, run_id)
+    audit = CoordinatorAudit(
+        coordinator.registry_url, coordinator.audit_key, run_id, coordinator.checkpoint_dir
+    )
     ids = Identities.load(coordinator.registry_url, audit)
     audit(
         "run.started",

@@ -238,9 +238,10 @@ def test_audit_logs_verify_and_node_digests_match_the_coordinator(federation) ->
     run_id = federation["outcome"].run_id
     coord_keys = load_public_keys([fed.coordinator_home / "audit" / "coordinator.pub"])
     assert verify(fed.registry_url, "coordinator", coord_keys).ok
-    checkpoints = list((fed.coordinator_home / "audit" / "checkpoints").glob("*.json"))
-    assert len(checkpoints) == 1  # written at the end of the run, signed
-    report = verify(fed.registry_url, "coordinator", coord_keys, Checkpoint.load(checkpoints[0]))
+    checkpoints = sorted((fed.workdir / "checkpoints" / "coordinator").glob("*.json"))
+    assert checkpoints  # one per run, signed, each extending the last; not beside the key
+    assert not (fed.coordinator_home / "audit" / "checkpoints").exists()
+    report = verify(fed.registry_url, "coordinator", coord_keys, Checkpoint.load(checkpoints[-1]))
     assert report.ok and report.checkpoint_seq
     coord = query(fed.registry_url, "coordinator", limit=10_000)
     actions = {e.action for e in coord}

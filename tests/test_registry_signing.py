@@ -23,6 +23,7 @@ from helpers.api import (
     publisher_pub,
     publisher_verifier,
 )
+from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from atoll.cli import app as atoll_cli
@@ -244,9 +245,10 @@ def test_the_contract_is_resolved_on_the_coordinator_by_hash(tmp_path: Path) -> 
     digest = stage_contract(CONTRACTS / "telco_churn.yaml", contracts)
     settings = CoordinatorSettings(
         registry_url="sqlite://",
-        audit_key=tmp_path / "a.pem",
+        audit_key=tmp_path / "keys" / "a.pem",
         publishing_key=tmp_path / "p.pem",
         contracts_dir=contracts,
+        checkpoint_dir=tmp_path / "checkpoints",
     )
     assert settings.contract(digest).hash == digest
     with pytest.raises(CoordinatorSettingsError, match="not in the coordinator's contracts"):
@@ -266,3 +268,17 @@ def test_coordinator_settings_need_the_publishing_key(
     monkeypatch.setenv("ATOLL_COORDINATOR_CONFIG", str(path))
     with pytest.raises(CoordinatorSettingsError, match="publishing-key: Field required"):
         CoordinatorSettings.load()
+
+
+def test_the_coordinator_checkpoints_away_from_its_audit_key(tmp_path: Path) -> None:
+    """Checkpoints beside the key they are signed with prove nothing to whoever holds the key."""
+    common = {
+        "registry_url": "sqlite://",
+        "audit_key": tmp_path / "audit" / "coordinator.pem",
+        "publishing_key": tmp_path / "p.pem",
+        "contracts_dir": tmp_path / "contracts",
+    }
+    with pytest.raises(ValidationError, match="checkpoint-dir .* is beside the audit key"):
+        CoordinatorSettings(**common, checkpoint_dir=tmp_path / "audit" / "checkpoints")
+    ok = CoordinatorSettings(**common, checkpoint_dir=tmp_path / "share" / "coordinator")
+    assert ok.checkpoint_dir.name == "coordinator"

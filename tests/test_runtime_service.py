@@ -15,12 +15,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers.node import caller, node_config, settings, weights, without_blocking
+from sqlalchemy import delete, func, select
 
+from client.node import NodeError
 from client.runtime import service as service_module
+from client.runtime.config import NodeConfig
 from client.runtime.service import FAILED, NodeService
 from common.protos.atoll.node.v1 import runtime_pb2 as pb
 from common.synth import generate
-from privacy.audit import query
+from privacy.audit import Checkpoint, Problem, load_public_keys, query, verify
+from privacy.audit_models import AuditEntryRow
 from privacy.ledger import Ledger, Policy
 from privacy.limits import RequestLimits
 
@@ -296,3 +300,48 @@ def test_one_message_per_round_charges_the_same_releases(tmp_path: Path, data_cs
     )
     assert not other.finished.final.hist_pos
     assert Ledger(tmp_path / "state").status().events == 6
+
+
+def test_every_finished_run_leaves_a_checkpoint_that_exposes_a_cut_tail(
+    tmp_path: Path, data_csv: Path
+) -> None:
+    """The node log is checkpointed off the state directory at each run's end; deleting the
+    newest entries afterwards still verifies as a chain, but not against the checkpoint."""
+    share = tmp_path / "share"
+    svc = NodeService(node_config(tmp_path, data_csv, checkpoint_dir=share), seed=5)
+    s = settings(total_rounds=1)
+    assert svc.rollcall(pb.RollCallRequest(caller=caller(), settings=s)).WhichOneof("outcome")
+    trained = svc.train(pb.TrainRequest(caller=caller(), settings=s, weights=weights()))
+    assert trained.WhichOneof("outcome") == "trained", trained
+    assert svc.finish(pb.FinishRequest(caller=caller())).WhichOneof("outcome") == "finished"
+    [first] = sorted(share.glob("*.json"))
+    ledger = Ledger(tmp_path / "state")
+    log_id = "node:dept-a"
+    keys = load_public_keys([tmp_path / "state" / "audit-key" / "audit.pub"])
+    report = verify(ledger.engine, log_id, keys, Checkpoint.load(first))
+    assert report.ok and report.checkpoint_seq == report.last_seq  # the whole run is covered
+    with ledger.engine.begin() as conn:  # an intruder cuts the newest two entries
+        newest = conn.scalar(
+            select(func.max(AuditEntryRow.seq)).where(AuditEntryRow.log_id == log_id)
+        )
+        conn.execute(
+            delete(AuditEntryRow).where(
+                AuditEntryRow.log_id == log_id, AuditEntryRow.seq >= newest - 1
+            )
+        )
+    assert verify(ledger.engine, log_id, keys).ok  # the chain alone cannot tell
+    cut = verify(ledger.engine, log_id, keys, Checkpoint.load(first))
+    assert (cut.ok, cut.problem) == (False, Problem.TRUNCATED)
+
+
+def test_a_checkpoint_directory_beside_the_key_is_refused(tmp_path: Path, data_csv: Path) -> None:
+    toml = tmp_path / "node.toml"
+    toml.write_text(
+        node_config(tmp_path, data_csv)
+        .to_toml()
+        .replace(
+            'name = "dept-a"', f'name = "dept-a"\ncheckpoint-dir = "{tmp_path / "state" / "cp"}"'
+        )
+    )
+    with pytest.raises(NodeError, match="checkpoint-dir .* is inside state-dir"):
+        NodeConfig.load(toml)

@@ -25,7 +25,14 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from client.node import NodeError
 from common.files import toml_value
@@ -60,7 +67,22 @@ class NodeConfig(BaseModel):
     # dominated by per-op overhead, and on a shared host several threads per op wait on each
     # other (measured on 2 busy cores: one 20-row loss 6.5 ms with 2 threads, 0.36 ms with 1)
     torch_threads: int = Field(1, alias="torch-threads", ge=1, le=256)
+    # signed checkpoints of the node's audit log, one at the end of every run and query, each
+    # extending the last; outside state-dir (which holds the signing key): a mounted share from
+    # another host, so whoever rewrites the database cannot rewrite them. None: no checkpoints
+    checkpoint_dir: Path | None = Field(None, alias="checkpoint-dir")
     data: DataConfig
+
+    @model_validator(mode="after")
+    def _checkpoints_outside_state(self) -> NodeConfig:
+        if self.checkpoint_dir is not None and self.checkpoint_dir.resolve().is_relative_to(
+            self.state_dir.resolve()
+        ):
+            raise ValueError(
+                f"checkpoint-dir {self.checkpoint_dir} is inside state-dir {self.state_dir}, "
+                "beside the audit key: use a directory on another volume or host"
+            )
+        return self
 
     @field_validator("size_bucket")
     @classmethod
@@ -79,7 +101,7 @@ class NodeConfig(BaseModel):
         except tomllib.TOMLDecodeError as err:
             raise NodeError("node-config", f"{path} is not valid TOML: {err}") from None
         base = path.resolve().parent
-        for key in ("contract", "state-dir", "socket", "trusted-app-key"):
+        for key in ("contract", "state-dir", "socket", "trusted-app-key", "checkpoint-dir"):
             if isinstance(raw.get(key), str):
                 raw[key] = str((base / raw[key]).resolve())
         data = raw.get("data")

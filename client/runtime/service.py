@@ -49,7 +49,13 @@ from client.training import (
 )
 from common import wire
 from common.protos.atoll.node.v1 import runtime_pb2 as pb
-from privacy.audit import AuditWriteError, digest_arrays, json_number
+from privacy.audit import (
+    AuditWriteError,
+    Checkpointer,
+    CheckpointPolicy,
+    digest_arrays,
+    json_number,
+)
 from privacy.dp import PlannedEvent
 from privacy.ledger import BudgetRefused, Ledger, LedgerUnavailable
 
@@ -72,6 +78,16 @@ class NodeService:
         except LedgerUnavailable as err:
             raise NodeError("ledger", str(err)) from None
         self.audit_log = self.ledger.audit_log()
+        self.checkpoints = (
+            None
+            if config.checkpoint_dir is None
+            else Checkpointer(
+                self.audit_log.engine,
+                [self.audit_log.log_id],
+                self.audit_log.signer,
+                CheckpointPolicy(config.checkpoint_dir),
+            )
+        )
         self.data = DataCache(config.data, self.contract)
         self._runs: dict[str, RunRequest] = {}
         self._lock = threading.Lock()  # one request at a time: the ledger decides in order
@@ -403,7 +419,16 @@ class NodeService:
                 finished=pb.Finished(node_name=self.config.name, budget=budget, final=final)
             )
 
-        return self._answer(req.caller, "finish", decide, lambda r: pb.FinishReply(refusal=r))
+        reply = self._answer(req.caller, "finish", decide, lambda r: pb.FinishReply(refusal=r))
+        self._checkpoint()
+        return reply
+
+    def _checkpoint(self) -> None:
+        """A signed checkpoint of the node's audit log after a run or query ends (errors, e.g.
+        a log found truncated below the last checkpoint, are logged by the Checkpointer)."""
+        if self.checkpoints is not None:
+            with self._lock:
+                self.checkpoints.run_due(force=True)
 
     def query(self, req: pb.QueryRequest) -> pb.QueryReply:
         """One analytics query: admission → reservation (purpose analytics) → data → charge
@@ -438,7 +463,9 @@ class NodeService:
                 self._sent(req.caller, 1, "query", reply.budget, digest_arrays({"values": values}))
                 return pb.QueryReply(answered=reply)
 
-        return self._answer(req.caller, "query", decide, lambda r: pb.QueryReply(refusal=r))
+        reply = self._answer(req.caller, "query", decide, lambda r: pb.QueryReply(refusal=r))
+        self._checkpoint()
+        return reply
 
 
 class _Charged(Exception):

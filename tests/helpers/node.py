@@ -27,6 +27,7 @@ def node_config(
     contract: Path = SYNTHETIC_CONTRACT,
     policy: Policy | None = None,
     size_bucket: str = "",
+    checkpoint_dir: Path | None = None,
     **data_keys: object,
 ) -> NodeConfig:
     """A node as its owner sets it up: node config plus an initialised ledger (unless policy
@@ -41,6 +42,7 @@ def node_config(
             "state-dir": str(state),
             "socket": str(tmp / "runtime.sock"),
             "size-bucket": size_bucket,
+            "checkpoint-dir": str(checkpoint_dir) if checkpoint_dir else None,
             "data": {"source": str(data), **data_keys},
         }
     )
