@@ -19,6 +19,7 @@ from schemathesis.checks import not_a_server_error
 
 from server.api.app import create_app
 from server.api.auth import ApiKeyStore, Role, api_routes, roles_with
+from server.api.deps import NOT_CONFIGURED
 from server.registry import Registry
 
 EXAMPLES_PER_OPERATION = 50
@@ -62,9 +63,10 @@ def _operations() -> list[tuple[str, str]]:
 
 
 def _check(case: schemathesis.Case, key: str) -> None:
-    response = case.call_and_validate(
-        headers={"Authorization": f"Bearer {key}"}, checks=[not_a_server_error]
-    )
+    response = case.call(headers={"Authorization": f"Bearer {key}"})
+    if not (response.status_code == 503 and response.json().get("detail") == NOT_CONFIGURED):
+        # the one documented 503 whatever the input: query submission switched off on this API
+        case.validate_response(response, checks=[not_a_server_error])
     if case.operation.path != "/health":
         assert response.status_code not in (401, 403), "the fuzzer should reach the handlers"
     if response.status_code == 422 and "json" in response.headers.get("content-type", ""):

@@ -14,9 +14,9 @@ nodes' analytics budgets.
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, BackgroundTasks, Depends, HTTPException, Request, status
+from fastapi import APIRouter, BackgroundTasks, Depends, HTTPException, Path, Request, status
 from fastapi.responses import Response
 from pydantic import ValidationError
 
@@ -41,6 +41,9 @@ from server.api.schemas import (
 )
 from server.query_jobs import execute, stage
 from server.registry import Registry
+
+# ids are database integers: one outside a signed 64-bit range is a 422, never a database error
+RowId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 
 router = APIRouter(
     tags=["analytics"],
@@ -83,11 +86,13 @@ def _query_and_contract(
 
 
 def _staged(request: Request, contract_hash: str) -> Contract:
-    contracts_dir = get_query_submitter(request).settings.contracts_dir
-    path = contracts_dir / f"{contract_hash}.json"
+    """A contract staged on the coordinator (none, if this API submits no queries)."""
     try:
-        contract = contract_from_json(path.read_text())
-    except (OSError, ValueError):
+        contracts_dir = get_query_submitter(request).settings.contracts_dir
+        contract: Contract | None = contract_from_json(
+            (contracts_dir / f"{contract_hash}.json").read_text()
+        )
+    except (HTTPException, OSError, ValueError):
         contract = None
     if contract is None or contract.hash != contract_hash:
         raise HTTPException(
@@ -161,7 +166,7 @@ def submit_query(
     responses=_NOT_FOUND,
     dependencies=[Audited("api.query_read")],
 )
-def get_submission(submission_id: int, submissions: SubmissionsDep) -> SubmissionOut:
+def get_submission(submission_id: RowId, submissions: SubmissionsDep) -> SubmissionOut:
     """Where a submitted query is: queued, running, answered (with `query_id`) or failed."""
     row = submissions.get(submission_id)
     if row is None:
@@ -204,7 +209,7 @@ def _record(queries: QueryStoreDep, query_id: int) -> dict[str, Any]:
     responses=_NOT_FOUND,
     dependencies=[Audited("api.query_read")],
 )
-def get_query(query_id: int, queries: QueryStoreDep) -> QueryOut:
+def get_query(query_id: RowId, queries: QueryStoreDep) -> QueryOut:
     """One query: its spec, each node's ε (or refusal), and every cell's estimate and interval."""
     return QueryOut.model_validate(_record(queries, query_id))
 
@@ -218,7 +223,7 @@ def get_query(query_id: int, queries: QueryStoreDep) -> QueryOut:
     dependencies=[Audited("api.query_export")],
 )
 def export_query(
-    query_id: int, queries: QueryStoreDep, format: Literal["csv", "json"] = "csv"
+    query_id: RowId, queries: QueryStoreDep, format: Literal["csv", "json"] = "csv"
 ) -> Response:
     """CSV rows (cell, statistic, estimate, 95% interval, noisy count, unreliable) or full JSON."""
     record = _record(queries, query_id)
