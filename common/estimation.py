@@ -54,7 +54,7 @@ SUBGRID = 16  # points per bin of the within-bin model
 DRAWS = 400  # bootstrap draws per estimate
 METRICS: tuple[str, ...] = ("roc_auc", "log_loss", "brier", "calibration_in_the_large")
 # valid range of each metric: estimates and intervals are clipped to it
-_RANGE: dict[str, tuple[float, float]] = {
+METRIC_RANGE: dict[str, tuple[float, float]] = {
     "roc_auc": (0.0, 1.0),
     "log_loss": (0.0, math.inf),
     "brier": (0.0, 1.0),
@@ -440,17 +440,19 @@ def _bootstrap_errors(
 
 
 def _interval(name: str, plug: float, allowance: float, errors: np.ndarray) -> Estimate:
-    """Bias-corrected point and interval; NaN only if the observed counts define no value.
+    """Bias-corrected point and interval. If the observed counts define no value (the noise left
+    no positives or no negatives) the point is NaN and the interval the metric's whole range: an
+    honest "anything in range", never a missing interval.
 
     If the noise often leaves a simulated world without positives or negatives (more than 5 % of
     the draws: a handful of rows under a large σ), the metric is not estimable to any useful
     precision: the point stays the plug-in value and the interval is the metric's whole range.
     """
-    lo_ok, hi_ok = _RANGE[name]
+    lo_ok, hi_ok = METRIC_RANGE[name]
     clip = lambda x: float(min(max(x, lo_ok), hi_ok))  # noqa: E731
     ok = errors[np.isfinite(errors)]
     if not math.isfinite(plug):
-        return Estimate(math.nan, (math.nan, math.nan), math.nan, math.nan)
+        return Estimate(math.nan, (lo_ok, hi_ok), math.nan, math.nan)
     if ok.size < 0.95 * errors.size or ok.size < 20:
         return Estimate(clip(plug), (lo_ok, hi_ok), 0.0, math.nan)
     bias = float(ok.mean())

@@ -120,15 +120,21 @@ def test_several_workers_need_a_shared_limiter(tmp_path: Path) -> None:
 
 
 def _children(pid: int) -> list[int]:
-    found = []
+    """Every descendant of `pid` (spawn() runs the command under a supervisor: the workers are
+    grandchildren of the process it returns)."""
+    parents: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 stat = (entry / "stat").read_text()
             except OSError:
                 continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry.name))
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = [], [pid]
+    while frontier:
+        level = [child for child, parent in parents.items() if parent in frontier]
+        found += level
+        frontier = level
     return found
 
 
