@@ -1,12 +1,5 @@
-"""Records → tensors, determined by the contract alone.
-
-Numeric features are clipped to the agreed range (counted), optionally transformed (`log1p`) and
-scaled: standardised with the contract's `center`/`scale` (transformed space) when it gives them,
-else mapped to [0, 1] over the transformed bounds. Categorical features are one-hot over the agreed
-vocabulary plus an "other" bucket; binary features map to 0/1. Nothing is estimated from a node's
-data, so every node and the scoring API produce identical encodings. Every problem is *counted* per
-feature and reason; no value is ever put into a message.
-"""
+"""`Encoder`: the contract's reference encoding of a frame (pandas); the rules are in the
+package docstring (`common.encoding`), the same rules without pandas in `rows`."""
 
 from __future__ import annotations
 
