@@ -1,10 +1,12 @@
 """`atoll drift`: has the data a published model sees moved since it was trained?
 
-    atoll drift reference MODEL --registry URL [--epsilon 1]   # at publish: DP histograms
-    atoll drift check MODEL --registry URL [--alpha 0.05]      # now: same histograms, PSI
+    atoll drift reference MODEL --registry URL [--epsilon 1]   # a new reference, now
+    atoll drift check MODEL --registry URL [--epsilon 1]       # now: same histograms, PSI
     atoll drift show MODEL --registry URL [--json]             # the last check (model card)
 
-`reference` and `check` run one DP histogram query per contract feature through the SuperLink
+A model's first reference is recorded with the run that trains it (the nodes whose owners allow
+analytics release it on finish; run-config `drift-reference-noise`); `reference` records a new
+one. `reference` and `check` run one DP histogram query per contract feature through the SuperLink
 (exactly as `atoll query run` does; each node charges its own ledger, purpose analytics, or
 refuses); see `server.drift` for the PSI, its noise-aware uncertainty and the flag.
 """
@@ -158,6 +160,11 @@ def check(
     version: Version = None,
     alpha: Annotated[float, typer.Option(help="Family-wise false-flag rate")] = 0.05,
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap (post-processing)")] = 0,
+    epsilon: Annotated[
+        float | None,
+        typer.Option(min=0.0, help="ε per node for all features (default: the reference's σ)"),
+    ] = 1.0,
+    delta: Annotated[float, typer.Option(help="δ the nodes account at")] = 1e-5,
     superlink: Superlink = "127.0.0.1:9093",
     ca: Ca = Path("deploy/certs/ca.crt"),
     flwr_home: FlwrHome = Path("runs/coordinator-flwr"),
@@ -177,7 +184,14 @@ def check(
     store = DriftStore(registry)
     try:
         _cid, report = run_check(
-            store, model=key, contract=contract, ask=ask, alpha=alpha, seed=seed
+            store,
+            model=key,
+            contract=contract,
+            ask=ask,
+            alpha=alpha,
+            seed=seed,
+            epsilon=epsilon or None,
+            delta=delta,
         )
     except DriftError as err:
         fail(str(err))

@@ -84,6 +84,8 @@ def make_config(
         proximal_mu=hyper.proximal_mu,
         optimizer=hyper.optimizer,
         final_eval_noise=0.0,
+        drift_reference_noise=0.0,
+        drift_bins=0,
     )
 
 

@@ -68,6 +68,10 @@ class DPTrainConfig:
     optimizer: str
     # σ of the final model's evaluation (on finish); 0: eval_noise (see `final_noise`)
     final_eval_noise: float
+    # σ of the drift reference released on finish (all features' histograms, one Gaussian
+    # release, purpose analytics/drift); 0: none — admission sets 0 unless the owner allows it
+    drift_reference_noise: float
+    drift_bins: int  # bins per numeric feature of that reference
 
 
 def final_noise(cfg: DPTrainConfig) -> float:
@@ -88,23 +92,31 @@ def fit_evaluations(cfg: DPTrainConfig) -> DPTrainConfig:
     the defaults usable at any target. It depends on the settings alone (public), only ever adds
     noise, and the node reports the σ of each release, so the coordinator reads it correctly.
     """
-    if cfg.target_epsilon <= 0 or (cfg.eval_noise <= 0 and cfg.final_eval_noise <= 0):
+    released = (cfg.eval_noise, cfg.final_eval_noise, cfg.drift_reference_noise)
+    if cfg.target_epsilon <= 0 or all(s <= 0 for s in released):
         return cfg
-    factor = _evaluation_factor(
-        cfg.eval_noise, cfg.final_eval_noise, cfg.total_rounds, cfg.target_epsilon, cfg.delta
-    )
+    factor = _evaluation_factor(*released, cfg.total_rounds, cfg.target_epsilon, cfg.delta)
     if factor <= 1.0:
         return cfg
     return replace(
-        cfg, eval_noise=cfg.eval_noise * factor, final_eval_noise=cfg.final_eval_noise * factor
+        cfg,
+        eval_noise=cfg.eval_noise * factor,
+        final_eval_noise=cfg.final_eval_noise * factor,
+        drift_reference_noise=cfg.drift_reference_noise * factor,
     )
 
 
 @functools.lru_cache(maxsize=256)
 def _evaluation_factor(
-    eval_noise: float, final_eval_noise: float, rounds: int, target: float, delta: float
+    eval_noise: float,
+    final_eval_noise: float,
+    reference_noise: float,
+    rounds: int,
+    target: float,
+    delta: float,
 ) -> float:
-    """Smallest factor f ≥ 1 (to 0.1 %) with ε(evaluations at f·σ) ≤ EVAL_SHARE × target."""
+    """Smallest factor f ≥ 1 (to 0.1 %) with ε(evaluations and drift reference at f·σ) ≤
+    EVAL_SHARE × target."""
     sigmas = [
         p.noise_multiplier
         for p in plan_run(
@@ -114,8 +126,9 @@ def _evaluation_factor(
             epochs=1,
             eval_noise=eval_noise,
             final_eval_noise=final_eval_noise,
+            reference_noise=reference_noise,
         )
-        if p.purpose == "evaluation"
+        if p.purpose != "training"
     ]
     # Gaussian releases compose into one Gaussian: σ_eff = (Σ σ⁻²)^(-1/2), scaled by f
     sigma = sum(s**-2 for s in sigmas) ** -0.5
@@ -169,6 +182,7 @@ def noise_multiplier(cfg: DPTrainConfig) -> float:
         epochs=cfg.epochs,
         eval_noise=cfg.eval_noise,
         final_eval_noise=cfg.final_eval_noise,
+        reference_noise=cfg.drift_reference_noise,
     )
 
 
@@ -181,6 +195,7 @@ def plan(cfg: DPTrainConfig) -> list[PlannedEvent]:
         epochs=cfg.epochs,
         eval_noise=cfg.eval_noise,
         final_eval_noise=cfg.final_eval_noise,
+        reference_noise=cfg.drift_reference_noise,
     )
 
 

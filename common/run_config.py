@@ -67,6 +67,16 @@ class RunConfig(BaseModel):
     # alone is ε ≈ 0.8 at δ 1e-5, the largest share training can give up at ε = 1 (σ 7 → 7.6
     # cost no AUC); the AUC estimate's noise sd halves against 5 evaluations at σ 10
     final_eval_noise: float = Field(4.5, alias="final-eval-noise", ge=0)
+    # σ of the drift reference each node releases on finish (server.drift): every feature's
+    # histogram at σ·√F, one Gaussian release at σ in all (ε ≈ 1.1 alone at δ 1e-5), charged as
+    # "analytics/drift" by the nodes whose owners allow analytics (others release none). 4: the
+    # largest σ at which a +30% shift of one Telco silo's MonthlyCharges out of 3 was flagged in
+    # 5 of 5 seeded trials (σ 5: 4/5, 8: 2-4/5, 10: 0-3/5; checks at ε 1). With a target ε, the
+    # evaluations and the reference are scaled together into their share (fit_evaluations).
+    # 0: no reference
+    drift_reference_noise: float = Field(4.0, alias="drift-reference-noise", ge=0)
+    # the reference's (and later checks') bins per numeric feature: equal, over the contract range
+    drift_bins: int = Field(10, alias="drift-bins", ge=2, le=100)
     # the update rule on the privatised gradient (post-processing: ε unchanged). Adam's step is
     # independent of the gradient's scale (clipping norm, batch, feature ranges), so one learning
     # rate converges across data sets; evidence in bench/quality_sweep.py (--grid evidence)
@@ -174,6 +184,8 @@ class RunConfig(BaseModel):
             "eval-noise": self.eval_noise,
             "eval-bins": self.eval_bins,
             "final-eval-noise": self.final_eval_noise,
+            "drift-reference-noise": self.drift_reference_noise,
+            "drift-bins": self.drift_bins,
             "optimizer": self.optimizer,
             "learning-rate": self.learning_rate,
             "max-grad-norm": self.max_grad_norm,

@@ -52,6 +52,8 @@ NODE_NAME, CONTRACT_HASH, SIZE_BUCKET = "node-name", "contract-hash", "size-buck
 PLANNED_EPSILON, NOISE_MULTIPLIER = "planned-epsilon", "noise-multiplier"
 SAMPLE_RATE, STEPS = "sample-rate", "steps"
 CODE, MESSAGE = "code", "message"
+# finish reply: the drift reference (every feature's noised histogram, concatenated) and its σ
+DRIFT_REFERENCE, DRIFT_REFERENCE_NOISE = "drift-reference", "drift-reference-noise"
 # RunSettings field → run-config key (the coordinator's settings travel under these names)
 SETTINGS_KEYS: Final[Mapping[str, str]] = {
     "contract_hash": "contract-hash",
@@ -71,6 +73,8 @@ SETTINGS_KEYS: Final[Mapping[str, str]] = {
     "evaluate_incoming": "evaluate-incoming",
     "optimizer": "optimizer",
     "final_eval_noise": "final-eval-noise",
+    "drift_reference_noise": "drift-reference-noise",
+    "drift_bins": "drift-bins",
 }
 BUDGET_KEYS: Final[Mapping[str, str]] = {
     "epsilon_run": "epsilon",
@@ -192,6 +196,12 @@ def finished_of(msg: Message) -> pb.Finished | pb.Refusal:
         finished = pb.Finished(node_name=str(info.get(NODE_NAME, "")), budget=_budget_from(metrics))
         if (final := _histograms(metrics)) is not None:
             finished.final.CopyFrom(final)
+        reference = metrics.get(DRIFT_REFERENCE)
+        if isinstance(reference, list) and reference:
+            values = [float(v) for v in reference]
+            if all(math.isfinite(v) for v in values):  # else: no reference (never a crash)
+                finished.drift_reference.extend(values)
+                finished.drift_reference_noise = _num(metrics.get(DRIFT_REFERENCE_NOISE))
         return finished
     except (KeyError, TypeError, ValueError, AttributeError):
         return pb.Refusal(code="malformed-reply", message="finish reply lacks info or metrics")
@@ -352,6 +362,9 @@ def finish_content(reply: pb.FinishReply) -> RecordDict:
         **budget_metrics(f.budget),
         **_histogram_record(f.final),
     }
+    if f.drift_reference:
+        metrics[DRIFT_REFERENCE] = [float(v) for v in f.drift_reference]
+        metrics[DRIFT_REFERENCE_NOISE] = float(f.drift_reference_noise)
     return RecordDict({INFO: info, METRICS: MetricRecord(dict(metrics))})  # type: ignore[arg-type]
 
 

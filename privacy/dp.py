@@ -135,6 +135,11 @@ def effective_sample_rate(sample_rate: float) -> float:
     return 1.0 / steps_per_epoch(sample_rate)
 
 
+# The drift reference a node releases on finish (server.drift): a sub-purpose of analytics, so an
+# owner's analytics cap binds it and only owners who allow analytics release it
+DRIFT_PURPOSE = "analytics/drift"
+
+
 def plan_run(
     *,
     noise_multiplier: float,
@@ -143,13 +148,15 @@ def plan_run(
     epochs: int,
     eval_noise: float,
     final_eval_noise: float = 0.0,
+    reference_noise: float = 0.0,
 ) -> list[PlannedEvent]:
     """Every release a run will make on a node, known before its data is read.
 
     Each round: DP-SGD steps at rate q (epochs × k steps), then one Gaussian-noised evaluation
     histogram (sensitivity 1, sampling rate 1) if `eval_noise` > 0. With `final_eval_noise` > 0
     the last of those evaluations (the final model's) is at that σ instead, and the others at
-    `eval_noise` (none if it is 0).
+    `eval_noise` (none if it is 0). With `reference_noise` > 0, one more Gaussian release on
+    finish: the drift reference (all features' histograms, purpose "analytics/drift").
     """
     q = effective_sample_rate(sample_rate)
     k = steps_per_epoch(sample_rate)
@@ -158,6 +165,8 @@ def plan_run(
     if final_eval_noise > 0:
         evals = evals[1:] + [final_eval_noise] if evals else [final_eval_noise]
     plan += [PlannedEvent(sigma, 1.0, 1, "evaluation") for sigma in evals]
+    if reference_noise > 0:
+        plan.append(PlannedEvent(reference_noise, 1.0, 1, DRIFT_PURPOSE))
     return plan
 
 
@@ -170,6 +179,7 @@ def calibrate_run_noise(
     epochs: int,
     eval_noise: float,
     final_eval_noise: float = 0.0,
+    reference_noise: float = 0.0,
     tolerance: float = 0.01,
 ) -> float:
     """Smallest training noise so the whole planned run (evaluations included) spends ≤ target.
@@ -189,6 +199,7 @@ def calibrate_run_noise(
             epochs=epochs,
             eval_noise=eval_noise,
             final_eval_noise=final_eval_noise,
+            reference_noise=reference_noise,
         )
         return epsilon([p[:3] for p in plan], delta)
 

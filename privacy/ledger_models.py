@@ -96,3 +96,7 @@ class Policy(BaseModel):
         default_factory=RequestLimits,
         description="What one coordinator request may ask of this node, checked before data",
     )
+
+    def allows(self, purpose: str) -> bool:
+        """Is `purpose` allowed: listed, or a sub-purpose (`P/…`) of a listed purpose P?"""
+        return any(purpose == p or purpose.startswith(p + "/") for p in self.allowed_purposes)

@@ -1,11 +1,15 @@
 """Drift of a published model's features: DP reference histograms, and checks against them.
 
-When a model is published its per-feature histograms on the training data are recorded as DP
-analytics queries (one `histogram` query per contract feature: numeric features in `bins` equal
-bins over the contract's range, categorical/binary ones over their vocabulary) — charged to every
-node's ledger like any query (purpose `analytics`). A drift check asks every node for the same
-histograms on its current data and compares the pooled histograms feature by feature with the
-population stability index, PSI = Σ_b (c_b − r_b) · ln(c_b / r_b) over the two distributions
+A model's reference is every contract feature's histogram (numeric features in `bins` equal
+bins over the contract's range, categorical/binary ones over their vocabulary) on the data it
+was trained on. By default the nodes release it with the run that trains the model: on finish,
+each node whose owner allows analytics sends its noised histograms (one Gaussian release,
+purpose `analytics/drift`, planned into the run's reservation; run-config
+`drift-reference-noise`), and the ServerApp pools and stores them when it publishes
+(`pool_finish_references`, `store_finish_reference`). `atoll drift reference` records a new one
+later as ordinary analytics queries (purpose `analytics`). A drift check asks every node for the
+same histograms on its current data and compares the pooled histograms feature by feature with
+the population stability index, PSI = Σ_b (c_b − r_b) · ln(c_b / r_b) over the two distributions
 (counts clipped at 0, plus a floor per bin: the larger of the two sides' noise std for that bin,
 so an empty bin stays finite and a bin whose count is within the noise cannot dominate).
 
@@ -32,9 +36,11 @@ import numpy as np
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import sessionmaker
 
-from common.analytics_math import Query, sigma_for_epsilon
-from common.contract import Contract, NumericFeature
+from common.analytics_math import Query, epsilon_of, sigma_for_epsilon
+from common.contract import Contract
 from common.db import make_engine, migrate, utcnow
+from common.drift_reference import reference_layouts, reference_queries, reference_size
+from common.protos.atoll.node.v1 import runtime_pb2 as pb
 from server.query_store import DriftRecord
 from server.registry import MIGRATIONS_DIR
 
@@ -58,17 +64,8 @@ def feature_queries(
     contract: Contract, *, epsilon: float, delta: float, bins: int = DEFAULT_BINS
 ) -> dict[str, Query]:
     """One histogram query per contract feature; together they spend `epsilon` per node."""
-    features = contract.features
-    sigma = sigma_for_epsilon(epsilon, delta) * math.sqrt(len(features))
-    return {
-        f.name: Query(
-            kind="histogram",
-            field=f.name,
-            bins=bins if isinstance(f, NumericFeature) else 0,
-            noise_multiplier=sigma,
-        )
-        for f in features
-    }
+    sigma = sigma_for_epsilon(epsilon, delta)
+    return reference_queries(contract, noise_multiplier=sigma, bins=bins)
 
 
 def histogram_of(record: dict[str, Any]) -> dict[str, Any]:
@@ -194,19 +191,109 @@ def record_reference(
     as the model version's reference; returns the record id."""
     queries = feature_queries(contract, epsilon=epsilon, delta=delta, bins=bins)
     histograms = collect(queries, ask)
+    report = {"source": "queries", "epsilon_per_node": epsilon, "delta": delta, "bins": bins}
+    return _store_reference(store, model, contract, histograms, queries, report)
+
+
+def _store_reference(
+    store: DriftStore,
+    model: tuple[str, int],
+    contract: Contract,
+    histograms: Histograms,
+    queries: dict[str, Query],
+    report: dict[str, Any],
+) -> int:
+    """A reference row: the pooled histograms and the queries a check repeats."""
     return store.add(
         model_name=model[0],
         model_version=model[1],
         kind="reference",
         contract_hash=contract.hash,
         histograms=histograms,
-        report={
-            "epsilon_per_node": epsilon,
-            "delta": delta,
-            "bins": bins,
-            "queries": {n: q.model_dump(mode="json") for n, q in queries.items()},
-        },
+        report={**report, "queries": {n: q.model_dump(mode="json") for n, q in queries.items()}},
     )
+
+
+def pool_finish_references(
+    contract: Contract,
+    *,
+    noise_multiplier: float,
+    bins: int,
+    finished: dict[str, pb.Finished],
+) -> tuple[Histograms, dict[str, str]]:
+    """The references nodes released on finish, pooled per feature; (histograms, why each
+    malformed one was left out). Nodes that sent none (owners who do not allow analytics) are
+    not participants; every node's own σ is used for its noise (scaled fits differ by node)."""
+    from server.analytics import result_of  # the same summing as any query (lazy: flwr)
+
+    queries = reference_queries(contract, noise_multiplier=noise_multiplier, bins=bins)
+    layouts = reference_layouts(contract, queries)
+    size, features = reference_size(layouts), len(queries)
+    good: dict[str, pb.Finished] = {}
+    problems: dict[str, str] = {}
+    for name, f in finished.items():
+        sigma = f.drift_reference_noise
+        if not f.drift_reference:
+            continue
+        if len(f.drift_reference) != size:
+            problems[name] = f"{len(f.drift_reference)} numbers, the layout has {size}"
+        elif not (math.isfinite(sigma) and sigma > 0):
+            problems[name] = "no noise multiplier"
+        else:
+            good[name] = f
+    histograms: Histograms = {}
+    offset = 0
+    for feature, query in queries.items():
+        lay = layouts[feature]
+        answers = {
+            name: pb.Answered(
+                node_name=name,
+                value_names=lay.value_names,
+                cells=[
+                    pb.Cell(
+                        key=list(lay.keys[0]),
+                        values=list(f.drift_reference[offset : offset + lay.size]),
+                        noise_std=lay.noise_std(f.drift_reference_noise),
+                    )
+                ],
+                noise_multiplier=f.drift_reference_noise,
+                sensitivity=lay.sensitivity,
+                # the whole reference's ε on that node (all features: one release at σ/√F·√F)
+                epsilon=epsilon_of(
+                    f.drift_reference_noise / math.sqrt(features), f.budget.delta or 1e-5
+                ),
+                budget=f.budget,
+            )
+            for name, f in good.items()
+        }
+        offset += lay.size
+        if answers:
+            result = result_of(query, lay, answers)
+            histograms[feature] = histogram_of({"status": "answered", "result": result})
+    return histograms, problems
+
+
+def store_finish_reference(
+    store: DriftStore,
+    *,
+    model: tuple[str, int],
+    contract: Contract,
+    histograms: Histograms,
+    noise_multiplier: float,
+    bins: int,
+    delta: float,
+) -> int:
+    """Keep the pooled finish-time references as the model version's drift reference."""
+    queries = reference_queries(contract, noise_multiplier=noise_multiplier, bins=bins)
+    first = next(iter(histograms.values()))
+    report = {
+        "source": "finish",  # released by the nodes with the run that trained the model
+        "epsilon_per_node": first["epsilon_per_node"],
+        "participants": first["participants"],
+        "delta": delta,
+        "bins": bins,
+    }
+    return _store_reference(store, model, contract, histograms, queries, report)
 
 
 def run_check(
@@ -218,8 +305,14 @@ def run_check(
     alpha: float = DEFAULT_ALPHA,
     draws: int = DEFAULT_DRAWS,
     seed: int = 0,
+    epsilon: float | None = None,
+    delta: float = 1e-5,
 ) -> tuple[int, dict[str, Any]]:
-    """Ask for the reference's histograms on the current data, compare, store; (id, report)."""
+    """Ask for the reference's histograms on the current data, compare, store; (id, report).
+
+    The check's own noise: `epsilon` per node for all features (at `delta`), or, without it, the
+    reference's. Either way the bins are the reference's; the PSI threshold covers both noises.
+    """
     reference = store.latest(model[0], model[1], "reference")
     if reference is None:
         raise DriftError(
@@ -229,6 +322,9 @@ def run_check(
     if reference.contract_hash != contract.hash:
         raise DriftError("the model's contract is not the one its reference was recorded under")
     queries = {n: Query.model_validate(q) for n, q in reference.report["queries"].items()}
+    if epsilon is not None:
+        sigma = sigma_for_epsilon(epsilon, delta) * math.sqrt(len(queries))
+        queries = {n: q.model_copy(update={"noise_multiplier": sigma}) for n, q in queries.items()}
     current = collect(queries, ask)
     report = drift_report(reference.histograms, current, alpha=alpha, draws=draws, seed=seed)
     report["reference_id"] = reference.id

@@ -199,11 +199,12 @@ def finish_nodes(
     roster: dict[int, pb.Joined],
     ids: Identities,
     final: ArrayRecord | None,
-) -> dict[int, pb.Evaluated]:
+) -> dict[int, pb.Finished]:
     """Tell every admitted node the run is over (they release unspent budget); record spend.
 
-    With the final weights, each node first evaluates them (one charged, noised release, part of
-    the run's reservation); returns those evaluations by node.
+    With the final weights, each node first evaluates them and may release its drift reference
+    (charged, noised releases, part of the run's reservation); returns each node's confirmed
+    finish (its final evaluation and reference, where it sent them).
     """
     config = node_settings(settings, contract, settings.rounds)
     replies, failed = query_nodes(
@@ -214,7 +215,7 @@ def finish_nodes(
         timeout=min(settings.round_timeout, 300),
         arrays=final,
     )
-    finals: dict[int, pb.Evaluated] = {}
+    finals: dict[int, pb.Finished] = {}
     for node, reply in replies.items():
         finished = wire.finished_of(reply)
         if isinstance(finished, pb.Refusal):
@@ -222,8 +223,7 @@ def finish_nodes(
         elif (why := ids.check(node, finished.node_name)) is not None:
             failed[node] = f"[identity] {why}"
         else:
-            if wire.has_histograms(finished.final):
-                finals[node] = finished.final
+            finals[node] = finished
             reports.record(
                 run_id=run_id,
                 node=ids.name(node),

@@ -15,6 +15,7 @@ from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Result
 
+from common import wire
 from common.contract import Contract
 from common.encoding import Encoder
 from common.estimation import Report, estimate, pool
@@ -25,6 +26,7 @@ from server.analytics import run_query
 from server.calibration import publish_calibrated
 from server.coordinator_audit import CoordinatorAudit
 from server.coordinator_settings import CoordinatorSettings
+from server.drift import DriftStore, pool_finish_references, store_finish_reference
 from server.fleet import FastGrid, Identities, RunFailed, finish_nodes, node_settings, roll_call
 from server.registry import Registry
 from server.registry_signing import load_publishing_key
@@ -125,10 +127,13 @@ def main(grid: Grid, context: Context) -> None:
         result, strategy = _train(grid, settings, contract, roster, audit)
         finals = finish_nodes(grid, settings, contract, reports, run_id, roster, ids, result.arrays)
         finished = True
-        strategy.eval_by_node[settings.rounds].update(finals)
+        strategy.eval_by_node[settings.rounds].update(
+            {n: f.final for n, f in finals.items() if wire.has_histograms(f.final)}
+        )
         card = _publish(
             context, settings, contract, registry, roster, refused, ids, result, strategy
         )
+        _drift_reference(coordinator.registry_url, settings, contract, card, finals, ids, audit)
     except Exception as err:
         if roster and not finished:  # nodes release what the run reserved but did not spend
             finish_nodes(grid, settings, contract, reports, run_id, roster, ids, None)
@@ -152,6 +157,52 @@ def main(grid: Grid, context: Context) -> None:
         card.version,
         run_id,
         f"{auc:.4f}" if isinstance(auc, int | float) else "n/a",
+    )
+
+
+def _drift_reference(
+    registry_url: str,
+    settings: RunSettings,
+    contract: Contract,
+    card: Any,
+    finals: dict[int, pb.Finished],
+    ids: Identities,
+    audit: CoordinatorAudit,
+) -> None:
+    """Store the nodes' finish-time drift references as the published model's (if any sent)."""
+    if settings.drift_reference_noise <= 0:
+        return
+    histograms, problems = pool_finish_references(
+        contract,
+        noise_multiplier=settings.drift_reference_noise,
+        bins=settings.drift_bins,
+        finished={ids.name(n): f for n, f in finals.items()},
+    )
+    for name, why in problems.items():
+        audit("drift.reference_refused", node=name, reason=why[:300])
+    if not histograms:
+        log.info("no node released a drift reference (their owners do not allow analytics)")
+        return
+    store = DriftStore(registry_url)
+    try:
+        rid = store_finish_reference(
+            store,
+            model=(card.name, card.version),
+            contract=contract,
+            histograms=histograms,
+            noise_multiplier=settings.drift_reference_noise,
+            bins=settings.drift_bins,
+            delta=settings.delta,
+        )
+    finally:
+        store.close()
+    first = next(iter(histograms.values()))
+    audit(
+        "drift.reference",
+        subject=f"model:{card.name}/v{card.version}",
+        reference_id=rid,
+        participants=first["participants"],
+        features=len(histograms),
     )
 
 
@@ -253,9 +304,11 @@ def _publish(
             "epsilon_per_node": epsilon,
             "mechanism": "DP-SGD (Opacus, Poisson sampling) + Gaussian-noised evaluation "
             "histograms; min(RDP, PLD) accountant over each node's whole ledger",
-            "epsilon_covers": "every release each node made in this run: its DP-SGD rounds and "
-            "its noised evaluation histograms. Nothing else leaves a node: no exact counts or "
-            "losses; sizes are public ranges; aggregation weights are equal",
+            "epsilon_covers": "every release each node made in this run: its DP-SGD rounds, "
+            "its noised evaluation histograms and, where its owner allows analytics, its noised "
+            "drift reference (every feature's histogram, purpose analytics/drift). Nothing else "
+            "leaves a node: no exact counts or losses; sizes are public ranges; aggregation "
+            "weights are equal",
             "noise_multiplier": settings.noise_multiplier if settings.target_epsilon <= 0 else None,
             "target_epsilon": settings.target_epsilon or None,
             "eval_noise": settings.eval_noise,

@@ -24,6 +24,7 @@ from privacy.audit import query as audit_entries
 from privacy.ledger import Ledger, Policy
 from server.analytics import QueryStore
 from server.api.app import create_app
+from server.drift import DriftStore
 from server.query_jobs import QueryRunnerSettings, QuerySubmitter
 
 pytestmark = [pytest.mark.e2e, pytest.mark.analytics]
@@ -84,6 +85,36 @@ def test_a_query_runs_through_the_deployment_engine(tmp_path: Path, shared_data:
         coordinator = [e.action for e in audit_entries(fed.registry_url, "coordinator")]
         assert "query.started" in coordinator and "query.answered" in coordinator
         _an_analyst_submits_through_the_api(fed, parts[0].name)
+        _training_leaves_the_drift_reference(fed, [p.name for p in parts])
+
+
+def _training_leaves_the_drift_reference(fed: LocalFederation, names: list[str]) -> None:
+    """A training run on the same engine: the two nodes whose owners allow analytics release
+    their drift reference on finish (charged analytics/drift); the ServerApp stores it as the
+    published model's; the third node releases none."""
+    outcome = fed.run(
+        {"contract-path": str(CONTRACT), "num-server-rounds": 2, "min-nodes": 3}, timeout=600
+    )
+    assert outcome.exit_code == 0, (fed.logs / "runs.log").read_text()[-3000:]
+    assert outcome.model_name is not None and outcome.model_version is not None
+    store = DriftStore(fed.registry_url)
+    reference = store.latest(outcome.model_name, outcome.model_version, "reference")
+    store.close()
+    assert reference is not None and reference.report["source"] == "finish"
+    features = [f.name for f in load_contract(CONTRACT).features]
+    assert list(reference.histograms) == features
+    assert reference.report["participants"] == sorted(names[:2])
+    for name in names:
+        ledger = Ledger(fed.workdir / "nodes" / name / "state")
+        charged = [
+            e.details.get("purpose")
+            for e in audit_entries(ledger.engine, f"node:{name}")
+            if e.action == "release.charged"
+        ]
+        ledger.close_db()
+        assert charged.count("analytics/drift") == (1 if name in names[:2] else 0), name
+    coordinator = [e.action for e in audit_entries(fed.registry_url, "coordinator")]
+    assert "drift.reference" in coordinator
 
 
 def _an_analyst_submits_through_the_api(fed: LocalFederation, a_node: str) -> None:

@@ -226,6 +226,7 @@ def test_the_model_shows_its_last_drift_check(api: Api) -> None:
         "version": 1,
         "last_check": None,
     }
+    assert api.call("GET", "/models/toy/versions/1").json()["last_drift_check"] is None
     store = DriftStore(api.url)
     report = {"alpha": 0.05, "flagged": ["monthly"], "features": {"monthly": {"psi": 0.31234567}}}
     cid = store.add(
@@ -240,5 +241,7 @@ def test_the_model_shows_its_last_drift_check(api: Api) -> None:
     last = api.call("GET", "/models/toy/drift", params={"version": "1"}).json()["last_check"]
     assert last["check_id"] == cid and last["flagged"] == ["monthly"]
     assert last["psi"] == {"monthly": 0.3123}
+    card = api.call("GET", "/models/toy/versions/latest").json()  # the card shows it too
+    assert card["last_drift_check"] == last and card["weights_sha256"]
     assert api.call("GET", "/models/nope/drift").status_code == 404
     assert api.call("GET", "/models/toy/drift", role="app").status_code == 403

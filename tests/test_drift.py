@@ -20,17 +20,22 @@ from typer.testing import CliRunner
 
 from client.analytics_data import FieldTable, field_table
 from client.node import load_node_data
-from common.analytics_math import Query
+from client.runtime.drift import plan_reference, release_reference
+from common.analytics_math import Query, epsilon_of
 from common.contract import Contract, load_contract
+from common.protos.atoll.node.v1 import runtime_pb2 as pb
+from common.run_config import RunConfig
 from privacy.dp import epsilon
 from server.drift import (
     DriftError,
     DriftStore,
     drift_report,
     feature_queries,
+    pool_finish_references,
     psi,
     record_reference,
     run_check,
+    store_finish_reference,
     summary,
 )
 
@@ -118,6 +123,75 @@ def test_one_shifted_feature_and_no_other_is_flagged(
     card = summary(last)
     assert card is not None and card["flagged"] == ["MonthlyCharges"]
     assert set(card["psi"]) == set(features)
+    store.close()
+
+
+def _finish_references(
+    tables: dict[str, FieldTable], contract: Contract, sigma: float, bins: int, seed: int
+) -> dict[str, pb.Finished]:
+    """Each node's finish reply as its runtime builds it (client.runtime.drift, noise seeded)."""
+    plan = plan_reference(contract, noise_multiplier=sigma, bins=bins, max_bins=100)
+    rng = np.random.default_rng(seed)
+    return {
+        name: pb.Finished(
+            node_name=name,
+            drift_reference=release_reference(plan, table, contract, rng.standard_normal),
+            drift_reference_noise=plan.per_feature_noise,
+            budget=pb.Budget(delta=1e-5),
+        )
+        for name, table in tables.items()
+    }
+
+
+def test_the_reference_released_on_finish_at_the_default_noise_catches_the_shift(
+    tmp_path: Path,
+    contract: Contract,
+    before: dict[str, FieldTable],
+    after: dict[str, FieldTable],
+) -> None:
+    """The run that trains a model leaves its reference (run-config defaults σ and bins): the
+    ServerApp pools the nodes' finish replies; a later check flags the shifted feature only.
+    A node whose reply does not fit the layout is left out, with the reason."""
+    sigma, bins = RunConfig.default("drift-reference-noise"), RunConfig.default("drift-bins")
+    finished = _finish_references(before, contract, sigma, bins, seed=7)
+    finished["silo-x"] = pb.Finished(node_name="silo-x", drift_reference=[1.0, 2.0])
+    histograms, problems = pool_finish_references(
+        contract, noise_multiplier=sigma, bins=bins, finished=finished
+    )
+    assert list(problems) == ["silo-x"] and "layout" in problems["silo-x"]
+    assert list(histograms) == [f.name for f in contract.features]
+    charges = histograms["MonthlyCharges"]
+    assert charges["participants"] == sorted(before)
+    per_node = sigma * len(contract.features) ** 0.5  # each feature at σ·√F on every node
+    assert charges["std"] == pytest.approx([per_node * len(before) ** 0.5] * bins)
+    truth = sum(np.histogram(t.numeric["MonthlyCharges"], bins=bins, range=(
+        contract.feature("MonthlyCharges").min, contract.feature("MonthlyCharges").max  # type: ignore[union-attr]
+    ))[0] for t in before.values())  # fmt: skip
+    assert np.abs(np.array(charges["counts"]) - truth).max() < 5 * charges["std"][0]
+    # each node's ε for the whole reference: one Gaussian at σ
+    assert charges["epsilon_per_node"]["silo-1"] == pytest.approx(epsilon_of(sigma, 1e-5))
+
+    store = DriftStore(f"sqlite:///{tmp_path / 'registry.db'}")
+    model = ("telco-churn", 1)
+    store_finish_reference(
+        store,
+        model=model,
+        contract=contract,
+        histograms=histograms,
+        noise_multiplier=sigma,
+        bins=bins,
+        delta=1e-5,
+    )
+    check = {"store": store, "model": model, "contract": contract, "epsilon": 1.0}
+    _, same = run_check(**check, ask=_asker(before, contract, 8))  # type: ignore[arg-type]
+    assert same["flagged"] == []
+    _, report = run_check(**check, ask=_asker(after, contract, 9))  # type: ignore[arg-type]
+    assert report["flagged"] == ["MonthlyCharges"]
+    # the check spent its own ε = 1 per node over all features (F releases compose to one)
+    asked = _asker(after, contract, 10)
+    run_check(**check, ask=asked)  # type: ignore[arg-type]
+    sigma_check = asked.asked[0].noise_multiplier  # type: ignore[attr-defined]
+    assert epsilon_of(sigma_check / len(contract.features) ** 0.5, 1e-5) == pytest.approx(1, 0.01)
     store.close()
 
 

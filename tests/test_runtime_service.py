@@ -345,3 +345,53 @@ def test_a_checkpoint_directory_beside_the_key_is_refused(tmp_path: Path, data_c
     )
     with pytest.raises(NodeError, match="checkpoint-dir .* is inside state-dir"):
         NodeConfig.load(toml)
+
+
+def _charged_purposes(ledger: Ledger) -> list[str]:
+    entries = query(ledger.engine, "node:dept-a")
+    return [str(e.details["purpose"]) for e in entries if e.action == "release.charged"]
+
+
+def _run_to_finish(svc: NodeService, **overrides: object) -> pb.FinishReply:
+    """Roll call, one round, finish with the final weights (one message per round)."""
+    s = {"total_rounds": 1, "evaluate_incoming": True, **overrides}
+    joined = svc.rollcall(pb.RollCallRequest(caller=caller(), settings=settings(**s)))
+    assert joined.WhichOneof("outcome") == "joined", joined
+    t = svc.train(pb.TrainRequest(caller=caller(), settings=settings(**s), weights=weights()))
+    assert t.WhichOneof("outcome") == "trained", t
+    return svc.finish(pb.FinishRequest(caller=caller(), settings=settings(**s), weights=weights()))
+
+
+def test_the_drift_reference_rides_on_finish_only_where_the_owner_allows_analytics(
+    tmp_path: Path, data_csv: Path
+) -> None:
+    """Planned into the reservation, charged as analytics/drift before it is computed, every
+    feature's noised histogram in the layout the contract fixes; a node whose owner does not
+    allow analytics plans, charges and releases none."""
+    from helpers.node import SYNTHETIC_CONTRACT
+
+    from common.contract import load_contract
+    from common.drift_reference import reference_layouts, reference_queries, reference_size
+
+    drift = {"drift_reference_noise": 3.0, "drift_bins": 8}
+    analytics = Policy(
+        cap_epsilon=10.0, delta=1e-5, allowed_purposes=["training", "evaluation", "analytics"]
+    )
+    svc = _service(tmp_path / "a", data_csv, policy=analytics)
+    done = _run_to_finish(svc, **drift).finished
+    contract = load_contract(SYNTHETIC_CONTRACT)
+    layouts = reference_layouts(contract, reference_queries(contract, noise_multiplier=3.0, bins=8))
+    assert len(done.drift_reference) == reference_size(layouts)
+    assert done.drift_reference_noise == pytest.approx(3.0 * len(contract.features) ** 0.5)
+    ledger = Ledger(tmp_path / "a" / "state")
+    assert _charged_purposes(ledger).count("analytics/drift") == 1
+    assert ledger.run_epsilon("101") == pytest.approx(ledger.status().runs[0].planned_epsilon)
+    assert CANARY not in str(done)
+    # the default policy allows training and evaluation only: no reference, nothing charged
+    plain = _service(tmp_path / "b", data_csv)
+    other = _run_to_finish(plain, **drift).finished
+    assert not other.drift_reference and other.final.hist_pos
+    plain_ledger = Ledger(tmp_path / "b" / "state")
+    assert "analytics/drift" not in _charged_purposes(plain_ledger)
+    assert "evaluation" in _charged_purposes(plain_ledger)
+    assert other.budget.epsilon_run < done.budget.epsilon_run

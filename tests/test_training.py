@@ -49,6 +49,8 @@ _BASE: dict[str, Any] = {
     "proximal_mu": 0.0,
     "optimizer": "sgd",
     "final_eval_noise": 0.0,
+    "drift_reference_noise": 0.0,
+    "drift_bins": 0,
 }
 HOSTILE = (math.inf, -math.inf, math.nan, 1e30, 3e38)  # 3e38: finite, but overflows in forward
 

@@ -41,6 +41,8 @@ def train_config(total_rounds: int) -> DPTrainConfig:
         proximal_mu=float(d("proximal-mu")),
         optimizer=str(d("optimizer")),
         final_eval_noise=0.0,
+        drift_reference_noise=0.0,
+        drift_bins=0,
     )
 
 

@@ -20,7 +20,7 @@ from common.contract import Contract
 from common.encoding import Encoder
 from common.model import build_model
 from common.protos.atoll.node.v1 import runtime_pb2 as pb
-from privacy.dp import steps_per_epoch
+from privacy.dp import DRIFT_PURPOSE, steps_per_epoch
 from privacy.ledger import Policy
 from privacy.limits import RequestLimits
 
@@ -107,9 +107,10 @@ def admit_settings(s: pb.RunSettings, contract: Contract, policy: Policy) -> Run
         ("noise-multiplier", s.noise_multiplier),
         ("eval-noise", s.eval_noise),
         ("final-eval-noise", s.final_eval_noise),
+        ("drift-reference-noise", s.drift_reference_noise),
     ):
-        if name in ("eval-noise", "final-eval-noise") and value == 0:
-            continue  # that evaluation is off (final-eval-noise 0: the same as eval-noise)
+        if name != "noise-multiplier" and value == 0:
+            continue  # that release is off (final-eval-noise 0: the same as eval-noise)
         if name == "noise-multiplier" and s.target_epsilon > 0:
             continue  # the node calibrates its own noise; the floor is applied to the result
         if not (math.isfinite(value) and value >= lim.min_noise_multiplier):
@@ -117,6 +118,14 @@ def admit_settings(s: pb.RunSettings, contract: Contract, policy: Policy) -> Run
                 "limit-noise",
                 f"{name} {value!r} is below this node's minimum {lim.min_noise_multiplier:g}",
             )
+    # the drift reference is released only by a node whose owner allows analytics; for any other
+    # node it is not part of the run (not planned, not charged, not released)
+    reference = float(s.drift_reference_noise) if policy.allows(DRIFT_PURPOSE) else 0.0
+    if reference and not 2 <= s.drift_bins <= lim.max_eval_bins:
+        raise refuse(
+            "limit-drift-bins",
+            f"drift-bins {s.drift_bins} is outside 2..{lim.max_eval_bins} (owner's limit)",
+        )
     if s.target_epsilon:
         _finite("target-epsilon", s.target_epsilon, low=0.0)
     _finite("learning-rate", s.learning_rate, low=0.0, high=1e3)
@@ -139,6 +148,8 @@ def admit_settings(s: pb.RunSettings, contract: Contract, policy: Policy) -> Run
         proximal_mu=float(s.proximal_mu),
         optimizer=s.optimizer,
         final_eval_noise=float(s.final_eval_noise),
+        drift_reference_noise=reference,
+        drift_bins=int(s.drift_bins) if reference else 0,
     )
     return RunRequest(
         model=s.model,

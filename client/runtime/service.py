@@ -6,20 +6,15 @@ Every request follows one order:
   → the DP computation → audit "reply.sent" → reply.
 A refusal before the charge names the check it failed and depends only on the request, the
 owner's contract and policy, and public facts. After the charge, any failure — whatever the
-weights or data — returns the one constant refusal `FAILED`, and the charge stays.
+weights or data — returns the one constant refusal `FAILED`, and the charge stays (the order and
+the refusals are `client.runtime.gate.RequestGate`'s).
 """
 
 from __future__ import annotations
 
 import copy
-import logging
 import threading
-import traceback
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import replace
-from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 import torch
@@ -38,6 +33,8 @@ from client.runtime.analytics import PURPOSE, admit_query, answer, answered
 from client.runtime.app_check import AppCheck, load_trusted_keys
 from client.runtime.config import NodeConfig, bucket_of, parse_bucket
 from client.runtime.data_cache import DataCache
+from client.runtime.drift import plan_reference, release_reference
+from client.runtime.gate import FAILED, ChargedFailure, RequestGate, after_charge
 from client.training import (
     DPTrainConfig,
     evaluate,
@@ -50,24 +47,18 @@ from client.training import (
 from common import wire
 from common.protos.atoll.node.v1 import runtime_pb2 as pb
 from privacy.audit import (
-    AuditWriteError,
     Checkpointer,
     CheckpointPolicy,
     digest_arrays,
     json_number,
 )
-from privacy.dp import PlannedEvent
+from privacy.dp import DRIFT_PURPOSE, PlannedEvent
 from privacy.ledger import BudgetRefused, Ledger, LedgerUnavailable
 
-log = logging.getLogger("atoll.runtime")
-FAILED = pb.Refusal(
-    code="failed", message="the node could not complete this request; it stays charged"
-)
-INTERNAL = pb.Refusal(code="internal", message="the node hit an internal error; see its log")
-R = TypeVar("R")
+__all__ = ["FAILED", "NodeService"]
 
 
-class NodeService:
+class NodeService(RequestGate):
     """Holds the owner's contract, ledger, audit log and data; decides each request."""
 
     def __init__(self, config: NodeConfig, *, seed: int | None = None) -> None:
@@ -102,75 +93,6 @@ class NodeService:
                 allow_older=config.allow_older_app,
             )
         )
-
-    # -- plumbing ----------------------------------------------------------------------------
-    def _audit(self, run_id: str, action: str, **details: object) -> None:
-        try:
-            self.audit_log.append(self.actor, action, f"run:{run_id[:60]}", details)
-        except AuditWriteError as err:
-            raise NodeError("audit", "the node's audit log cannot be written") from err
-
-    @contextmanager
-    def _request(self, caller: pb.Caller, kind: str) -> Iterator[None]:
-        """Serialise, check the ledger, audit the request; refusals stay NodeErrors."""
-        with self._lock:
-            try:
-                self.ledger.verify()
-            except LedgerUnavailable as err:
-                log.error("ledger unavailable: %s", err)
-                raise refuse(
-                    "ledger-unavailable",
-                    "this node's ledger fails its integrity "
-                    "check; it serves nothing until its owner restores it",
-                ) from None
-            self._audit(
-                caller.run_id, "request.received", kind=kind, message=caller.message_id[:80]
-            )
-            yield
-
-    def _answer(
-        self,
-        caller: pb.Caller,
-        kind: str,
-        decide: Callable[[], R],
-        refused: Callable[[pb.Refusal], R],
-    ) -> R:
-        """Decide under the lock; refusals and failures are audited (with the message id)
-        before the lock is released, so the log reads in the order requests were decided."""
-        msg = caller.message_id[:80]
-        try:
-            with self._request(caller, kind):
-                try:
-                    reply = decide()
-                except NodeError as err:
-                    log.warning("%s refused: code=%s", kind, err.code)
-                    self._audit_quietly(
-                        caller.run_id,
-                        "request.refused",
-                        kind=kind,
-                        message=msg,
-                        code=err.code,
-                        reason=err.reason,
-                    )
-                    return refused(pb.Refusal(code=err.code, message=err.reason[:500]))
-                except _Charged:
-                    self._audit_quietly(caller.run_id, "request.failed", kind=kind, message=msg)
-                    return refused(FAILED)
-                except Exception as err:  # noqa: BLE001 - a bug must not leak detail either
-                    _log_failure(kind, err)
-                    self._audit_quietly(caller.run_id, "request.failed", kind=kind, message=msg)
-                    return refused(INTERNAL)
-            log.info("%s answered: run=%s", kind, caller.run_id[:40])
-            return reply
-        except NodeError as err:  # the ledger check or the first audit write failed
-            log.warning("%s refused: code=%s", kind, err.code)
-            return refused(pb.Refusal(code=err.code, message=err.reason[:500]))
-
-    def _audit_quietly(self, run_id: str, action: str, **details: object) -> None:
-        try:
-            self._audit(run_id, action, **details)
-        except NodeError:
-            log.error("audit write failed for %s", action)
 
     def _budget(self, run_id: str) -> pb.Budget:
         status = self.ledger.status()
@@ -282,7 +204,8 @@ class NodeService:
         data: NodeData,
         sigma: float,
     ) -> pb.Evaluated:
-        """One noised evaluation at σ `sigma`; the caller has charged it and holds `_charged()`."""
+        """One noised evaluation at σ `sigma`; the caller has charged it (inside
+        `after_charge()`)."""
         rel = evaluate(
             model,
             data.x_test,
@@ -307,7 +230,7 @@ class NodeService:
                 evaluation = (cfg.eval_noise, 1.0, 1)
                 self._charge(req.caller, run.server_round - 1, "evaluation", evaluation)
             self._charge(req.caller, run.server_round, "training", release)
-            with _charged():
+            with after_charge():
                 incoming = (
                     self._evaluation(req.caller, cfg, copy.deepcopy(model), data, cfg.eval_noise)
                     if fused
@@ -366,7 +289,7 @@ class NodeService:
             )
             data = self._data(req.caller, cfg)
             self._charge(req.caller, run.server_round, "evaluation", (cfg.eval_noise, 1.0, 1))
-            with _charged():
+            with after_charge():
                 evaluated = self._evaluation(req.caller, cfg, model, data, cfg.eval_noise)
                 evaluated.budget.CopyFrom(self._budget(req.caller.run_id))
                 self._sent(req.caller, run.server_round, "evaluate", evaluated.budget, None)
@@ -395,15 +318,44 @@ class NodeService:
             self._audit(req.caller.run_id, "request.refused", kind="final", code=err.code)
             return pb.Evaluated()
         try:
-            with _charged():
+            with after_charge():
                 return self._evaluation(req.caller, cfg, model, data, sigma)
-        except _Charged:
+        except ChargedFailure:
             self._audit(req.caller.run_id, "request.failed", kind="final")
             return pb.Evaluated()
+
+    def _reference(self, req: pb.FinishRequest) -> tuple[list[float], float]:
+        """The drift reference (noised counts, σ per feature) if the run planned one: only on a
+        finish with the final weights (a published model), for a run this runtime served."""
+        run = self._runs.get(req.caller.run_id)
+        if not req.weights.tensors or run is None or run.train.drift_reference_noise <= 0:
+            return [], 0.0
+        try:
+            plan = plan_reference(
+                self.contract,
+                noise_multiplier=run.train.drift_reference_noise,
+                bins=run.train.drift_bins,
+                max_bins=self.ledger.policy().limits.max_eval_bins,
+            )
+            data = self.data.get(req.caller.run_id)
+            self._charge(req.caller, run.train.total_rounds, DRIFT_PURPOSE, plan.release)
+        except NodeError as err:
+            self._audit(req.caller.run_id, "request.refused", kind="drift-reference", code=err.code)
+            return [], 0.0
+        try:
+            with after_charge():
+                rng = np.random.default_rng(int(self._rng.integers(2**63 - 1)))
+                table = field_table(data, self.contract)
+                values = release_reference(plan, table, self.contract, rng.standard_normal)
+                return values, plan.per_feature_noise
+        except ChargedFailure:
+            self._audit(req.caller.run_id, "request.failed", kind="drift-reference")
+            return [], 0.0
 
     def finish(self, req: pb.FinishRequest) -> pb.FinishReply:
         def decide() -> pb.FinishReply:
             final = self._final(req)
+            reference, reference_noise = self._reference(req)
             self.ledger.close(req.caller.run_id)
             self._runs.pop(req.caller.run_id, None)
             budget = self._budget(req.caller.run_id)
@@ -416,7 +368,13 @@ class NodeService:
             if final.hist_pos:
                 final.budget.CopyFrom(budget)
             return pb.FinishReply(
-                finished=pb.Finished(node_name=self.config.name, budget=budget, final=final)
+                finished=pb.Finished(
+                    node_name=self.config.name,
+                    budget=budget,
+                    final=final,
+                    drift_reference=reference,
+                    drift_reference_noise=reference_noise,
+                )
             )
 
         reply = self._answer(req.caller, "finish", decide, lambda r: pb.FinishReply(refusal=r))
@@ -452,7 +410,7 @@ class NodeService:
             data = self.data.get(run_id)
             self._charge(req.caller, 1, PURPOSE, aq.release)
             self.ledger.close(run_id)  # fully spent: nothing is left to hold
-            with _charged():
+            with after_charge():
                 rng = np.random.default_rng(int(self._rng.integers(2**63 - 1)))
                 values, std = answer(
                     aq, field_table(data, self.contract), self.contract, rng.standard_normal
@@ -466,28 +424,3 @@ class NodeService:
         reply = self._answer(req.caller, "query", decide, lambda r: pb.QueryReply(refusal=r))
         self._checkpoint()
         return reply
-
-
-class _Charged(Exception):
-    """A failure after the charge: it becomes the constant refusal, never its detail."""
-
-
-@contextmanager
-def _charged() -> Iterator[None]:
-    try:
-        yield
-    except Exception as err:  # noqa: BLE001 - whatever happened, only a constant leaves
-        _log_failure("charged request", err)
-        raise _Charged from None
-
-
-def _log_failure(what: str, err: BaseException) -> None:
-    """Type and place only: an exception's text may quote a value."""
-    frame = traceback.extract_tb(err.__traceback__)[-1]
-    log.error(
-        "%s failed: type=%s at=%s:%s",
-        what,
-        type(err).__name__,
-        Path(frame.filename).name,
-        frame.lineno,
-    )

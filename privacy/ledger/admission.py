@@ -1,9 +1,9 @@
 """Whether a run's planned releases fit the owner's policy, decided before any data is read.
 
-Checks, in order: allowed purposes and task, the per-run cap, the overall and per-task caps, the
-per-purpose caps (a cap on `analytics` binds `analytics` and `analytics/…` releases) and the
-calendar-period cap — each on the composed ε of everything spent or held in its scope plus this
-run's releases in that scope.
+Checks, in order: allowed purposes (allowing P allows its sub-purposes P/…) and task, the
+per-run cap, the overall and per-task caps, the per-purpose caps (a cap on `analytics` binds
+`analytics` and `analytics/…` releases) and the calendar-period cap — each on the composed ε
+of everything spent or held in its scope plus this run's releases in that scope.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ def check(
     """ε of the planned run (at time `at`), or BudgetRefused naming the rule and the numbers."""
     policy = state.policy
     purposes = {p.purpose for p in planned} | {purpose}
-    if not purposes <= set(policy.allowed_purposes):
-        bad = ", ".join(sorted(purposes - set(policy.allowed_purposes)))
+    if not all(policy.allows(p) for p in purposes):
+        bad = ", ".join(sorted(p for p in purposes if not policy.allows(p)))
         raise BudgetRefused("purpose", f"purpose {bad} is not allowed by this node's policy")
     if policy.allowed_tasks is not None and task not in policy.allowed_tasks:
         raise BudgetRefused("task", f"task '{task}' is not allowed by this node's policy")

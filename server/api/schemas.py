@@ -22,6 +22,23 @@ class ModelVersions(BaseModel):
     versions: list[ModelCard]
 
 
+class DriftCheckOut(BaseModel):
+    """A model version's last drift check, as its card shows it (server.drift.summary)."""
+
+    checked_at: str
+    flagged: list[str]
+    psi: dict[str, float]
+    alpha: float | None
+    check_id: int
+
+
+class ModelCardOut(ModelCard):
+    """A model card as the API shows it: the signed card plus its last drift check (not part of
+    the signed row: checks come after publishing; null if never checked)."""
+
+    last_drift_check: DriftCheckOut | None = None
+
+
 class PredictRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid",

@@ -10,9 +10,9 @@ from fastapi import APIRouter, Depends
 from server.api.audit_trail import Audited
 from server.api.auth import AUTH_RESPONSES, Permission, require
 from server.api.deps import RegistryDep, parse_version
-from server.api.schemas import ErrorOut, ModelVersions
+from server.api.schemas import ErrorOut, ModelCardOut, ModelVersions
 from server.drift import DriftStore, summary
-from server.registry import ModelCard, ModelSummary
+from server.registry import ModelSummary
 
 router = APIRouter(
     prefix="/models",
@@ -41,10 +41,12 @@ def model_versions(name: str, registry: RegistryDep) -> ModelVersions:
     )
 
 
-@router.get("/{name}/versions/{version}", response_model=ModelCard, responses=_NOT_FOUND)
-def model_card(name: str, version: str, registry: RegistryDep) -> ModelCard:
-    """One model card; `version` is a number or `latest`."""
-    return registry.card(name, parse_version(version))
+@router.get("/{name}/versions/{version}", response_model=ModelCardOut, responses=_NOT_FOUND)
+def model_card(name: str, version: str, registry: RegistryDep) -> ModelCardOut:
+    """One model card and its last drift check; `version` is a number or `latest`."""
+    card = registry.card(name, parse_version(version))
+    last = DriftStore(engine=registry.engine).latest(card.name, card.version, "check")
+    return ModelCardOut(**card.model_dump(), last_drift_check=summary(last))
 
 
 @router.get("/{name}/drift", responses=_NOT_FOUND)

@@ -17,7 +17,7 @@ class Caller(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., node_id: _Optional[int] = ..., message_id: _Optional[str] = ...) -> None: ...
 
 class RunSettings(_message.Message):
-    __slots__ = ("contract_hash", "model", "local_epochs", "sample_rate", "learning_rate", "max_grad_norm", "noise_multiplier", "target_epsilon", "delta", "total_rounds", "eval_noise", "eval_bins", "proximal_mu", "server_round", "evaluate_incoming", "optimizer", "final_eval_noise", "app_manifest", "app_manifest_signature")
+    __slots__ = ("contract_hash", "model", "local_epochs", "sample_rate", "learning_rate", "max_grad_norm", "noise_multiplier", "target_epsilon", "delta", "total_rounds", "eval_noise", "eval_bins", "proximal_mu", "server_round", "evaluate_incoming", "optimizer", "final_eval_noise", "drift_reference_noise", "drift_bins", "app_manifest", "app_manifest_signature")
     CONTRACT_HASH_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     LOCAL_EPOCHS_FIELD_NUMBER: _ClassVar[int]
@@ -35,6 +35,8 @@ class RunSettings(_message.Message):
     EVALUATE_INCOMING_FIELD_NUMBER: _ClassVar[int]
     OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
     FINAL_EVAL_NOISE_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_REFERENCE_NOISE_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_BINS_FIELD_NUMBER: _ClassVar[int]
     APP_MANIFEST_FIELD_NUMBER: _ClassVar[int]
     APP_MANIFEST_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     contract_hash: str
@@ -54,9 +56,11 @@ class RunSettings(_message.Message):
     evaluate_incoming: bool
     optimizer: str
     final_eval_noise: float
+    drift_reference_noise: float
+    drift_bins: int
     app_manifest: str
     app_manifest_signature: bytes
-    def __init__(self, contract_hash: _Optional[str] = ..., model: _Optional[str] = ..., local_epochs: _Optional[int] = ..., sample_rate: _Optional[float] = ..., learning_rate: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., noise_multiplier: _Optional[float] = ..., target_epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., total_rounds: _Optional[int] = ..., eval_noise: _Optional[float] = ..., eval_bins: _Optional[int] = ..., proximal_mu: _Optional[float] = ..., server_round: _Optional[int] = ..., evaluate_incoming: _Optional[bool] = ..., optimizer: _Optional[str] = ..., final_eval_noise: _Optional[float] = ..., app_manifest: _Optional[str] = ..., app_manifest_signature: _Optional[bytes] = ...) -> None: ...
+    def __init__(self, contract_hash: _Optional[str] = ..., model: _Optional[str] = ..., local_epochs: _Optional[int] = ..., sample_rate: _Optional[float] = ..., learning_rate: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., noise_multiplier: _Optional[float] = ..., target_epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., total_rounds: _Optional[int] = ..., eval_noise: _Optional[float] = ..., eval_bins: _Optional[int] = ..., proximal_mu: _Optional[float] = ..., server_round: _Optional[int] = ..., evaluate_incoming: _Optional[bool] = ..., optimizer: _Optional[str] = ..., final_eval_noise: _Optional[float] = ..., drift_reference_noise: _Optional[float] = ..., drift_bins: _Optional[int] = ..., app_manifest: _Optional[str] = ..., app_manifest_signature: _Optional[bytes] = ...) -> None: ...
 
 class Tensor(_message.Message):
     __slots__ = ("name", "shape", "data")
@@ -203,14 +207,18 @@ class FinishRequest(_message.Message):
     def __init__(self, caller: _Optional[_Union[Caller, _Mapping]] = ..., settings: _Optional[_Union[RunSettings, _Mapping]] = ..., weights: _Optional[_Union[Weights, _Mapping]] = ...) -> None: ...
 
 class Finished(_message.Message):
-    __slots__ = ("node_name", "budget", "final")
+    __slots__ = ("node_name", "budget", "final", "drift_reference", "drift_reference_noise")
     NODE_NAME_FIELD_NUMBER: _ClassVar[int]
     BUDGET_FIELD_NUMBER: _ClassVar[int]
     FINAL_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_REFERENCE_NOISE_FIELD_NUMBER: _ClassVar[int]
     node_name: str
     budget: Budget
     final: Evaluated
-    def __init__(self, node_name: _Optional[str] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ..., final: _Optional[_Union[Evaluated, _Mapping]] = ...) -> None: ...
+    drift_reference: _containers.RepeatedScalarFieldContainer[float]
+    drift_reference_noise: float
+    def __init__(self, node_name: _Optional[str] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ..., final: _Optional[_Union[Evaluated, _Mapping]] = ..., drift_reference: _Optional[_Iterable[float]] = ..., drift_reference_noise: _Optional[float] = ...) -> None: ...
 
 class FinishReply(_message.Message):
     __slots__ = ("finished", "refusal")
