@@ -23,7 +23,15 @@ import typer
 from rich.console import Console
 
 from atoll.cli_common import fail
-from atoll.processes import flower_env, register_node, supernode_argv, write_connection
+from atoll.clientapp_launcher import start_clientapp_launcher, wait_for_launcher
+from atoll.processes import (
+    ManagedProcess,
+    flower_env,
+    register_node,
+    supernode_argv,
+    write_connection,
+)
+from client.launcher.protocol import SOCKET_ENV
 from common.files import write_private
 
 node_app = typer.Typer(
@@ -148,12 +156,24 @@ def node_start(
         Path | None,
         typer.Option(help="Run only apps signed by these keys (the coordinator's file)"),
     ] = None,
+    cold_clientapp: Annotated[
+        bool,
+        typer.Option(
+            "--cold-clientapp",
+            help="Let Flower start a fresh flwr-clientapp interpreter per message (no warm "
+            "launcher: ~1 s more per message)",
+        ),
+    ] = False,
 ) -> None:
     """Start the node runtime, then the SuperNode beside it; stop both on Ctrl-C.
 
-    The SuperNode gets only the runtime's socket: no data path, no credentials.
+    The SuperNode gets only the runtime's socket: no data path, no credentials. Unless
+    --cold-clientapp, a warm launcher (client/launcher, log FLWR_HOME/launcher.log) forks each
+    message's flwr-clientapp from a process that has Flower imported already; the app itself
+    still comes from the FAB Flower installs.
     """
     cfg = _load(config)
+    zygote: ManagedProcess | None = None
     runtime = subprocess.Popen(
         [sys.executable, "-m", "atoll", "node", "runtime", "--config", str(config.resolve())],
         stdin=subprocess.DEVNULL,
@@ -180,7 +200,13 @@ def node_start(
                 "sends (the runtime still enforces every limit)"
             )
         flwr_home.mkdir(parents=True, exist_ok=True)
-        supernode = subprocess.Popen(argv, env=flower_env(flwr_home.resolve()))
+        home = flwr_home.resolve()
+        env = flower_env(home)
+        if not cold_clientapp:
+            zygote, env = start_clientapp_launcher("node", home, env, home / "launcher.log")
+        supernode = subprocess.Popen(argv, env=env)
+        if zygote is not None:
+            wait_for_launcher(zygote, env[SOCKET_ENV])
         try:
             supernode.wait()
         except KeyboardInterrupt:
@@ -189,6 +215,8 @@ def node_start(
     finally:
         runtime.terminate()
         runtime.wait(timeout=30)
+        if zygote is not None:
+            zygote.stop()
 
 
 @node_app.command("register")

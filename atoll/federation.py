@@ -119,6 +119,9 @@ class LocalFederation:
     node_auth: bool = True
     proxy: bool = False  # nodes dial an nginx fleet proxy, never the SuperLink (atoll.proxy)
     signed_apps: bool = True  # nodes run only apps signed by the coordinator (server.app_store)
+    # each SuperNode's `flwr-clientapp` is forked from a per-node zygote (client/launcher);
+    # False: Flower's own launch, a fresh interpreter per message
+    warm_clientapp: bool = True
     processes: dict[str, ManagedProcess] = field(default_factory=dict)
     # Where each party runs: a context manager putting the calling thread (and the processes it
     # starts) on host COORDINATOR or on a node's host (its name), e.g. a network namespace
@@ -353,6 +356,7 @@ class LocalFederation:
             log_path=self.logs / f"{name}.log",
             trusted_entities=trusted_entities,
             user=supernode_user,
+            warm_clientapp=self.warm_clientapp,
         )
         self.processes[f"node:{name}"] = proc
         return proc

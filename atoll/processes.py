@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import IO
 
 from atoll.pki import TlsFiles
+from client.launcher.protocol import SOCKET_ENV
 from common.files import toml_value
 from server.coordinator_settings import ENV as COORDINATOR_CONFIG_ENV
 
@@ -74,6 +75,8 @@ class ManagedProcess:
     popen: subprocess.Popen[bytes]
     log_path: Path
     _log: IO[bytes] | None = field(default=None, repr=False)
+    # started for this one and stopped after it (a SuperNode's clientapp launcher)
+    companions: list[ManagedProcess] = field(default_factory=list)
 
     @property
     def alive(self) -> bool:
@@ -107,6 +110,8 @@ class ManagedProcess:
         if self._log is not None:
             self._log.close()
             self._log = None
+        for companion in self.companions:
+            companion.stop(timeout)
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -260,8 +265,14 @@ def start_supernode(
     log_path: Path,
     trusted_entities: Path | None = None,
     user: str | None = None,
+    warm_clientapp: bool = True,
 ) -> ManagedProcess:
-    """A SuperNode; with `user`, it (and every app process it starts) runs as that OS user."""
+    """A SuperNode; with `user`, it (and every app process it starts) runs as that OS user.
+
+    With `warm_clientapp`, its clientapp launcher (client/launcher) starts beside it — same user,
+    same environment, log `NAME.launcher.log` next to the SuperNode's — and only the SuperNode's
+    PATH finds the launcher's `flwr-clientapp` shim first; the launcher is the returned
+    process's companion (stopped with it)."""
     argv = supernode_argv(
         superlink=superlink,
         ca_cert=ca_cert,
@@ -275,9 +286,20 @@ def start_supernode(
     env = flower_env(flwr_home)
     if user is not None:
         env["HOME"] = str(flwr_home)
+    zygote = None
+    if warm_clientapp:
+        from atoll.clientapp_launcher import start_clientapp_launcher, wait_for_launcher
+
+        zygote_log = log_path.with_name(f"{log_path.stem}.launcher.log")
+        zygote, env = start_clientapp_launcher(name, flwr_home, env, zygote_log, flwr_home, user)
+    if user is not None:
         for path in [flwr_home, *flwr_home.rglob("*")]:
             os.chown(path, pwd.getpwnam(user).pw_uid, -1)
-    return spawn(f"supernode-{name}", argv, log_path, env, cwd=flwr_home, user=user)
+    proc = spawn(f"supernode-{name}", argv, log_path, env, cwd=flwr_home, user=user)
+    if zygote is not None:
+        proc.companions.append(zygote)
+        wait_for_launcher(zygote, env[SOCKET_ENV])
+    return proc
 
 
 def toml_pairs(config: dict[str, str | int | float | bool]) -> str:

@@ -2,11 +2,14 @@
 
     .venv/bin/python -m bench.rounds            # ~16 min on 2 cores
     .venv/bin/python -m bench.rounds --quick    # 3 nodes, default options only
+    .venv/bin/python -m bench.rounds --nodes 3 --variants cold-clientapp --out runs/bench/quick
+                                                # warm vs cold launch, results off bench/results
 
 Each configuration starts a fresh `atoll.federation.LocalFederation` exactly as `make demo` does
 (TLS SuperLink with node authentication, signed app; per node an owner-run node runtime —
 `atoll node runtime`, which alone reads the data and trains — and a SuperNode whose ClientApp is
-the thin relay `client.client_app`), each node holding `--rows` synthetic rows from
+the thin relay `client.client_app`, launched per message by the node's warm launcher:
+`client/launcher`), each node holding `--rows` synthetic rows from
 `common.synth`. It runs `--rounds` rounds with the app's default run config (FedAvg, DP-SGD with
 the fixed default noise multiplier, noised evaluation) and stops everything. Whether a round is
 one train message per node (evaluation riding on it) or a train and an evaluate message is the
@@ -27,16 +30,19 @@ Where the time comes from:
 
 Reported per configuration: start-up times, wall time per round, the slowest node's own work per
 round, the overhead (round minus the slowest node's work; median over rounds) and the segments of
-each message next to the import times of a fresh interpreter. Variants: Flower's default
-`--isolation subprocess` ("default": the configuration `make demo` runs); `--isolation process`
-with a long-lived `flower-superexec` per node that we start; and the SuperExec's task polling
-interval (FLWR_SUPEREXEC_TASK_POLL_INTERVAL) at the value the default does not use (0.1 s or
-Flower's 1 s). Writes bench/results/rounds.{json,md,png}.
+each message next to the import times of a fresh interpreter (and of a warm launch). Variants:
+Flower's default `--isolation subprocess` with the warm clientapp launcher ("default": the
+configuration `make demo` runs); "cold-clientapp", the same without the launcher (Flower starts
+a fresh `flwr-clientapp` interpreter per message); `--isolation process` with a long-lived
+`flower-superexec` per node that we start; and the SuperExec's task polling interval
+(FLWR_SUPEREXEC_TASK_POLL_INTERVAL) at the value the default does not use (0.1 s or Flower's
+1 s). Writes bench/results/rounds.{json,md,png} (or into --out).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -86,11 +92,20 @@ class Variant:
     isolation: str = "subprocess"
     env: dict[str, str] = field(default_factory=dict)
     note: str = ""
+    warm_clientapp: bool = True  # each message's flwr-clientapp forked from the node's zygote
 
 
 VARIANTS = {
     "default": Variant(
-        "default", note="as `make demo`: Flower defaults (--isolation subprocess), signed app"
+        "default",
+        note="as `make demo`: Flower defaults (--isolation subprocess), signed app, warm "
+        "clientapp launcher (client/launcher)",
+    ),
+    "cold-clientapp": Variant(
+        "cold-clientapp",
+        warm_clientapp=False,
+        note="as default but without the warm launcher: Flower starts a fresh flwr-clientapp "
+        "interpreter per message",
     ),
     "isolation-process": Variant(
         "isolation-process",
@@ -131,9 +146,14 @@ def poll_settings() -> dict[str, float | None]:
 
 
 def extra_variants() -> list[str]:
-    """`--isolation process`, and the SuperExec poll interval the default does not use."""
-    poll = poll_settings()["superexec_task_poll_s"]
-    return ["isolation-process", "superexec-poll-1s" if poll < 1.0 else "superexec-poll-0.1s"]
+    """The cold launch, `--isolation process`, and the SuperExec poll interval the default does
+    not use."""
+    poll = poll_settings()["superexec_task_poll_s"] or 1.0
+    return [
+        "cold-clientapp",
+        "isolation-process",
+        "superexec-poll-1s" if poll < 1.0 else "superexec-poll-0.1s",
+    ]
 
 
 # ---- import / process-start costs ------------------------------------------------------------
@@ -151,6 +171,43 @@ def time_python(code: str, repeats: int = 3) -> float:
     return statistics.median(times)
 
 
+def time_launch(argv: list[str], env: dict[str, str], repeats: int = 3) -> float:
+    """Median wall seconds of running `argv` to completion."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        subprocess.run(argv, env=env, check=True, timeout=300, capture_output=True)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def launch_costs() -> dict[str, float]:
+    """`flwr-clientapp --help` (Flower's entry point: imports, argument parsing, exit) started
+    cold, and through the warm launcher's shim and a zygote (what each message's launch costs
+    before the clientapp contacts its SuperNode)."""
+    import atoll.processes as processes
+    from atoll.clientapp_launcher import start_clientapp_launcher
+    from client.launcher.install import launcher_paths, wait_ready
+
+    work = WORK / "launch-costs"
+    shutil.rmtree(work, ignore_errors=True)
+    env = processes.flower_env(work)
+    cold = time_launch([str(processes.BIN / "flwr-clientapp"), "--help"], env)
+    zygote, warm = start_clientapp_launcher("bench", work, env, work / "launcher.log")
+    try:
+        if not wait_ready(launcher_paths(work).socket, lambda: zygote.alive, 120):
+            raise RuntimeError(f"the zygote did not start; see {zygote.log_path}")
+        warm_s = time_launch(["flwr-clientapp", "--help"], warm)
+        if "launched clientapp" not in zygote.log_text():
+            raise RuntimeError(f"the zygote served no launch; see {zygote.log_path}")
+    finally:
+        zygote.stop()
+    return {
+        "flwr-clientapp --help, cold (fresh interpreter)": cold,
+        "flwr-clientapp --help, warm (shim + zygote fork)": warm_s,
+    }
+
+
 def import_costs() -> dict[str, float]:
     return {
         "python -c pass": time_python("pass"),
@@ -164,6 +221,7 @@ def import_costs() -> dict[str, float]:
         "import client.runtime.service (the node runtime, once)": time_python(
             "import client.runtime.service"
         ),
+        **launch_costs(),
     }
 
 
@@ -196,7 +254,12 @@ def process_isolation(fed: Any) -> Iterator[Callable[[str], None]]:
             "--runtime-api-address",
             f"127.0.0.1:{port}",
         ]
-        env = processes.flower_env(fed.workdir / "nodes" / name / "flwr")
+        home = fed.workdir / "nodes" / name / "flwr"
+        env = processes.flower_env(home)
+        if fed.warm_clientapp:  # the SuperExec starts flwr-clientapp: it must find the shim
+            from client.launcher.install import launcher_paths, warm_env
+
+            env = warm_env(env, launcher_paths(home))
         fed.processes[f"superexec:{name}"] = processes.spawn(
             f"superexec-{name}", argv, fed.logs / f"{name}.log", env
         )
@@ -427,7 +490,8 @@ def run_config(n_nodes: int, variant: Variant, rounds: int, rows: int) -> dict[s
     os.environ.update(variant.env)
     t: dict[str, float] = {}
     try:
-        with LocalFederation(workdir / "fed") as fed, LogClock(workdir / "fed" / "logs") as clock:
+        fed_ = LocalFederation(workdir / "fed", warm_clientapp=variant.warm_clientapp)
+        with fed_ as fed, LogClock(workdir / "fed" / "logs") as clock:
             t0 = time.monotonic()
             fed.start_coordinator()
             t["superlink_start_s"] = time.monotonic() - t0
@@ -499,10 +563,17 @@ def run_config(n_nodes: int, variant: Variant, rounds: int, rows: int) -> dict[s
             k for k in KINDS if any(r["kind"] == k for rs in requests.values() for r in rs)
         ],
         "messages_seen": {n: len(m) for n, m in msgs.items()},
+        "warm_launches": {n: warm_launches(workdir / "fed" / "logs", n) for n in names},
         "requests_answered": {n: len(r) for n, r in requests.items()},
         "stamped_log": str(workdir / "stamped.log"),
         "logs": str(workdir / "fed" / "logs"),
     }
+
+
+def warm_launches(logs: Path, node: str) -> int:
+    """How many clientapps the node's zygote forked (0 without the warm launcher)."""
+    path = logs / f"{node}.launcher.log"
+    return path.read_text(errors="replace").count("launched clientapp") if path.exists() else 0
 
 
 # ---- output -----------------------------------------------------------------------------------
@@ -604,6 +675,9 @@ def markdown(
             "",
             "Reading: Flower 1.41 still starts a new `flwr-clientapp` process for every message, "
             "which pulls the message and the FAB from its SuperNode, imports the app and exits; "
+            "by default that process is a fork of the node's warm launcher (`client/launcher`: "
+            "a zygote with Flower's entry point imported, reached by a `flwr-clientapp` shim on "
+            "the SuperNode's PATH), `cold-clientapp` is Flower's own fresh interpreter; "
             "the app is now the relay (flwr, grpc, the wire stubs), which forwards the message "
             "to the node's long-lived runtime over a Unix socket. SuperNodes poll the SuperLink "
             "every 3 s when idle; in the default configuration the ServerApp polls for replies "
@@ -675,6 +749,12 @@ def main() -> None:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--name", default="rounds", help="result file stem in bench/results/")
     p.add_argument("--note", default="", help="a remark recorded with the results (meta.note)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="write the results here instead of bench/results/ (quick looks, not committed)",
+    )
     args = p.parse_args()
     if args.quick:
         args.nodes, args.variants = [3], []
@@ -699,13 +779,20 @@ def main() -> None:
         raise SystemExit("every configuration failed; see the errors above")
     from bench.common import RESULTS
 
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    plot(runs, RESULTS / f"{args.name}.png")
-    write_results(
-        args.name,
-        {"meta": meta, "imports": imports, "poll_settings": polls, "runs": runs},
-        markdown(meta, runs, imports, polls).replace("(rounds.png)", f"({args.name}.png)"),
-    )
+    out = args.out.resolve() if args.out else RESULTS
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {"meta": meta, "imports": imports, "poll_settings": polls, "runs": runs}
+    text = markdown(meta, runs, imports, polls).replace("(rounds.png)", f"({args.name}.png)")
+    if out == RESULTS:
+        write_results(args.name, payload, text)
+    else:
+        (out / f"{args.name}.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
+        (out / f"{args.name}.md").write_text(text.rstrip() + "\n")
+        print(f"wrote {out / args.name}.{{json,md}}", file=sys.stderr)
+    try:  # after the numbers are safe: the plot needs the bench extras (matplotlib)
+        plot(runs, out / f"{args.name}.png")
+    except ImportError as err:
+        print(f"no plot ({err}): pip install -e '.[bench]'", file=sys.stderr)
 
 
 if __name__ == "__main__":
