@@ -57,9 +57,10 @@ from bench.datasets import DATASETS, SiloData, load_silos
 from bench.plain import predict_proba, train_plain
 from bench.quality_run import Setting, product_run
 from client.training import DPTrainConfig
+from common.encoding import Encoder
 from common.metrics import binary_metrics
-from common.model import build_model
-from common.run_config import MODEL_KINDS, RunConfig
+from common.model import BUILD_KINDS, BasisLayout, basis_layout, build_model
+from common.run_config import RunConfig
 
 METRICS = ("roc_auc", "pr_auc", "log_loss", "brier", "lift_top_decile")
 NON_DP = "none"  # privacy level of runs without DP
@@ -81,22 +82,31 @@ def round_seed(seed: int, rnd: int) -> int:
 # ---- training ---------------------------------------------------------------------------------
 
 
-def init_model(s: Setting, n_features: int, seed: int) -> nn.Module:
+def layout_of(data: SiloData) -> BasisLayout:
+    """The contract's basis for the additive model (ignored by the other kinds)."""
+    return basis_layout(Encoder(data.contract))
+
+
+def new_model(s: Setting, data: SiloData) -> nn.Module:
+    return build_model(s.model, data.n_features, layout=layout_of(data))
+
+
+def init_model(s: Setting, data: SiloData, seed: int) -> nn.Module:
     """The initial global model, as the ServerApp builds it."""
     torch.manual_seed(seed)
-    return build_model(s.model, n_features)
+    return new_model(s, data)
 
 
 def fedavg_plain(data: SiloData, s: Setting, seed: int) -> nn.Module:
     """Non-DP federated reference: every node trains without clipping or noise (`bench.plain`)
     from the global model each round; the average has equal weights (nodes send num-examples
     = 1.0), as Flower's FedAvg computes it."""
-    global_model = init_model(s, data.n_features, seed)
+    global_model = init_model(s, data, seed)
     for rnd in range(1, s.rounds + 1):
         start = {k: v.detach().clone() for k, v in global_model.state_dict().items()}
         agg: dict[str, np.ndarray] = {}
         for silo in data.silos:
-            local = build_model(s.model, data.n_features)
+            local = new_model(s, data)
             local.load_state_dict(start)
             train_plain(local, silo.x_train, silo.y_train, plain_config(s), round_seed(seed, rnd))
             for k, v in local.state_dict().items():
@@ -108,7 +118,7 @@ def fedavg_plain(data: SiloData, s: Setting, seed: int) -> nn.Module:
 
 def local_plain(data: SiloData, index: int, s: Setting, seed: int) -> nn.Module:
     """Silo `index` alone, non-DP, for the same rounds × epochs."""
-    model = init_model(s, data.n_features, seed)
+    model = init_model(s, data, seed)
     silo = data.silos[index]
     for rnd in range(1, s.rounds + 1):
         train_plain(model, silo.x_train, silo.y_train, plain_config(s), round_seed(seed, rnd))
@@ -118,7 +128,7 @@ def local_plain(data: SiloData, index: int, s: Setting, seed: int) -> nn.Module:
 def centralized_torch(data: SiloData, s: Setting, seed: int) -> nn.Module:
     """Our model on pooled training rows, non-private training for rounds × local epochs."""
     x, y = data.pooled_train()
-    model = init_model(s, data.n_features, seed)
+    model = init_model(s, data, seed)
     cfg = replace(plain_config(s), epochs=s.rounds * s.epochs)
     train_plain(model, x, y, cfg, round_seed(seed, 1))
     return model
@@ -216,7 +226,7 @@ def torch_runs(
             privacy = _fmt_eps(eps)
             se = replace(s, epsilon=eps)
             t0 = time.monotonic()
-            run = product_run(data.silos, xg, yg, se, seed)
+            run = product_run(data.silos, xg, yg, se, seed, layout_of(data))
             runs.append(
                 _record(
                     "federated",
@@ -233,7 +243,7 @@ def torch_runs(
             )
             for silo in data.silos if local_epsilons is None or eps in local_epsilons else []:
                 t0 = time.monotonic()
-                alone = product_run([silo], silo.x_test, silo.y_test, se, seed)
+                alone = product_run([silo], silo.x_test, silo.y_test, se, seed, layout_of(data))
                 scores = evaluate_everywhere(torch_predictor(alone["model"]), data)
                 runs.append(
                     _record(
@@ -322,12 +332,14 @@ def deployed_check(
         raise RuntimeError(f"deployed run failed (exit {outcome.exit_code}); logs in {fed.logs}")
     with Registry(fed.registry_url) as reg:
         stored = reg.get(outcome.model_name, outcome.model_version)
-    deployed = load_model(stored.card.model_kind, stored.card.n_features, stored.weights)
+    deployed = load_model(
+        stored.card.model_kind, stored.card.n_features, stored.weights, layout=layout_of(data)
+    )
     xg, yg = data.global_test()
     in_runs = []
     for rep in repeats:
         t1 = time.monotonic()
-        run = product_run(data.silos, xg, yg, replace(s, epsilon=epsilon), rep)
+        run = product_run(data.silos, xg, yg, replace(s, epsilon=epsilon), rep, layout_of(data))
         scores = evaluate_everywhere(torch_predictor(run["model"]), data)
         spent = {x.name: run["epsilon"] for x in data.silos}
         in_runs.append(
@@ -621,7 +633,12 @@ def parse_args() -> argparse.Namespace:
         help="ε levels of the local-only DP runs (default: every --epsilons level)",
     )
     p.add_argument("--rounds", type=int, default=RunConfig.default("num-server-rounds"))
-    p.add_argument("--model", default=RunConfig.default("model"), choices=list(MODEL_KINDS))
+    p.add_argument(
+        "--model",
+        default=RunConfig.default("model"),
+        choices=list(BUILD_KINDS),
+        help="model kind (a run, and so --deployed, accepts common.run_config's kinds only)",
+    )
     p.add_argument("--deployed-epsilon", type=float, default=3.0)
     p.add_argument("--deployed-dataset", default="telco", choices=list(DATASETS))
     p.add_argument("--no-deployed", action="store_true", help="skip the deployment-engine run")

@@ -45,7 +45,7 @@ from client.training import (
 )
 from common import wire
 from common.metrics import binary_metrics
-from common.model import build_model, predict_logits
+from common.model import BasisLayout, build_model, predict_logits
 from common.protos.atoll.node.v1 import runtime_pb2 as pb
 from common.run_config import RunConfig
 from privacy.dp import epsilon as compose_epsilon
@@ -83,6 +83,9 @@ class Setting:
     final_eval_noise: float = _d("final-eval-noise")
     eval_bins: int = _d("eval-bins")
     calibrate: bool = _d("calibrate")
+    # the drift reference a node may release on finish (server.drift): none in these runs, so a
+    # run's ε covers training and evaluations exactly as before that release existed
+    drift_reference_noise: float = 0.0
     label: str = ""
 
     def train_config(self) -> DPTrainConfig:
@@ -102,6 +105,8 @@ class Setting:
                 proximal_mu=self.proximal_mu,
                 optimizer=self.optimizer,
                 final_eval_noise=self.final_eval_noise,
+                drift_reference_noise=self.drift_reference_noise,
+                drift_bins=int(_d("drift-bins")),
             )
         )
 
@@ -148,15 +153,22 @@ def dp_seed(seed: int, rnd: int, node: int) -> int:
 
 
 def federate(
-    silos: Sequence[SiloLike], n_features: int, s: Setting, seed: int
+    silos: Sequence[SiloLike],
+    n_features: int,
+    s: Setting,
+    seed: int,
+    layout: BasisLayout | None = None,
 ) -> tuple[torch.nn.Module, float]:
-    """The coordinator's rounds with the nodes' own DP training; returns (global model, σ)."""
+    """The coordinator's rounds with the nodes' own DP training; returns (global model, σ).
+
+    `layout`: the contract's basis (`common.model.basis_layout`), needed by the additive model.
+    """
     from server.strategies import make_strategy
 
     cfg = s.train_config()
     sigma = node_noise(cfg)
     torch.manual_seed(seed)
-    model = build_model(s.model, n_features)
+    model = build_model(s.model, n_features, layout=layout)
     strategy = make_strategy(
         s.strategy,
         server_learning_rate=s.server_learning_rate,
@@ -172,7 +184,7 @@ def federate(
         for ask in asks:
             i = ask.metadata.dst_node_id
             silo = silos[i - 1]
-            local = build_model(s.model, n_features)
+            local = build_model(s.model, n_features, layout=layout)
             local.load_state_dict(start)
             res = train_dp(
                 local,
@@ -222,9 +234,11 @@ def product_run(
     y_test: np.ndarray,
     s: Setting,
     seed: int,
+    layout: BasisLayout | None = None,
 ) -> dict[str, Any]:
     """Train, release, calibrate and report as the product does; the truth next to the report.
 
+    `layout`: the contract's basis (`common.model.basis_layout`), needed by the additive model.
     Returns `model` (the published, calibrated module), `sigma` (training noise per node),
     `epsilon` (per node), `raw` and `published` (true metrics on the global test rows) and
     `reported` (the card's estimate and 95 % interval per metric, and whether it covers the truth).
@@ -232,13 +246,13 @@ def product_run(
     from server.calibration import publish_calibrated
 
     n_features = int(x_test.shape[1])
-    trained, sigma = federate(silos, n_features, s, seed)
+    trained, sigma = federate(silos, n_features, s, seed, layout)
     releases = final_releases(silos, trained, s, seed)
     pub = publish_calibrated(
         s.model, trained.state_dict(), releases, final_noise(s.train_config()),
         calibrate=s.calibrate,
     )  # fmt: skip
-    published = build_model(s.model, n_features)
+    published = build_model(s.model, n_features, layout=layout)
     published.load_state_dict(pub.state)
     truth = true_metrics(published, x_test, y_test)
     reported: dict[str, dict[str, Any]] = {}

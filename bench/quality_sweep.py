@@ -6,6 +6,9 @@
     # skewed data ("corner")
     .venv/bin/python -m bench.quality_sweep --datasets telco bank corner --variants "" draft \
         naive --grid old-vs-new --seeds 0 1 2
+    # the additive model against logreg, on reference and untuned contracts and synthetic data
+    .venv/bin/python -m bench.quality_sweep --datasets telco bank corner --variants "" draft \
+        naive --grid additive --seeds 0 1 2
     # how the evaluation budget is split (same total ε): what the card reports
     .venv/bin/python -m bench.quality_sweep --grid final-eval --seeds 0 1 2
     # coverage of the reported intervals: 100 noise draws of each trained model's final release
@@ -53,7 +56,8 @@ from bench.quality_run import (
     true_metrics,
 )
 from client.training import final_noise
-from common.model import build_model
+from common.encoding import Encoder
+from common.model import BasisLayout, basis_layout, build_model
 
 log = logging.getLogger("sweep")
 OUT = Path("runs/bench/quality_sweep")
@@ -66,6 +70,7 @@ class Data:
     n_features: int
     x_test: np.ndarray
     y_test: np.ndarray
+    layout: BasisLayout  # the contract's basis for the additive model (others ignore it)
     notes: dict[str, Any] = field(default_factory=dict)
 
 
@@ -92,6 +97,7 @@ def load(name: str, variant: str | bool = "") -> Data:
         n_features=data.n_features,
         x_test=xg,
         y_test=yg,
+        layout=basis_layout(Encoder(data.contract)),
     )
 
 
@@ -212,7 +218,7 @@ def _load_naive(name: str) -> Any:
 
 def one_run(data: Data, s: Setting, seed: int) -> dict[str, Any]:
     t0 = time.monotonic()
-    run = product_run(data.silos, data.x_test, data.y_test, s, seed)
+    run = product_run(data.silos, data.x_test, data.y_test, s, seed, data.layout)
     raw, true, rep = run["raw"], run["published"], run["reported"]
     row: dict[str, Any] = {
         "dataset": data.name,
@@ -245,7 +251,7 @@ def honesty(data: Data, s: Setting, seed: int, repeats: int) -> dict[str, Any]:
     """
     from server.calibration import publish_calibrated
 
-    model, _ = federate(data.silos, data.n_features, s, seed)
+    model, _ = federate(data.silos, data.n_features, s, seed, data.layout)
     final_sigma = final_noise(s.train_config())
     hits = {k: 0 for k in ("roc_auc", "log_loss", "brier")}
     errors: dict[str, list[float]] = {k: [] for k in hits}
@@ -256,7 +262,7 @@ def honesty(data: Data, s: Setting, seed: int, repeats: int) -> dict[str, Any]:
             s.model, model.state_dict(), releases, final_sigma, calibrate=s.calibrate, draws=200
         )
         assert pub.report is not None
-        published = build_model(s.model, data.n_features)
+        published = build_model(s.model, data.n_features, layout=data.layout)
         published.load_state_dict(pub.state)
         true = true_metrics(published, data.x_test, data.y_test)
         for k in hits:
@@ -315,6 +321,13 @@ GRIDS: dict[str, list[Setting]] = {
             label="fedadam 0.1",
         ),
     ],  # fmt: skip
+    # the additive model (fixed piecewise-linear basis on the contract's bounds) against logreg,
+    # on the reference contracts and on contracts nobody tuned (--variants draft naive, corner)
+    "additive": [
+        D,
+        replace(D, model="additive", label="additive"),
+        replace(D, model="additive", learning_rate=0.02, label="additive, lr 0.02"),
+    ],
     # how the run's evaluation budget is split (same total ε): honesty of the reported numbers
     "final-eval": [
         replace(D, eval_noise=10.0, final_eval_noise=0.0, label="every evaluation at σ 10"),

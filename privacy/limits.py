@@ -51,5 +51,5 @@ class RequestLimits(BaseModel):
         description="Smallest noise multiplier accepted, for DP-SGD and evaluation noise alike",
     )
     allowed_models: tuple[str, ...] = Field(
-        ("logreg", "mlp"), description="Model architectures this node agrees to train"
+        ("logreg", "mlp", "additive"), description="Model architectures this node agrees to train"
     )

@@ -42,7 +42,7 @@ from sqlalchemy.orm import Session, undefer
 from common.contract import Contract, ContractError, contract_from_json
 from common.db import SQLITE_BEGIN_OPTION, make_engine, make_session_factory, migrate, safe_url
 from common.encoding import Encoder
-from common.model import MODEL_KINDS, load_model
+from common.model import MODEL_KINDS, load_for
 from privacy.audit import AuditSigner
 from server.registry_models import ModelVersion, utcnow
 from server.registry_signing import RowVerifier, sign_row
@@ -216,10 +216,11 @@ def _card(row: ModelVersion) -> ModelCard:
     )
 
 
-def _check_weights(model_kind: str, n_features: int, weights: bytes) -> None:
+def _check_weights(model_kind: str, contract: Contract, weights: bytes) -> None:
     """Refuse weights the API could not load or that would score NaN."""
+    n_features = Encoder(contract).n_features
     try:
-        model = load_model(model_kind, n_features, weights)
+        model = load_for(model_kind, contract, weights)
     except (ValueError, RuntimeError, KeyError, OSError, zipfile.BadZipFile) as exc:
         raise RegistryError(
             f"weights do not load as a {model_kind} model with {n_features} inputs "
@@ -327,7 +328,7 @@ class Registry:
                 f"n_features={n_features} but contract '{contract.name}' encodes to {expected} "
                 "columns; train and publish with Encoder(contract).n_features"
             )
-        _check_weights(model_kind, n_features, weights)
+        _check_weights(model_kind, contract, weights)
         try:
             checked = _PARTICIPANTS.validate_python(participants)
             people = [p.model_dump(mode="json") for p in checked]

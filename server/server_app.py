@@ -19,7 +19,7 @@ from common import wire
 from common.contract import Contract
 from common.encoding import Encoder
 from common.estimation import Report, estimate, pool
-from common.model import build_model, weights_to_bytes
+from common.model import model_for, weights_to_bytes
 from common.protos.atoll.node.v1 import runtime_pb2 as pb
 from privacy.audit import json_number
 from server.analytics import run_query
@@ -215,7 +215,7 @@ def _train(
 ) -> tuple[Result, Any]:
     """The rounds: Flower's strategy over the admitted nodes, one train message per node."""
     torch.manual_seed(settings.seed)
-    model = build_model(settings.model, Encoder(contract).n_features)
+    model = model_for(settings.model, contract)
     strategy = make_strategy(
         settings.strategy,
         proximal_mu=settings.proximal_mu,

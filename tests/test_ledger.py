@@ -492,7 +492,7 @@ def test_every_mutation_is_one_journal_entry(
 
 def test_limits_round_trip_through_the_policy_and_show_in_status(tmp_path: Path) -> None:
     assert Policy(cap_epsilon=1).limits == RequestLimits()
-    assert RequestLimits().allowed_models == ("logreg", "mlp")
+    assert RequestLimits().allowed_models == ("logreg", "mlp", "additive")
     for bad in ({"max_eval_bins": 1}, {"min_noise_multiplier": 0}, {"unknown": 1}):
         with pytest.raises(ValidationError):
             RequestLimits.model_validate(bad)

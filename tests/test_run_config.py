@@ -78,7 +78,7 @@ def test_the_defaults_a_new_run_gets() -> None:
     assert (d.optimizer, d.learning_rate, d.max_grad_norm) == ("adam", 0.05, 1.0)
     assert (d.strategy, d.model, d.rounds, d.local_epochs, d.sample_rate) == (
         "fedavg",
-        "logreg",
+        "additive",
         10,
         1,
         0.1,
@@ -146,7 +146,7 @@ def test_names_are_shared_with_the_model_and_strategy_registries() -> None:
     from server.strategies import STRATEGIES
 
     assert tuple(STRATEGIES) == STRATEGY_NAMES
-    assert model_kinds == MODEL_KINDS == ("logreg", "mlp")
+    assert model_kinds == MODEL_KINDS == ("logreg", "mlp", "additive")
     assert RunSettings is RunConfig and RunSettingsError is RunConfigError
     assert RunConfig.from_run_config({**REQUIRED, "strategy": "FedProx"}).strategy == "FedProx"
 

@@ -17,8 +17,7 @@ from client.node import NodeError
 from client.training import OPTIMIZERS, DPTrainConfig, fit_evaluations
 from common import wire
 from common.contract import Contract
-from common.encoding import Encoder
-from common.model import build_model
+from common.model import model_for
 from common.protos.atoll.node.v1 import runtime_pb2 as pb
 from privacy.dp import DRIFT_PURPOSE, steps_per_epoch
 from privacy.ledger import Policy
@@ -188,7 +187,7 @@ def admit_weights(
     Exactly the contract model's tensor names and shapes, every value finite, and the L2 norm of
     the whole vector within the owner's bound.
     """
-    module = build_model(model, Encoder(contract).n_features)
+    module = model_for(model, contract)
     expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     got: dict[str, np.ndarray] = {}
     for t in weights.tensors:

@@ -25,7 +25,7 @@ import anyio.to_thread
 from fastapi import Depends, HTTPException, Request, status
 
 from common.contract import Contract
-from common.model import load_model
+from common.model import load_for
 from server.analytics import QueryStore
 from server.api.scoring import Scorer
 from server.query_jobs import QueryRunnerError, QueryRunnerSettings, QuerySubmitter, SubmissionStore
@@ -90,7 +90,7 @@ class ModelCache:
                 self._items.move_to_end(key)
                 return hit
         stored = registry.get(name, resolved)
-        model = load_model(stored.card.model_kind, stored.card.n_features, stored.weights)
+        model = load_for(stored.card.model_kind, stored.contract, stored.weights)
         loaded = LoadedModel(stored.card, stored.contract, Scorer(stored.contract, model))
         with self._lock:
             self.loads += 1

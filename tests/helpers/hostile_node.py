@@ -16,7 +16,7 @@ from atoll.processes import ManagedProcess, flower_env, spawn
 from client.split import split_mask
 from common.contract import load_contract
 from common.encoding import Encoder
-from common.model import load_model, predict_logits
+from common.model import load_for, predict_logits
 from server.registry import Registry
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,7 +62,7 @@ def held_out_auc(registry_url: str, model_name: str, data: Path, contract_path: 
         stored = registry.get(model_name)
     finally:
         registry.close()
-    model = load_model(stored.card.model_kind, encoder.n_features, stored.weights)
+    model = load_for(stored.card.model_kind, stored.contract, stored.weights)
     scores = predict_logits(model, encoded.x)
     labels = encoder.labels(held_out.reset_index(drop=True))[encoded.keep]
     return float(roc_auc_score(labels, np.asarray(scores)))

@@ -1,8 +1,8 @@
 """Factories for the warm launcher's tests: a zygote as a node runs it, and its shim's env.
 
 `start_zygote` installs the shim under `tmp/flwr/launcher/` and starts the zygote exactly as
-`atoll.clientapp_launcher.start_clientapp_launcher` does (supervised, the node's environment), except
-that `entry` may name a test target instead of Flower's `flwr-clientapp`.
+`atoll.clientapp_launcher.start_clientapp_launcher` does (supervised, the node's environment),
+except that `entry` may name a test target instead of Flower's `flwr-clientapp`.
 """
 
 from __future__ import annotations

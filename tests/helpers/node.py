@@ -10,8 +10,7 @@ from typing import TypeVar
 from client.runtime.config import NodeConfig
 from common import wire
 from common.contract import load_contract
-from common.encoding import Encoder
-from common.model import build_model
+from common.model import model_for
 from common.protos.atoll.node.v1 import runtime_pb2 as pb
 from privacy.ledger import Ledger, Policy
 
@@ -72,7 +71,7 @@ def settings(contract: Path = SYNTHETIC_CONTRACT, **overrides: object) -> pb.Run
 
 
 def weights(contract: Path = SYNTHETIC_CONTRACT, model: str = "logreg") -> pb.Weights:
-    module = build_model(model, Encoder(load_contract(contract)).n_features)
+    module = model_for(model, load_contract(contract))
     return pb.Weights(
         tensors=[wire.tensor_of(k, v.detach().numpy()) for k, v in module.state_dict().items()]
     )
