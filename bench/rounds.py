@@ -643,9 +643,9 @@ def markdown(
             "# Round overhead on the deployment engine (TLS, node auth, node runtimes, loopback)",
             "",
             f"Each node holds {runs[0]['rows_per_node']} synthetic rows; {runs[0]['rounds']} "
-            "rounds with the app's default run config (FedAvg, the default model, DP-SGD with the default "
-            f"fixed noise multiplier, noised evaluation). {a_round} Each node is an owner-run "
-            "runtime (`atoll node "
+            "rounds with the app's default run config (FedAvg, the default model, DP-SGD with the "
+            f"default fixed noise multiplier, noised evaluation). {a_round} Each node is an "
+            "owner-run runtime (`atoll node "
             "runtime`: data, ledger, DP-SGD; imports torch once) plus a SuperNode whose "
             "`flwr-clientapp` runs the thin relay `client.client_app` for each message. "
             "**Round s** comes from the coordinator's audit log (round k ends when the ServerApp "
