@@ -385,7 +385,7 @@ def main() -> None:
     for noisy in ("opacus", "flwr"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="opacus")
-    s = _override(Setting(), args.set)
+    s = replace(Setting(), **Setting().overrides(args.set))
     models = [(m, "") for m in args.models] + [(ADDITIVE, a) for a in args.additive]
     t_start = time.monotonic()
     meta = run_metadata(seeds=args.seeds)
@@ -413,19 +413,6 @@ def main() -> None:
         )
     finish_metadata(meta, t_start)
     write_results(args.name, results, markdown(results))
-
-
-def _override(s: Setting, items: list[str]) -> Setting:
-    changes: dict[str, Any] = {}
-    for item in items:
-        key, _, value = item.partition("=")
-        current = getattr(s, key)
-        changes[key] = (
-            value.lower() in ("1", "true", "yes")
-            if isinstance(current, bool)
-            else type(current)(value)
-        )
-    return replace(s, **changes)
 
 
 if __name__ == "__main__":

@@ -110,6 +110,19 @@ class Setting:
             )
         )
 
+    def overrides(self, items: Sequence[str]) -> dict[str, Any]:
+        """`key=value` command-line items as this setting's typed field changes."""
+        changes: dict[str, Any] = {}
+        for item in items:
+            key, _, value = item.partition("=")
+            current = getattr(self, key)
+            changes[key] = (
+                value.lower() in ("1", "true", "yes")
+                if isinstance(current, bool)
+                else type(current)(value)
+            )
+        return changes
+
     def describe(self) -> str:
         server = (
             self.strategy

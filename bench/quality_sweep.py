@@ -387,15 +387,7 @@ def main() -> None:
 
 
 def _override(s: Setting, items: list[str]) -> Setting:
-    changes: dict[str, Any] = {}
-    for item in items:
-        key, _, value = item.partition("=")
-        current = getattr(s, key)
-        changes[key] = (
-            value.lower() in ("1", "true", "yes")
-            if isinstance(current, bool)
-            else type(current)(value)
-        )
+    changes = s.overrides(items)
     if changes:
         suffix = ",".join(f"{k}={v}" for k, v in changes.items())
         changes["label"] = f"{s.label}[{suffix}]"

@@ -219,11 +219,13 @@ def pool_finish_references(
     *,
     noise_multiplier: float,
     bins: int,
+    delta: float,
     finished: dict[str, pb.Finished],
 ) -> tuple[Histograms, dict[str, str]]:
     """The references nodes released on finish, pooled per feature; (histograms, why each
     malformed one was left out). Nodes that sent none (owners who do not allow analytics) are
-    not participants; every node's own σ is used for its noise (scaled fits differ by node)."""
+    not participants; every node's own σ is used for its noise (scaled fits differ by node), and
+    its own δ (the run's `delta` if it states none) for its ε."""
     from server.analytics import result_of  # the same summing as any query (lazy: flwr)
 
     queries = reference_queries(contract, noise_multiplier=noise_multiplier, bins=bins)
@@ -241,6 +243,13 @@ def pool_finish_references(
             problems[name] = "no noise multiplier"
         else:
             good[name] = f
+    if not good:
+        return {}, problems
+    # the whole reference's ε on each node: all features together are one release at σ/√F
+    epsilons = {
+        name: epsilon_of(f.drift_reference_noise / math.sqrt(features), f.budget.delta or delta)
+        for name, f in good.items()
+    }
     histograms: Histograms = {}
     offset = 0
     for feature, query in queries.items():
@@ -258,18 +267,14 @@ def pool_finish_references(
                 ],
                 noise_multiplier=f.drift_reference_noise,
                 sensitivity=lay.sensitivity,
-                # the whole reference's ε on that node (all features: one release at σ/√F·√F)
-                epsilon=epsilon_of(
-                    f.drift_reference_noise / math.sqrt(features), f.budget.delta or 1e-5
-                ),
+                epsilon=epsilons[name],
                 budget=f.budget,
             )
             for name, f in good.items()
         }
         offset += lay.size
-        if answers:
-            result = result_of(query, lay, answers)
-            histograms[feature] = histogram_of({"status": "answered", "result": result})
+        result = result_of(query, lay, answers)
+        histograms[feature] = histogram_of({"status": "answered", "result": result})
     return histograms, problems
 
 
@@ -322,9 +327,10 @@ def run_check(
     if reference.contract_hash != contract.hash:
         raise DriftError("the model's contract is not the one its reference was recorded under")
     queries = {n: Query.model_validate(q) for n, q in reference.report["queries"].items()}
-    if epsilon is not None:
-        sigma = sigma_for_epsilon(epsilon, delta) * math.sqrt(len(queries))
-        queries = {n: q.model_copy(update={"noise_multiplier": sigma}) for n, q in queries.items()}
+    if epsilon is not None:  # the reference's histograms (its bins), at the check's own noise
+        queries = feature_queries(
+            contract, epsilon=epsilon, delta=delta, bins=reference.report["bins"]
+        )
     current = collect(queries, ask)
     report = drift_report(reference.histograms, current, alpha=alpha, draws=draws, seed=seed)
     report["reference_id"] = reference.id

@@ -176,6 +176,7 @@ def _drift_reference(
         contract,
         noise_multiplier=settings.drift_reference_noise,
         bins=settings.drift_bins,
+        delta=settings.delta,
         finished={ids.name(n): f for n, f in finals.items()},
     )
     for name, why in problems.items():

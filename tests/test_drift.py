@@ -156,7 +156,7 @@ def test_the_reference_released_on_finish_at_the_default_noise_catches_the_shift
     finished = _finish_references(before, contract, sigma, bins, seed=7)
     finished["silo-x"] = pb.Finished(node_name="silo-x", drift_reference=[1.0, 2.0])
     histograms, problems = pool_finish_references(
-        contract, noise_multiplier=sigma, bins=bins, finished=finished
+        contract, noise_multiplier=sigma, bins=bins, delta=1e-5, finished=finished
     )
     assert list(problems) == ["silo-x"] and "layout" in problems["silo-x"]
     assert list(histograms) == [f.name for f in contract.features]
