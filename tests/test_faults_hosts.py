@@ -110,10 +110,19 @@ def _never_give_up(fed: LocalFederation, hosts: Hosts, node: str) -> None:
     del argv[at : at + 2]
     old.stop()
     home = fed.workdir / "nodes" / node / "flwr"
-    with hosts.on(node):
-        fed.processes[f"node:{node}"] = spawn(
-            f"supernode-{node}", argv, old.log_path, flower_env(home), cwd=home
-        )
+    # as its systemd unit does (Restart=on-failure): a SuperNode started right after its previous
+    # instance stopped can be refused activation while the SuperLink still holds that session
+    for _attempt in range(5):
+        with hosts.on(node):
+            proc = spawn(f"supernode-{node}", argv, old.log_path, flower_env(home), cwd=home)
+        fed.processes[f"node:{node}"] = proc
+        deadline = time.monotonic() + 15
+        while proc.alive and time.monotonic() < deadline:
+            time.sleep(0.5)
+        if proc.alive:
+            return
+        time.sleep(3)
+    pytest.fail(f"{node}'s SuperNode keeps exiting:\n{old.log_path.read_text()[-2000:]}")
 
 
 # -- the hosts themselves ----------------------------------------------------------------------
