@@ -147,7 +147,6 @@ class RecordingMixin:
         self.eval_by_node: dict[int, dict[int, pb.Evaluated]] = defaultdict(dict)
         self.failures: dict[int, dict[int, str]] = defaultdict(dict)
         self.reference: checks.Signature | None = None  # the global model's arrays
-        self.asked: dict[int, set[int]] = {}  # round → the nodes sent a train message
 
     def _notify(self, server_round: int, kind: str, replies: list[Message]) -> None:
         if self.on_reply is not None:
@@ -158,9 +157,7 @@ class RecordingMixin:
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self.reference = checks.signature(arrays)
-        messages = list(super().configure_train(server_round, arrays, config, grid))  # type: ignore[misc]
-        self.asked[server_round] = {m.metadata.dst_node_id for m in messages}
-        return messages
+        return super().configure_train(server_round, arrays, config, grid)  # type: ignore[misc]
 
     def _drop(
         self, server_round: int, kind: str, dropped: dict[int, tuple[Message, checks.Problem]]
@@ -226,10 +223,6 @@ class RecordingMixin:
                     self.eval_by_node[server_round - 1][node] = trained.incoming
                 kept.append(msg)
         self.failures[server_round].update(refused)
-        replied = {m.metadata.src_node_id for m in replies}
-        for node in sorted(self.asked.get(server_round, set()) - replied):
-            self.failures[server_round][node] = "no reply within the round's timeout"
-            log.warning("round %s: node %s did not reply", server_round, node)
         usable = self._usable(server_round, "train", kept, dropped)
         return super().aggregate_train(server_round, usable)  # type: ignore[misc]
 

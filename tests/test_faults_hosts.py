@@ -380,8 +380,6 @@ def test_partitioned_node_is_dropped_and_rejoins_the_next_run_unaided(cluster: C
     assert all(trained[n] == ROUNDS for n in others), trained
     dropped_after = trained.get(victim, 0)  # rounds the coordinator got the victim's update
     assert dropped_after < ROUNDS, trained
-    missed = card.run["failures_by_round"].get(str(dropped_after + 1), {})
-    assert victim in missed, card.run  # the card names the round it missed, and why
     # a round's evaluation rides on the next round's train reply: none from the victim after
     # its last update arrived
     after = card.metrics["rounds"][max(dropped_after - 1, 0) :]

@@ -64,14 +64,6 @@ def test_refusals_never_reach_aggregation_and_are_recorded() -> None:
     assert strategy.failures[1] == {3: "[limit-noise] too low"}
 
 
-def test_a_node_sent_a_message_that_never_replies_is_recorded_as_such() -> None:
-    strategy = make_strategy("fedavg")
-    strategy.asked[1] = {1, 2, 3}  # as configure_train records the round's recipients
-    arrays, _metrics = strategy.aggregate_train(1, _replies([1.0, 2.0], [1, 1]))
-    assert np.allclose(arrays.to_numpy_ndarrays()[0], 1.5)
-    assert strategy.failures[1] == {3: "no reply within the round's timeout"}
-
-
 def test_unknown_strategy_and_bad_run_config_are_named() -> None:
     with pytest.raises(ValueError, match="unknown strategy 'fedfoo'"):
         make_strategy("fedfoo")
