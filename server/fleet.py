@@ -45,6 +45,11 @@ class FastGrid:
     Flower's `send_and_receive` sleeps 3 s between pulls; this one uses the Grid's public
     `push_messages` / `pull_messages` with a short interval (a round waits on the nodes, not on
     the coordinator's poll).
+
+    One pull can outlast the deadline: Flower retries the objects of a reply whose upload was cut
+    (a node partitioned mid-push) until the SuperLink gives up on it, and then returns an error
+    reply for it. Replies that arrived meanwhile are still collected by one last pull, so a node
+    that answered in time is never dropped because another's upload stalled the coordinator.
     """
 
     def __init__(self, grid: Grid, admitted: set[int] | None = None, poll: float = 0.1) -> None:
@@ -62,12 +67,16 @@ class FastGrid:
         pending = set(self._grid.push_messages(messages))
         deadline = time.monotonic() + (timeout if timeout is not None else 3600.0)
         replies: list[Message] = []
+        stalled = False  # the last pull returned after the deadline
         while pending and time.monotonic() < deadline:
             got = list(self._grid.pull_messages(pending))
+            stalled = time.monotonic() >= deadline
             replies += got
             pending -= {m.metadata.reply_to_message_id for m in got}
-            if pending:
+            if pending and not stalled:
                 time.sleep(self.poll)
+        if pending and stalled:
+            replies += self._grid.pull_messages(pending)
         return replies
 
     def __getattr__(self, name: str) -> Any:
