@@ -24,6 +24,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from atoll.cli_common import fail
+from common.run_config import RunConfig
+
+DEFAULT_DELTA: float = RunConfig.default("delta")  # as the run that trained the model
+DEFAULT_BINS: int = RunConfig.default("drift-bins")  # as its finish-time reference
 
 drift_app = typer.Typer(
     help="Feature drift of published models: DP reference histograms and PSI checks.",
@@ -120,8 +124,8 @@ def reference(
     registry: Registry_,
     version: Version = None,
     epsilon: Annotated[float, typer.Option(min=0.0, help="ε per node for all features")] = 1.0,
-    delta: Annotated[float, typer.Option(help="δ the nodes account at")] = 1e-5,
-    bins: Annotated[int, typer.Option(min=2, help="Bins of each numeric feature")] = 10,
+    delta: Annotated[float, typer.Option(help="δ the nodes account at")] = DEFAULT_DELTA,
+    bins: Annotated[int, typer.Option(min=2, help="Bins of each numeric feature")] = DEFAULT_BINS,
     superlink: Superlink = "127.0.0.1:9093",
     ca: Ca = Path("deploy/certs/ca.crt"),
     flwr_home: FlwrHome = Path("runs/coordinator-flwr"),
@@ -164,7 +168,7 @@ def check(
         float | None,
         typer.Option(min=0.0, help="ε per node for all features (default: the reference's σ)"),
     ] = 1.0,
-    delta: Annotated[float, typer.Option(help="δ the nodes account at")] = 1e-5,
+    delta: Annotated[float, typer.Option(help="δ the nodes account at")] = DEFAULT_DELTA,
     superlink: Superlink = "127.0.0.1:9093",
     ca: Ca = Path("deploy/certs/ca.crt"),
     flwr_home: FlwrHome = Path("runs/coordinator-flwr"),

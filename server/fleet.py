@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message
@@ -52,10 +52,17 @@ class FastGrid:
     that answered in time is never dropped because another's upload stalled the coordinator.
     """
 
-    def __init__(self, grid: Grid, admitted: set[int] | None = None, poll: float = 0.1) -> None:
+    def __init__(
+        self,
+        grid: Grid,
+        admitted: set[int] | None = None,
+        poll: float = 0.1,
+        on_unanswered: Callable[[dict[int, str]], None] | None = None,
+    ) -> None:
         self._grid = grid
         self.admitted = admitted
         self.poll = poll
+        self.on_unanswered = on_unanswered  # {node: why it gave no usable reply}, per exchange
 
     def get_node_ids(self) -> list[int]:
         ids = list(self._grid.get_node_ids())
@@ -64,8 +71,17 @@ class FastGrid:
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> list[Message]:
-        pending = set(self._grid.push_messages(messages))
-        deadline = time.monotonic() + (timeout if timeout is not None else 3600.0)
+        sent = list(messages)
+        pushed = list(self._grid.push_messages(sent))  # in order; None: could not be pushed
+        node_of = {mid: m.metadata.dst_node_id for mid, m in zip(pushed, sent, strict=True)}
+        unanswered = {
+            m.metadata.dst_node_id: "the message could not be sent (the SuperLink refused it)"
+            for mid, m in zip(pushed, sent, strict=True)
+            if mid is None
+        }
+        pending = {mid for mid in pushed if mid is not None}
+        wait = timeout if timeout is not None else 3600.0
+        deadline = time.monotonic() + wait
         replies: list[Message] = []
         stalled = False  # the last pull returned after the deadline
         while pending and time.monotonic() < deadline:
@@ -76,7 +92,18 @@ class FastGrid:
             if pending and not stalled:
                 time.sleep(self.poll)
         if pending and stalled:
-            replies += self._grid.pull_messages(pending)
+            got = list(self._grid.pull_messages(pending))
+            replies += got
+            pending -= {m.metadata.reply_to_message_id for m in got}
+        # an error reply (e.g. Flower's for an upload cut mid-push) names the message it answers,
+        # not the node: attribute it by the message's recipient
+        for reply in replies:
+            if reply.has_error() and reply.metadata.reply_to_message_id in node_of:
+                node = node_of[reply.metadata.reply_to_message_id]
+                unanswered[node] = f"error reply: {(reply.error.reason or '')[:200]}"
+        unanswered.update({node_of[mid]: f"no reply within {wait:.0f} s" for mid in pending})
+        if unanswered and self.on_unanswered is not None:
+            self.on_unanswered(unanswered)
         return replies
 
     def __getattr__(self, name: str) -> Any:

@@ -230,7 +230,7 @@ def _train(
     )
     strategy.on_reply = audit.reply
     result = strategy.start(
-        grid=FastGrid(grid, set(roster)),
+        grid=FastGrid(grid, set(roster), on_unanswered=strategy.note_unanswered),
         initial_arrays=ArrayRecord(model.state_dict()),
         num_rounds=settings.rounds,
         timeout=settings.round_timeout,

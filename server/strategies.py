@@ -147,6 +147,8 @@ class RecordingMixin:
         self.eval_by_node: dict[int, dict[int, pb.Evaluated]] = defaultdict(dict)
         self.failures: dict[int, dict[int, str]] = defaultdict(dict)
         self.reference: checks.Signature | None = None  # the global model's arrays
+        self.asked: dict[int, set[int]] = {}  # round: the nodes sent its train message
+        self.current_round = 0
 
     def _notify(self, server_round: int, kind: str, replies: list[Message]) -> None:
         if self.on_reply is not None:
@@ -157,7 +159,18 @@ class RecordingMixin:
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self.reference = checks.signature(arrays)
-        return super().configure_train(server_round, arrays, config, grid)  # type: ignore[misc]
+        asks = list(super().configure_train(server_round, arrays, config, grid))  # type: ignore[misc]
+        self.asked[server_round] = {m.metadata.dst_node_id for m in asks}
+        self.current_round = server_round
+        return asks
+
+    def note_unanswered(self, unanswered: dict[int, str]) -> None:
+        """The grid's account of the current round's nodes that sent no usable reply (none, or
+        an error reply it attributed by message): named on the model card with the reason."""
+        for node, why in unanswered.items():
+            if node in self.asked.get(self.current_round, ()):
+                self.failures[self.current_round][node] = why
+                log.warning("round %s: node %s: %s", self.current_round, node, why)
 
     def _drop(
         self, server_round: int, kind: str, dropped: dict[int, tuple[Message, checks.Problem]]
@@ -206,6 +219,10 @@ class RecordingMixin:
         replies = list(replies)
         self._notify(server_round, "train", replies)
         answers, refused = _split(replies)
+        # an error reply from the grid itself names no node of the round (note_unanswered
+        # attributes it by message); a node's own refusal or error reply is kept
+        asked = self.asked.get(server_round)
+        refused = {n: why for n, why in refused.items() if asked is None or n in asked}
         reference = self.reference or checks.majority_signature(answers)
         kept: list[Message] = []
         dropped: dict[int, tuple[Message, checks.Problem]] = {}

@@ -246,6 +246,9 @@ def _run(tmp: Path, procs: list[ManagedProcess]) -> None:
         card = reg.card("synthetic-churn")
     failures = card.run["failures_by_round"]
     assert failures or len(card.metrics["rounds"][-1]["nodes"]) == 2, card.run
+    # whoever is named is a registered node, never an id the coordinator could not attribute
+    names = {p.name for p in parts}
+    assert all(set(by_node) <= names for by_node in failures.values()), card.run
     last_nodes = set(card.metrics["rounds"][-1]["nodes"])
     assert victim not in last_nodes and len(last_nodes) == 2
     spent = Ledger(tmp / victim / "state").status()

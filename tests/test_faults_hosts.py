@@ -111,8 +111,10 @@ def _never_give_up(fed: LocalFederation, hosts: Hosts, node: str) -> None:
     old.stop()
     home = fed.workdir / "nodes" / node / "flwr"
     # as its systemd unit does (Restart=on-failure): a SuperNode started right after its previous
-    # instance stopped can be refused activation while the SuperLink still holds that session
-    for _attempt in range(5):
+    # instance stopped can be refused activation while the SuperLink still holds that session:
+    # up to 2 heartbeat intervals (Flower's HEARTBEAT_PATIENCE × 30 s) after its last heartbeat
+    give_up = time.monotonic() + 2 * 30 + 60
+    while time.monotonic() < give_up:
         with hosts.on(node):
             proc = spawn(f"supernode-{node}", argv, old.log_path, flower_env(home), cwd=home)
         fed.processes[f"node:{node}"] = proc
@@ -380,6 +382,11 @@ def test_partitioned_node_is_dropped_and_rejoins_the_next_run_unaided(cluster: C
     assert all(trained[n] == ROUNDS for n in others), trained
     dropped_after = trained.get(victim, 0)  # rounds the coordinator got the victim's update
     assert dropped_after < ROUNDS, trained
+    # the card names the round the victim missed and why (no reply, or the error reply for its
+    # cut upload, attributed to it by message — never to the coordinator's own node id)
+    failures = card.run["failures_by_round"]
+    assert any(victim in by_node for by_node in failures.values()), card.run
+    assert all(set(by_node) <= set(NODES) for by_node in failures.values()), card.run
     # a round's evaluation rides on the next round's train reply: none from the victim after
     # its last update arrived
     after = card.metrics["rounds"][max(dropped_after - 1, 0) :]
