@@ -43,6 +43,7 @@ class LocalHyper:
     epochs: int = int(RunConfig.default("local-epochs"))
     sample_rate: float = _default("sample-rate")  # Poisson rate q: expected batch = q × rows
     learning_rate: float = _default("learning-rate")
+    learning_rate_final: float = _default("learning-rate-final")  # client.schedule
     max_grad_norm: float = _default("max-grad-norm")
     delta: float = _default("delta")
     # noised evaluation releases per round (0: none — the in-process runs evaluate centrally)
@@ -72,6 +73,7 @@ def make_config(
         epochs=hyper.epochs if epochs is None else epochs,
         sample_rate=hyper.sample_rate,
         learning_rate=hyper.learning_rate,
+        learning_rate_final=hyper.learning_rate_final,
         max_grad_norm=hyper.max_grad_norm,
         noise_multiplier=(
             _default("noise-multiplier") if noise_multiplier is None else noise_multiplier

@@ -56,6 +56,7 @@ from bench.common import (
 from bench.datasets import DATASETS, SiloData, load_silos
 from bench.plain import predict_proba, train_plain
 from bench.quality_run import Setting, product_run
+from client.schedule import for_round
 from client.training import DPTrainConfig
 from common.encoding import Encoder
 from common.metrics import binary_metrics
@@ -108,7 +109,8 @@ def fedavg_plain(data: SiloData, s: Setting, seed: int) -> nn.Module:
         for silo in data.silos:
             local = new_model(s, data)
             local.load_state_dict(start)
-            train_plain(local, silo.x_train, silo.y_train, plain_config(s), round_seed(seed, rnd))
+            cfg = for_round(plain_config(s), rnd)  # the run's per-round learning rate
+            train_plain(local, silo.x_train, silo.y_train, cfg, round_seed(seed, rnd))
             for k, v in local.state_dict().items():
                 arr = v.detach().numpy() / len(data.silos)
                 agg[k] = arr if k not in agg else agg[k] + arr
@@ -121,7 +123,8 @@ def local_plain(data: SiloData, index: int, s: Setting, seed: int) -> nn.Module:
     model = init_model(s, data, seed)
     silo = data.silos[index]
     for rnd in range(1, s.rounds + 1):
-        train_plain(model, silo.x_train, silo.y_train, plain_config(s), round_seed(seed, rnd))
+        cfg = for_round(plain_config(s), rnd)
+        train_plain(model, silo.x_train, silo.y_train, cfg, round_seed(seed, rnd))
     return model
 
 
@@ -284,6 +287,7 @@ def deployed_run_config(data: SiloData, s: Setting, epsilon: float, seed: int) -
         "sample-rate": s.sample_rate,
         "optimizer": s.optimizer,
         "learning-rate": s.learning_rate,
+        "learning-rate-final": s.learning_rate_final,
         "max-grad-norm": s.max_grad_norm,
         "target-epsilon": epsilon,
         "delta": s.delta,

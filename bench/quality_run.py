@@ -34,6 +34,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.supercore.task_identity import TaskIdentity
 
 from bench.dp import node_noise, public_rows
+from client.schedule import for_round
 from client.training import (
     DPTrainConfig,
     EvalRelease,
@@ -69,6 +70,7 @@ class Setting:
     model: str = _d("model")
     optimizer: str = _d("optimizer")
     learning_rate: float = _d("learning-rate")
+    learning_rate_final: float = _d("learning-rate-final")
     sample_rate: float = _d("sample-rate")
     epochs: int = _d("local-epochs")
     rounds: int = _d("num-server-rounds")
@@ -95,6 +97,7 @@ class Setting:
                 epochs=self.epochs,
                 sample_rate=self.sample_rate,
                 learning_rate=self.learning_rate,
+                learning_rate_final=self.learning_rate_final,
                 max_grad_norm=self.max_grad_norm,
                 noise_multiplier=float(_d("noise-multiplier")),
                 target_epsilon=self.epsilon,
@@ -133,7 +136,8 @@ class Setting:
         return (
             f"`{self.model}`, {self.rounds} rounds of {self.epochs} local epoch(s) at Poisson "
             f"rate {self.sample_rate} ({round(1 / self.sample_rate)} DP-SGD steps per round), "
-            f"{self.optimizer} at learning rate {self.learning_rate}, clipping "
+            f"{self.optimizer} at learning rate {self.learning_rate} (cosine to "
+            f"{self.learning_rate_final}× by the last round), clipping "
             f"{self.max_grad_norm}, server {server}; evaluation σ {self.eval_noise} per round "
             f"and {final_noise(self.train_config())} for the final model ({self.eval_bins} "
             f"bins); Platt calibration {'on' if self.calibrate else 'off'}; δ {self.delta}"
@@ -203,7 +207,7 @@ def federate(
                 local,
                 silo.x_train,
                 silo.y_train,
-                cfg,
+                for_round(cfg, rnd),
                 sigma,
                 generator_seed=dp_seed(seed, rnd, i),
                 public_rows=public_rows(len(silo.x_train)),

@@ -9,6 +9,9 @@
     # the additive model against logreg, on reference and untuned contracts and synthetic data
     .venv/bin/python -m bench.quality_sweep --datasets telco bank corner --variants "" draft \
         naive --grid additive --seeds 0 1 2
+    # the learning-rate schedule (constant, cosine to 0.1 or 0.3 of lr) at ε 1, 3 and 1000
+    .venv/bin/python -m bench.quality_sweep --datasets telco bank corner --grid lr-schedule \
+        --seeds 0 1 2 --set epsilon=3
     # how the evaluation budget is split (same total ε): what the card reports
     .venv/bin/python -m bench.quality_sweep --grid final-eval --seeds 0 1 2
     # coverage of the reported intervals: 100 noise draws of each trained model's final release
@@ -327,6 +330,12 @@ GRIDS: dict[str, list[Setting]] = {
         D,
         replace(D, model="additive", label="additive"),
         replace(D, model="additive", learning_rate=0.02, label="additive, lr 0.02"),
+    ],
+    # the learning-rate schedule over the rounds (client.schedule): cosine to a fraction of lr
+    "lr-schedule": [
+        replace(D, learning_rate_final=1.0, label="constant lr"),
+        replace(D, learning_rate_final=0.1, label="cosine to 0.1 lr"),
+        replace(D, learning_rate_final=0.3, label="cosine to 0.3 lr"),
     ],
     # how the run's evaluation budget is split (same total ε): honesty of the reported numbers
     "final-eval": [

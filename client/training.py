@@ -54,7 +54,8 @@ class DPTrainConfig:
 
     epochs: int
     sample_rate: float  # Poisson sampling rate q: expected batch = q × rows
-    learning_rate: float
+    learning_rate: float  # the first round's; `round_learning_rate` gives each round's
+    learning_rate_final: float  # the last round's, as a fraction of learning_rate
     max_grad_norm: float
     noise_multiplier: float
     target_epsilon: float  # > 0: derive the noise so the whole run spends at most this

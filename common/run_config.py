@@ -88,6 +88,12 @@ class RunConfig(BaseModel):
     # 0.05: with Adam a step moves each weight by ≲ lr, so 100 steps reach |w| ≈ 5 (encoded
     # features are O(1)); 0.02 stopped short of the optimum, 0.1 was as good but noisier
     learning_rate: float = Field(0.05, alias="learning-rate", gt=0)
+    # the last round's learning rate as a fraction of learning-rate, cosine in between
+    # (client.schedule); 1: constant. Decaying lets a model that has converged settle (Adam keeps
+    # jittering by ≈ lr): cosine to 0.3 gained Telco 0.003–0.004 AUC at ε 3 and 1000, nothing at
+    # ε 1 or on bank, and cost an under-trained model (skewed amounts, `corner`) 0.006–0.008 —
+    # so the default stays constant (bench/results/quality_lr_schedule.md)
+    learning_rate_final: float = Field(1.0, alias="learning-rate-final", gt=0, le=1)
     # clipping 1: 0.3 and 3 gave the same AUC at ε = 1 (Adam is scale-free; C only sets the
     # noise's scale relative to the clipped gradients, which it cancels)
     max_grad_norm: float = Field(1.0, alias="max-grad-norm", gt=0)
@@ -192,6 +198,7 @@ class RunConfig(BaseModel):
             "drift-bins": self.drift_bins,
             "optimizer": self.optimizer,
             "learning-rate": self.learning_rate,
+            "learning-rate-final": self.learning_rate_final,
             "max-grad-norm": self.max_grad_norm,
             "noise-multiplier": self.noise_multiplier,
             "target-epsilon": self.target_epsilon,

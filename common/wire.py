@@ -75,6 +75,7 @@ SETTINGS_KEYS: Final[Mapping[str, str]] = {
     "final_eval_noise": "final-eval-noise",
     "drift_reference_noise": "drift-reference-noise",
     "drift_bins": "drift-bins",
+    "learning_rate_final": "learning-rate-final",
 }
 BUDGET_KEYS: Final[Mapping[str, str]] = {
     "epsilon_run": "epsilon",

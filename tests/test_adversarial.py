@@ -82,6 +82,7 @@ EXPECTED = {
         "total-rounds-huge": "limit-total-rounds",
         "local-epochs-huge": "limit-local-epochs",
         "noise-tiny": "limit-noise",
+        "learning-rate-final-huge": "setting-learning-rate-final",
         "model-transformer": "model-not-allowed",
         "contract-hash-other": "contract-mismatch",
         "contract-hash-missing": "contract-hash-missing",

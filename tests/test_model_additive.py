@@ -162,6 +162,7 @@ def _dp_config(**overrides: Any) -> DPTrainConfig:
         "epochs": 1,
         "sample_rate": 0.1,
         "learning_rate": 0.05,
+        "learning_rate_final": 1.0,
         "max_grad_norm": 1.0,
         "noise_multiplier": 1.0,
         "target_epsilon": 0.0,

@@ -93,6 +93,9 @@ BAD_SETTINGS = [
     ({"optimizer": "lbfgs"}, "setting-optimizer"),
     ({"optimizer": ""}, "setting-optimizer"),
     ({"learning_rate": float("nan")}, "setting-learning-rate"),
+    ({"learning_rate_final": 0.0}, "setting-learning-rate-final"),  # not sent
+    ({"learning_rate_final": 1.5}, "setting-learning-rate-final"),
+    ({"learning_rate_final": float("nan")}, "setting-learning-rate-final"),
     ({"max_grad_norm": -1.0}, "setting-max-grad-norm"),
 ]
 

@@ -31,6 +31,7 @@ def train_config(total_rounds: int) -> DPTrainConfig:
         epochs=int(d("local-epochs")),
         sample_rate=float(d("sample-rate")),
         learning_rate=float(d("learning-rate")),
+        learning_rate_final=float(d("learning-rate-final")),
         max_grad_norm=float(d("max-grad-norm")),
         noise_multiplier=float(d("noise-multiplier")),
         target_epsilon=0.0,

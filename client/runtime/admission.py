@@ -128,6 +128,7 @@ def admit_settings(s: pb.RunSettings, contract: Contract, policy: Policy) -> Run
     if s.target_epsilon:
         _finite("target-epsilon", s.target_epsilon, low=0.0)
     _finite("learning-rate", s.learning_rate, low=0.0, high=1e3)
+    _finite("learning-rate-final", s.learning_rate_final, low=0.0, high=1.0)
     _finite("max-grad-norm", s.max_grad_norm, low=0.0, high=1e6)
     if not (math.isfinite(s.proximal_mu) and 0 <= s.proximal_mu <= 1e6):
         raise refuse(
@@ -137,6 +138,7 @@ def admit_settings(s: pb.RunSettings, contract: Contract, policy: Policy) -> Run
         epochs=int(s.local_epochs),
         sample_rate=float(s.sample_rate),
         learning_rate=float(s.learning_rate),
+        learning_rate_final=float(s.learning_rate_final),
         max_grad_norm=float(s.max_grad_norm),
         noise_multiplier=float(s.noise_multiplier),
         target_epsilon=float(s.target_epsilon),

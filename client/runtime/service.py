@@ -35,6 +35,7 @@ from client.runtime.config import NodeConfig, bucket_of, parse_bucket
 from client.runtime.data_cache import DataCache
 from client.runtime.drift import plan_reference, release_reference
 from client.runtime.gate import FAILED, ChargedFailure, RequestGate, after_charge
+from client.schedule import for_round
 from client.training import (
     DPTrainConfig,
     evaluate,
@@ -240,7 +241,7 @@ class NodeService(RequestGate):
                     model,
                     data.x_train,
                     data.y_train,
-                    cfg,
+                    for_round(cfg, run.server_round),  # this round's learning rate
                     cfg.noise_multiplier,
                     generator_seed=int(self._rng.integers(2**63 - 1)),
                     public_rows=self._public_rows(data),  # the update's scale reveals no count

@@ -36,6 +36,7 @@ GOOD: dict[str, Any] = {  # a well-formed mlp run of 3 rounds; contract-hash com
     "local-epochs": 1,
     "sample-rate": 0.05,
     "learning-rate": 0.5,
+    "learning-rate-final": 1.0,
     "max-grad-norm": 1.0,
     "noise-multiplier": 1.0,
     "target-epsilon": 0.0,
@@ -53,6 +54,7 @@ OUT_OF_BOUNDS: dict[str, dict[str, Any]] = {
     "total-rounds-huge": {"total-rounds": 10**6},
     "local-epochs-huge": {"local-epochs": 1000},
     "noise-tiny": {"noise-multiplier": 0.01},
+    "learning-rate-final-huge": {"learning-rate-final": 50.0},
     "model-transformer": {"model": "transformer"},
     "contract-hash-other": {"contract-hash": "0" * 64},
 }

@@ -55,6 +55,7 @@ def settings(contract: Path = SYNTHETIC_CONTRACT, **overrides: object) -> pb.Run
         "local_epochs": 1,
         "sample_rate": 0.05,
         "learning_rate": 0.5,
+        "learning_rate_final": 1.0,
         "max_grad_norm": 1.0,
         "noise_multiplier": 1.0,
         "target_epsilon": 0.0,

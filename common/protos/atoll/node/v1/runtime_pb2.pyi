@@ -17,7 +17,7 @@ class Caller(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., node_id: _Optional[int] = ..., message_id: _Optional[str] = ...) -> None: ...
 
 class RunSettings(_message.Message):
-    __slots__ = ("contract_hash", "model", "local_epochs", "sample_rate", "learning_rate", "max_grad_norm", "noise_multiplier", "target_epsilon", "delta", "total_rounds", "eval_noise", "eval_bins", "proximal_mu", "server_round", "evaluate_incoming", "optimizer", "final_eval_noise", "drift_reference_noise", "drift_bins", "app_manifest", "app_manifest_signature")
+    __slots__ = ("contract_hash", "model", "local_epochs", "sample_rate", "learning_rate", "max_grad_norm", "noise_multiplier", "target_epsilon", "delta", "total_rounds", "eval_noise", "eval_bins", "proximal_mu", "server_round", "evaluate_incoming", "optimizer", "final_eval_noise", "drift_reference_noise", "drift_bins", "app_manifest", "app_manifest_signature", "learning_rate_final")
     CONTRACT_HASH_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     LOCAL_EPOCHS_FIELD_NUMBER: _ClassVar[int]
@@ -39,6 +39,7 @@ class RunSettings(_message.Message):
     DRIFT_BINS_FIELD_NUMBER: _ClassVar[int]
     APP_MANIFEST_FIELD_NUMBER: _ClassVar[int]
     APP_MANIFEST_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    LEARNING_RATE_FINAL_FIELD_NUMBER: _ClassVar[int]
     contract_hash: str
     model: str
     local_epochs: int
@@ -60,7 +61,8 @@ class RunSettings(_message.Message):
     drift_bins: int
     app_manifest: str
     app_manifest_signature: bytes
-    def __init__(self, contract_hash: _Optional[str] = ..., model: _Optional[str] = ..., local_epochs: _Optional[int] = ..., sample_rate: _Optional[float] = ..., learning_rate: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., noise_multiplier: _Optional[float] = ..., target_epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., total_rounds: _Optional[int] = ..., eval_noise: _Optional[float] = ..., eval_bins: _Optional[int] = ..., proximal_mu: _Optional[float] = ..., server_round: _Optional[int] = ..., evaluate_incoming: _Optional[bool] = ..., optimizer: _Optional[str] = ..., final_eval_noise: _Optional[float] = ..., drift_reference_noise: _Optional[float] = ..., drift_bins: _Optional[int] = ..., app_manifest: _Optional[str] = ..., app_manifest_signature: _Optional[bytes] = ...) -> None: ...
+    learning_rate_final: float
+    def __init__(self, contract_hash: _Optional[str] = ..., model: _Optional[str] = ..., local_epochs: _Optional[int] = ..., sample_rate: _Optional[float] = ..., learning_rate: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., noise_multiplier: _Optional[float] = ..., target_epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., total_rounds: _Optional[int] = ..., eval_noise: _Optional[float] = ..., eval_bins: _Optional[int] = ..., proximal_mu: _Optional[float] = ..., server_round: _Optional[int] = ..., evaluate_incoming: _Optional[bool] = ..., optimizer: _Optional[str] = ..., final_eval_noise: _Optional[float] = ..., drift_reference_noise: _Optional[float] = ..., drift_bins: _Optional[int] = ..., app_manifest: _Optional[str] = ..., app_manifest_signature: _Optional[bytes] = ..., learning_rate_final: _Optional[float] = ...) -> None: ...
 
 class Tensor(_message.Message):
     __slots__ = ("name", "shape", "data")
