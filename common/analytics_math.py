@@ -197,8 +197,11 @@ def _bin_labels(edges: list[float]) -> list[str]:
     ]
 
 
-def layout(query: Query, contract: Contract, *, max_bins: int = 100) -> Layout:
-    """The cells and values `query` releases under `contract`; QueryError if it does not fit."""
+def layout(query: Query, contract: Contract, *, max_bins: int | None = 100) -> Layout:
+    """The cells and values `query` releases under `contract`; QueryError if it does not fit.
+
+    `max_bins`: the owner's limit on a numeric field's bins; None for planning from public
+    settings alone (the owner's limit is checked where the query is admitted)."""
     if len(set(query.group_by)) != len(query.group_by):
         raise QueryError("query-group-by", "group_by repeats a feature")
     groups = [group_keys(contract, g) for g in query.group_by]
@@ -216,7 +219,7 @@ def layout(query: Query, contract: Contract, *, max_bins: int = 100) -> Layout:
     return result
 
 
-def _values(query: Query, contract: Contract, max_bins: int) -> dict[str, Any]:
+def _values(query: Query, contract: Contract, max_bins: int | None) -> dict[str, Any]:
     kind, name = query.kind, query.field
     if kind == "count":
         return {"value_names": ["count"], "bounds": [1.0], "sensitivity": 1.0}
@@ -262,7 +265,7 @@ def _values(query: Query, contract: Contract, max_bins: int) -> dict[str, Any]:
             ) from None
         if isinstance(f, NumericFeature):
             bins = query.bins or (DEFAULT_QUANTILE_BINS if kind == "quantile" else 0)
-            if not 2 <= bins <= max_bins:
+            if bins < 2 or (max_bins is not None and bins > max_bins):
                 raise QueryError(
                     "query-bins", f"bins {query.bins} is outside 2..{max_bins} (owner's limit)"
                 )
@@ -380,7 +383,7 @@ def expected_intervals(
 
     Sums, counts and bins: ±1.96·√k·s. Rates and means also depend on the cell's (unknown) size
     n: given for a few sizes, at the worst case (rate 1/2, mean at a range end)."""
-    lay = layout(query, contract, max_bins=10**9)
+    lay = layout(query, contract, max_bins=None)
     stds = lay.noise_std(sigma)
     per_value = {
         name: Z95 * math.sqrt(nodes) * s for name, s in zip(lay.value_names, stds, strict=True)
@@ -412,7 +415,7 @@ def width_at_unit_sigma(
     query: Query, contract: Contract, nodes: int, cell_size: float | None
 ) -> float:
     """The 95% half-width at σ = 1 (every width is proportional to σ)."""
-    lay = layout(query, contract, max_bins=10**9)
+    lay = layout(query, contract, max_bins=None)
     if query.kind in ("rate", "mean"):
         if not cell_size:
             raise ValueError(f"{query.kind}: give the cell size the target width is meant for")

@@ -33,10 +33,11 @@ def reference_queries(
 
 
 def reference_layouts(
-    contract: Contract, queries: dict[str, Query], *, max_bins: int = 10**6
+    contract: Contract, queries: dict[str, Query], *, max_bins: int | None = None
 ) -> dict[str, Layout]:
     """Each query's layout (one cell, its bins): how a flat reference splits into features.
-    Raises common.analytics_math.QueryError if a feature has more than `max_bins` bins."""
+    Raises common.analytics_math.QueryError if a feature has more than `max_bins` bins (None:
+    no limit — the coordinator reading a reference whose bins the nodes already admitted)."""
     return {name: layout(q, contract, max_bins=max_bins) for name, q in queries.items()}
 
 

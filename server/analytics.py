@@ -99,7 +99,7 @@ def run_query(grid: Grid, context: Context) -> int:
     query = parse_query(settings.query)
     contract = coordinator.contract(settings.contract_hash)
     try:
-        lay = layout(query, contract, max_bins=10**6)  # each node applies its owner's bin limit
+        lay = layout(query, contract, max_bins=None)  # each node applies its owner's bin limit
     except QueryError as err:
         raise RunFailed(f"the query does not fit contract {contract.name}: {err}") from None
     run_id = str(context.run_id)
