@@ -133,11 +133,15 @@ class Setting:
             else f"{self.strategy} (server lr {self.server_learning_rate}, "
             f"momentum {self.server_momentum})"
         )
+        lr = (
+            "constant"
+            if self.learning_rate_final == 1
+            else f"cosine to {self.learning_rate_final}× by the last round"
+        )
         return (
             f"`{self.model}`, {self.rounds} rounds of {self.epochs} local epoch(s) at Poisson "
             f"rate {self.sample_rate} ({round(1 / self.sample_rate)} DP-SGD steps per round), "
-            f"{self.optimizer} at learning rate {self.learning_rate} (cosine to "
-            f"{self.learning_rate_final}× by the last round), clipping "
+            f"{self.optimizer} at learning rate {self.learning_rate} ({lr}), clipping "
             f"{self.max_grad_norm}, server {server}; evaluation σ {self.eval_noise} per round "
             f"and {final_noise(self.train_config())} for the final model ({self.eval_bins} "
             f"bins); Platt calibration {'on' if self.calibrate else 'off'}; δ {self.delta}"

@@ -266,9 +266,8 @@ def _values(query: Query, contract: Contract, max_bins: int | None) -> dict[str,
         if isinstance(f, NumericFeature):
             bins = query.bins or (DEFAULT_QUANTILE_BINS if kind == "quantile" else 0)
             if bins < 2 or (max_bins is not None and bins > max_bins):
-                raise QueryError(
-                    "query-bins", f"bins {query.bins} is outside 2..{max_bins} (owner's limit)"
-                )
+                allowed = "at least 2" if max_bins is None else f"2..{max_bins} (owner's limit)"
+                raise QueryError("query-bins", f"bins {query.bins} is outside {allowed}")
             edges = bin_edges(f, bins)
             names = _bin_labels(edges)
             extra: dict[str, Any] = {"edges": edges, "value_range": (f.min, f.max)}

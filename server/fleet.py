@@ -83,18 +83,20 @@ class FastGrid:
         wait = timeout if timeout is not None else 3600.0
         deadline = time.monotonic() + wait
         replies: list[Message] = []
+
+        def pull() -> None:
+            got = list(self._grid.pull_messages(pending))
+            replies.extend(got)
+            pending.difference_update(m.metadata.reply_to_message_id for m in got)
+
         stalled = False  # the last pull returned after the deadline
         while pending and time.monotonic() < deadline:
-            got = list(self._grid.pull_messages(pending))
+            pull()
             stalled = time.monotonic() >= deadline
-            replies += got
-            pending -= {m.metadata.reply_to_message_id for m in got}
             if pending and not stalled:
                 time.sleep(self.poll)
         if pending and stalled:
-            got = list(self._grid.pull_messages(pending))
-            replies += got
-            pending -= {m.metadata.reply_to_message_id for m in got}
+            pull()
         # an error reply (e.g. Flower's for an upload cut mid-push) names the message it answers,
         # not the node: attribute it by the message's recipient
         for reply in replies:

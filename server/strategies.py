@@ -148,7 +148,6 @@ class RecordingMixin:
         self.failures: dict[int, dict[int, str]] = defaultdict(dict)
         self.reference: checks.Signature | None = None  # the global model's arrays
         self.asked: dict[int, set[int]] = {}  # round: the nodes sent its train message
-        self.current_round = 0
 
     def _notify(self, server_round: int, kind: str, replies: list[Message]) -> None:
         if self.on_reply is not None:
@@ -161,16 +160,16 @@ class RecordingMixin:
         self.reference = checks.signature(arrays)
         asks = list(super().configure_train(server_round, arrays, config, grid))  # type: ignore[misc]
         self.asked[server_round] = {m.metadata.dst_node_id for m in asks}
-        self.current_round = server_round
         return asks
 
     def note_unanswered(self, unanswered: dict[int, str]) -> None:
         """The grid's account of the current round's nodes that sent no usable reply (none, or
         an error reply it attributed by message): named on the model card with the reason."""
+        current = max(self.asked, default=0)  # the round configure_train last sent
         for node, why in unanswered.items():
-            if node in self.asked.get(self.current_round, ()):
-                self.failures[self.current_round][node] = why
-                log.warning("round %s: node %s: %s", self.current_round, node, why)
+            if node in self.asked.get(current, ()):
+                self.failures[current][node] = why
+                log.warning("round %s: node %s: %s", current, node, why)
 
     def _drop(
         self, server_round: int, kind: str, dropped: dict[int, tuple[Message, checks.Problem]]

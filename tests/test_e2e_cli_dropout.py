@@ -244,8 +244,8 @@ def _run(tmp: Path, procs: list[ManagedProcess]) -> None:
 
     with Registry(registry) as reg:
         card = reg.card("synthetic-churn")
-    failures = card.run["failures_by_round"]
-    assert failures or len(card.metrics["rounds"][-1]["nodes"]) == 2, card.run
+    failures = card.run["failures_by_round"]  # a node that never replied is named, with why
+    assert any(victim in by_node for by_node in failures.values()), card.run
     # whoever is named is a registered node, never an id the coordinator could not attribute
     names = {p.name for p in parts}
     assert all(set(by_node) <= names for by_node in failures.values()), card.run
