@@ -26,6 +26,7 @@ from client import training
 from client.runtime.config import bucket_of, parse_bucket
 from client.training import DPTrainConfig, TrainResult, train_dp
 from common.run_config import RunConfig
+from privacy.dp import describe_clip
 
 # The owner's policy of every node the benchmarks start: its limits set the noise floor applied
 # to a calibrated σ, as the node runtime applies it.
@@ -56,7 +57,7 @@ class LocalHyper:
         return (
             f"{self.epochs} local epoch(s), Poisson sample rate {self.sample_rate}, "
             f"{self.optimizer} with learning rate {self.learning_rate}, clipping "
-            f"{self.max_grad_norm}, δ {self.delta}"
+            f"{describe_clip(self.max_grad_norm)}, δ {self.delta}"
         )
 
 

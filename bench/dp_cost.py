@@ -42,6 +42,7 @@ from bench.common import (
     write_results,
 )
 from common.run_config import RunConfig
+from privacy.dp import describe_clip
 
 
 def maxrss_mib() -> float:
@@ -180,7 +181,8 @@ def markdown(meta: dict[str, Any], pairs: list[dict[str, Any]]) -> str:
             "# Cost of DP-SGD: private vs non-private training, same model, data and batch",
             "",
             "Private = the node's `client.training.train_dp` as the node runtime calls it "
-            f"(Opacus per-sample gradients, clipping at {RunConfig.default('max-grad-norm')}, "
+            "(Opacus per-sample gradients, clipping at "
+            f"{describe_clip(RunConfig.default('max-grad-norm'))}, "
             "Poisson sampling, noise multiplier "
             f"{RunConfig.default('noise-multiplier')}); non-private = `bench.plain` training "
             "with the same model, rows and (expected) batch size. 'Round' = one call training "

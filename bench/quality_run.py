@@ -49,6 +49,7 @@ from common.metrics import binary_metrics
 from common.model import BasisLayout, build_model, predict_logits
 from common.protos.atoll.node.v1 import runtime_pb2 as pb
 from common.run_config import RunConfig
+from privacy.dp import describe_clip
 from privacy.dp import epsilon as compose_epsilon
 
 
@@ -142,7 +143,8 @@ class Setting:
             f"`{self.model}`, {self.rounds} rounds of {self.epochs} local epoch(s) at Poisson "
             f"rate {self.sample_rate} ({round(1 / self.sample_rate)} DP-SGD steps per round), "
             f"{self.optimizer} at learning rate {self.learning_rate} ({lr}), clipping "
-            f"{self.max_grad_norm}, server {server}; evaluation σ {self.eval_noise} per round "
+            f"{describe_clip(self.max_grad_norm)}, server {server}; evaluation σ "
+            f"{self.eval_noise} per round "
             f"and {final_noise(self.train_config())} for the final model ({self.eval_bins} "
             f"bins); Platt calibration {'on' if self.calibrate else 'off'}; δ {self.delta}"
         )

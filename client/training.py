@@ -28,6 +28,7 @@ from common.model import predict_logits
 from privacy.dp import (
     PlannedEvent,
     calibrate_run_noise,
+    clip_norm,
     effective_sample_rate,
     epsilon,
     plan_run,
@@ -56,7 +57,7 @@ class DPTrainConfig:
     sample_rate: float  # Poisson sampling rate q: expected batch = q × rows
     learning_rate: float  # the first round's; `round_learning_rate` gives each round's
     learning_rate_final: float  # the last round's, as a fraction of learning_rate
-    max_grad_norm: float
+    max_grad_norm: float  # 0: auto, from the node's σ (privacy.dp.clip_norm)
     noise_multiplier: float
     target_epsilon: float  # > 0: derive the noise so the whole run spends at most this
     delta: float
@@ -216,8 +217,10 @@ def release_of(cfg: DPTrainConfig, sigma: float) -> tuple[float, float, int]:
 
 def _check_optimiser(cfg: DPTrainConfig) -> None:
     """Settings the update needs; all data-independent, so refusing them reveals nothing."""
-    if not (math.isfinite(cfg.max_grad_norm) and cfg.max_grad_norm > 0):
-        raise ValueError(f"max_grad_norm must be finite and > 0, got {cfg.max_grad_norm!r}")
+    if not (math.isfinite(cfg.max_grad_norm) and cfg.max_grad_norm >= 0):
+        raise ValueError(
+            f"max_grad_norm must be finite and > 0 (or 0: auto), got {cfg.max_grad_norm!r}"
+        )
     if not (math.isfinite(cfg.learning_rate) and cfg.learning_rate >= 0):
         raise ValueError(f"learning_rate must be finite and >= 0, got {cfg.learning_rate!r}")
     if not (math.isfinite(cfg.proximal_mu) and cfg.proximal_mu >= 0):
@@ -278,7 +281,7 @@ def train_dp(
         optimizer = DPOptimizer(
             _base_optimizer(cfg, model.parameters()),
             noise_multiplier=sigma,
-            max_grad_norm=cfg.max_grad_norm,
+            max_grad_norm=clip_norm(cfg.max_grad_norm, sigma),
             expected_batch_size=max(1, int(rows * q)),
             loss_reduction="mean",  # Σ clipped + noise, divided by the expected batch
             generator=gen,

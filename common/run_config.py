@@ -94,9 +94,11 @@ class RunConfig(BaseModel):
     # ε 1 or on bank, and cost an under-trained model (skewed amounts, `corner`) 0.006–0.008 —
     # so the default stays constant (bench/results/quality_lr_schedule.md)
     learning_rate_final: float = Field(1.0, alias="learning-rate-final", gt=0, le=1)
-    # clipping 1: 0.3 and 3 gave the same AUC at ε = 1 (Adam is scale-free; C only sets the
-    # noise's scale relative to the clipped gradients, which it cancels)
-    max_grad_norm: float = Field(1.0, alias="max-grad-norm", gt=0)
+    # 0: auto — each node clips at C = 6/σ within [1, 3] from its own training noise σ
+    # (privacy.dp.auto_clip_norm: C 1 at ε 1, 3 at ε ≥ 3); C = 1 everywhere clipped nearly every
+    # record, biasing the logits (raw log loss 0.53–0.60) and costing 0.005 AUC at ε ≥ 2 on data
+    # sets nobody tuned for (bench/results/quality_unseen.md). A value > 0 is used as given
+    max_grad_norm: float = Field(0.0, alias="max-grad-norm", ge=0)
     # fixed noise when no target-epsilon is given: 2.0 keeps a default run (10 × 10 steps at
     # q 0.1, plus evaluations) at ε ≈ 2.5 per node (δ 1e-5), near the old default's 2.2
     noise_multiplier: float = Field(2.0, alias="noise-multiplier", gt=0)

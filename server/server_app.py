@@ -22,6 +22,7 @@ from common.estimation import Report, estimate, pool
 from common.model import model_for, weights_to_bytes
 from common.protos.atoll.node.v1 import runtime_pb2 as pb
 from privacy.audit import json_number
+from privacy.dp import clip_norm
 from server.analytics import run_query
 from server.calibration import publish_calibrated
 from server.coordinator_audit import CoordinatorAudit
@@ -277,6 +278,7 @@ def _publish(
                 "size_bucket": roster[node].size_bucket if node in roster else None,
                 "rounds": participants.get(name, {}).get("rounds", 0) + 1,
                 "noise_multiplier": float(trained.noise_multiplier),
+                "max_grad_norm": clip_norm(settings.max_grad_norm, trained.noise_multiplier),
                 "sample_rate": float(trained.sample_rate),
             }
     # the final model's releases on finish: Platt-calibrate it on them (post-processing, no ε) and
@@ -313,7 +315,8 @@ def _publish(
             "noise_multiplier": settings.noise_multiplier if settings.target_epsilon <= 0 else None,
             "target_epsilon": settings.target_epsilon or None,
             "eval_noise": settings.eval_noise,
-            "max_grad_norm": settings.max_grad_norm,
+            "max_grad_norm": settings.max_grad_norm
+            or "auto: each node clips at 6/σ within [1, 3] (participants list each node's)",
             "sample_rate": settings.sample_rate,
         },
         run={

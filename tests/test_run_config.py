@@ -75,7 +75,7 @@ def test_node_config_is_kept() -> None:
 def test_the_defaults_a_new_run_gets() -> None:
     """The chosen defaults (evidence: bench/quality_sweep.py, README "Training defaults")."""
     d = RunConfig.from_run_config(REQUIRED)
-    assert (d.optimizer, d.learning_rate, d.max_grad_norm) == ("adam", 0.05, 1.0)
+    assert (d.optimizer, d.learning_rate, d.max_grad_norm) == ("adam", 0.05, 0.0)  # 0: auto
     assert (d.strategy, d.model, d.rounds, d.local_epochs, d.sample_rate) == (
         "fedavg",
         "additive",

@@ -398,3 +398,12 @@ def test_the_drift_reference_rides_on_finish_only_where_the_owner_allows_analyti
     assert "analytics/drift" not in _charged_purposes(plain_ledger)
     assert "evaluation" in _charged_purposes(plain_ledger)
     assert other.budget.epsilon_run < done.budget.epsilon_run
+
+
+def test_max_grad_norm_zero_is_admitted_as_the_auto_norm(tmp_path: Path, data_csv: Path) -> None:
+    svc = _service(tmp_path, data_csv, size_bucket="1000-2000")
+    reply = svc.train(
+        pb.TrainRequest(caller=caller(), settings=settings(max_grad_norm=0.0), weights=weights())
+    )
+    assert reply.WhichOneof("outcome") == "trained", reply
+    assert reply.trained.steps > 0

@@ -33,7 +33,7 @@ from client.training import (
 from common.metrics import binary_metrics
 from common.model import build_model
 from common.run_config import OPTIMIZER_NAMES, RunConfig
-from privacy.dp import epsilon
+from privacy.dp import AUTO_CLIP_MAX, AUTO_CLIP_MIN, auto_clip_norm, clip_norm, epsilon
 
 _BASE: dict[str, Any] = {
     "epochs": 1,
@@ -461,3 +461,39 @@ def test_evaluation_never_releases_exact_counts(noise: float) -> None:
     x, y = _data(10)
     with pytest.raises(ValueError):
         evaluate(build_model("logreg", 6), x, y, noise, 10)
+
+
+# --- clipping norm: "auto" follows the node's own noise --------------------------------------
+
+
+def test_auto_clip_norm_is_bounded_and_falls_as_noise_rises() -> None:
+    sigmas = [0.1, 0.5, 1.75, 2.5, 4.0, 7.6, 50.0]
+    norms = [auto_clip_norm(s) for s in sigmas]
+    assert norms == sorted(norms, reverse=True)
+    assert norms[0] == AUTO_CLIP_MAX and norms[-1] == AUTO_CLIP_MIN
+    assert AUTO_CLIP_MIN < auto_clip_norm(4.0) < AUTO_CLIP_MAX
+    assert auto_clip_norm(math.nan) == AUTO_CLIP_MIN  # never more than the bound on bad input
+    assert clip_norm(0.7, 0.5) == 0.7  # an explicit norm is used as given
+
+
+@pytest.mark.parametrize("sigma", [0.5, 7.6])
+def test_max_grad_norm_zero_trains_with_the_auto_norm(
+    monkeypatch: pytest.MonkeyPatch, sigma: float
+) -> None:
+    x, y = _data(400)
+    used: list[float] = []
+    original = DPOptimizer.clip_and_accumulate
+
+    def spy(self: DPOptimizer) -> None:
+        used.append(self.max_grad_norm)
+        original(self)
+
+    monkeypatch.setattr(DPOptimizer, "clip_and_accumulate", spy)
+    first, second = build_model("logreg", 6), build_model("logreg", 6)
+    second.load_state_dict(first.state_dict())
+    auto = train_dp(first, x, y, _cfg(max_grad_norm=0.0), sigma, generator_seed=3)
+    fixed = _cfg(max_grad_norm=auto_clip_norm(sigma))
+    explicit = train_dp(second, x, y, fixed, sigma, generator_seed=3)
+    assert set(used) == {auto_clip_norm(sigma)}
+    for k in auto.state:
+        assert torch.equal(auto.state[k], explicit.state[k])

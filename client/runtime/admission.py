@@ -129,7 +129,8 @@ def admit_settings(s: pb.RunSettings, contract: Contract, policy: Policy) -> Run
         _finite("target-epsilon", s.target_epsilon, low=0.0)
     _finite("learning-rate", s.learning_rate, low=0.0, high=1e3)
     _finite("learning-rate-final", s.learning_rate_final, low=0.0, high=1.0)
-    _finite("max-grad-norm", s.max_grad_norm, low=0.0, high=1e6)
+    if s.max_grad_norm != 0:  # 0: auto, from the node's own σ (privacy.dp.clip_norm)
+        _finite("max-grad-norm", s.max_grad_norm, low=0.0, high=1e6)
     if not (math.isfinite(s.proximal_mu) and 0 <= s.proximal_mu <= 1e6):
         raise refuse(
             "setting-proximal-mu", f"proximal-mu must be in [0, 1e6]; got {s.proximal_mu!r}"
