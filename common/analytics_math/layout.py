@@ -17,7 +17,7 @@ from common.analytics_math.query import (
     Query,
     QueryError,
 )
-from common.contract import BinaryFeature, CategoricalFeature, Contract, NumericFeature
+from common.contract import BinaryFeature, CategoricalFeature, Contract, Feature, NumericFeature
 from common.encoding import OTHER
 
 
@@ -40,14 +40,17 @@ class Layout:
         return [sigma * self.sensitivity * b for b in self.bounds]
 
 
+def _feature(contract: Contract, name: str, code: str, message: str) -> Feature:
+    """The contract's feature `name`, or a QueryError(`code`, `message`) if it has none."""
+    try:
+        return contract.feature(name)
+    except KeyError:
+        raise QueryError(code, message) from None
+
+
 def group_keys(contract: Contract, name: str) -> list[str]:
     """The public keys of a group-by feature: its vocabulary and `<other>`, or false/true."""
-    try:
-        f = contract.feature(name)
-    except KeyError:
-        raise QueryError(
-            "query-field", f"group_by '{name[:60]}' is not a contract feature"
-        ) from None
+    f = _feature(contract, name, "query-field", f"group_by '{name[:60]}' is not a contract feature")
     if isinstance(f, CategoricalFeature):
         return [*f.vocabulary, OTHER]
     if isinstance(f, BinaryFeature):
@@ -58,12 +61,9 @@ def group_keys(contract: Contract, name: str) -> list[str]:
 
 
 def _numeric(contract: Contract, name: str, kind: str) -> NumericFeature:
-    try:
-        f = contract.feature(name)
-    except KeyError:
-        raise QueryError(
-            "query-field", f"{kind} field '{name[:60]}' is not a contract feature"
-        ) from None
+    f = _feature(
+        contract, name, "query-field", f"{kind} field '{name[:60]}' is not a contract feature"
+    )
     if not isinstance(f, NumericFeature):
         raise QueryError("query-field", f"{kind} needs a numeric feature; '{name}' is {f.type}")
     return f
@@ -109,12 +109,12 @@ def _values(query: Query, contract: Contract, max_bins: int | None) -> dict[str,
         return {"value_names": ["count"], "bounds": [1.0], "sensitivity": 1.0}
     if kind == "rate":
         if name != contract.label.column:
-            try:
-                f = contract.feature(name)
-            except KeyError:
-                raise QueryError(
-                    "query-field", f"rate field '{name[:60]}' is neither the label nor a feature"
-                ) from None
+            f = _feature(
+                contract,
+                name,
+                "query-field",
+                f"rate field '{name[:60]}' is neither the label nor a feature",
+            )
             if not isinstance(f, BinaryFeature):
                 raise QueryError(
                     "query-field", f"rate needs a binary feature or the label; '{name}' is {f.type}"
@@ -141,12 +141,9 @@ def _values(query: Query, contract: Contract, max_bins: int | None) -> dict[str,
             "value_range": (f.min, f.max),
         }
     if kind in ("histogram", "quantile"):
-        try:
-            f = contract.feature(name)
-        except KeyError:
-            raise QueryError(
-                "query-field", f"{kind} field '{name[:60]}' is not a contract feature"
-            ) from None
+        f = _feature(
+            contract, name, "query-field", f"{kind} field '{name[:60]}' is not a contract feature"
+        )
         if isinstance(f, NumericFeature):
             bins = query.bins or (DEFAULT_QUANTILE_BINS if kind == "quantile" else 0)
             if bins < 2 or (max_bins is not None and bins > max_bins):
@@ -173,12 +170,12 @@ def check_filters(query: Query, contract: Contract) -> None:
             allowed = {TRUE, FALSE}
             numeric = False
         else:
-            try:
-                f = contract.feature(flt.field)
-            except KeyError:
-                raise QueryError(
-                    "query-filter", f"filter field '{flt.field[:60]}' is not a contract field"
-                ) from None
+            f = _feature(
+                contract,
+                flt.field,
+                "query-filter",
+                f"filter field '{flt.field[:60]}' is not a contract field",
+            )
             numeric = isinstance(f, NumericFeature)
             allowed = set(group_keys(contract, f.name)) if not numeric else set()
         if numeric:
