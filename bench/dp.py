@@ -24,7 +24,7 @@ from torch import nn
 from atoll.federation import DEFAULT_POLICY
 from client import training
 from client.runtime.config import bucket_of, parse_bucket
-from client.training import DPTrainConfig, TrainResult, train_dp
+from client.training import DPTrainConfig, Moments, TrainResult, train_dp
 from common.run_config import RunConfig
 from privacy.dp import describe_clip
 
@@ -115,11 +115,24 @@ def node_noise(cfg: DPTrainConfig) -> float:
 
 
 def train_round_dp(
-    model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: DPTrainConfig, seed: int | None
+    model: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    cfg: DPTrainConfig,
+    seed: int | None,
+    moments: Moments | None = None,
 ) -> TrainResult:
-    """One round of DP-SGD in place, exactly as the node runtime calls `train_dp`."""
+    """One round of DP-SGD in place, exactly as the node runtime calls `train_dp` (`moments`:
+    the node's update-rule state from its previous round of the run)."""
     return train_dp(
-        model, x, y, cfg, node_noise(cfg), generator_seed=seed, public_rows=public_rows(len(x))
+        model,
+        x,
+        y,
+        cfg,
+        node_noise(cfg),
+        generator_seed=seed,
+        public_rows=public_rows(len(x)),
+        moments=moments,
     )
 
 
@@ -131,6 +144,7 @@ class NodeAccount:
     epsilon: float = 0.0
     noise_multiplier: float = 0.0
     steps: int = 0
+    moments: Moments | None = None  # the update rule's state (the runtime's MomentStore)
 
     def train_round(
         self,
@@ -143,7 +157,8 @@ class NodeAccount:
         """One round of DP-SGD in place with the node's code; returns ε spent so far."""
         from privacy.dp import epsilon
 
-        result = train_round_dp(model, x, y, cfg, seed)
+        result = train_round_dp(model, x, y, cfg, seed, self.moments)
+        self.moments = result.moments
         self.history.append((result.noise_multiplier, result.sample_rate, result.steps))
         if cfg.eval_noise > 0:  # the node also releases one noised evaluation per round
             self.history.append((cfg.eval_noise, 1.0, 1))

@@ -38,6 +38,7 @@ from client.schedule import for_round
 from client.training import (
     DPTrainConfig,
     EvalRelease,
+    Moments,
     evaluate,
     final_noise,
     fit_evaluations,
@@ -86,6 +87,9 @@ class Setting:
     final_eval_noise: float = _d("final-eval-noise")
     eval_bins: int = _d("eval-bins")
     calibrate: bool = _d("calibrate")
+    # nodes carry their Adam moments from round to round, as the runtime does (client.runtime.
+    # moments); False restarts them every round (the behaviour before; for comparisons only)
+    keep_moments: bool = True
     # the drift reference a node may release on finish (server.drift): none in these runs, so a
     # run's ε covers training and evaluations exactly as before that release existed
     drift_reference_noise: float = 0.0
@@ -200,6 +204,7 @@ def federate(
     )
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
     arrays = ArrayRecord(model.state_dict())
+    moments: dict[int, Moments] = {}  # each node's update-rule state, kept as its runtime keeps it
     for rnd in range(1, s.rounds + 1):
         asks = list(strategy.configure_train(rnd, arrays, ConfigRecord(), _Grid(len(silos))))
         start = arrays.to_torch_state_dict()
@@ -217,7 +222,9 @@ def federate(
                 sigma,
                 generator_seed=dp_seed(seed, rnd, i),
                 public_rows=public_rows(len(silo.x_train)),
+                moments=moments.get(i) if s.keep_moments else None,
             )
+            moments[i] = res.moments
             TaskIdentity.node_id = i
             replies.append(_reply(ask, res.state))
         TaskIdentity.node_id = 0

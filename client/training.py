@@ -14,7 +14,7 @@ import math
 import secrets
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -42,6 +42,9 @@ LOGIT_BOUND = 30.0
 
 # The update rules a node may apply to its privatised gradient (post-processing: same ε).
 OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
+# an update rule's per-parameter state (torch's optimizer `state_dict()["state"]`: parameter
+# index → tensors), carried from one round of a run to the next by the node
+Moments = dict[int, dict[str, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -65,8 +68,9 @@ class DPTrainConfig:
     eval_noise: float  # σ of the Gaussian noise on evaluation histograms (0: no evaluation)
     eval_bins: int
     proximal_mu: float
-    # the update rule applied to the noised gradient: "adam" (bias-corrected moments, restarted
-    # every round) or "sgd"; a choice of post-processing, so ε does not depend on it
+    # the update rule applied to the noised gradient: "adam" (bias-corrected moments, carried by
+    # the node from round to round of a run: `moments`) or "sgd"; a choice of post-processing,
+    # so ε does not depend on it
     optimizer: str
     # σ of the final model's evaluation (on finish); 0: eval_noise (see `final_noise`)
     final_eval_noise: float
@@ -152,12 +156,18 @@ def _evaluation_factor(
 
 @dataclass(frozen=True)
 class TrainResult:
-    """A round's release: the noised weights and the mechanism that produced them (no data)."""
+    """A round's release: the noised weights and the mechanism that produced them (no data).
+
+    `moments`: the update rule's state after the round (Adam's moments; empty for SGD), for the
+    node to pass to its next round of the same run. It is computed from the noised gradients
+    only, so keeping it is post-processing (no ε); it never leaves the node.
+    """
 
     state: dict[str, torch.Tensor]
     noise_multiplier: float
     sample_rate: float
     steps: int
+    moments: Moments = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -252,6 +262,7 @@ def train_dp(
     *,
     generator_seed: int | None = None,
     public_rows: int | None = None,
+    moments: Moments | None = None,
 ) -> TrainResult:
     """One round of DP-SGD: exactly `release_of(cfg, sigma)` steps, Poisson rate q = 1/k.
 
@@ -263,6 +274,10 @@ def train_dp(
     `public_rows` sets the averaging denominator max(1, ⌊q × rows⌋). Give the node's public size
     bucket: without it the actual row count is used (as Opacus does), and the scale of the
     released update then depends on how many rows the node holds.
+
+    `moments`: the update rule's state from this run's previous round (`TrainResult.moments`), so
+    Adam continues instead of restarting: a restarted Adam's first steps move every weight by
+    ≈ lr whatever its gradient, noise included. Ignored unless it fits the model exactly.
     """
     sigma, q, steps = release_of(cfg, sigma)
     _check_optimiser(cfg)
@@ -278,8 +293,10 @@ def train_dp(
         # Opacus warns about its non-cryptographic RNG (see README) and torch about hooks
         warnings.simplefilter("ignore")
         dp_model = GradSampleModule(model, loss_reduction="sum")
+        base = _base_optimizer(cfg, model.parameters())
+        _resume(base, moments)
         optimizer = DPOptimizer(
-            _base_optimizer(cfg, model.parameters()),
+            base,
             noise_multiplier=sigma,
             max_grad_norm=clip_norm(cfg.max_grad_norm, sigma),
             expected_batch_size=max(1, int(rows * q)),
@@ -299,7 +316,36 @@ def train_dp(
             _forget_gradients(model)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     _zero_non_finite(state.values())
-    return TrainResult(state=state, noise_multiplier=sigma, sample_rate=q, steps=steps)
+    after: Moments = {
+        int(i): {k: v.detach().clone() for k, v in st.items() if isinstance(v, torch.Tensor)}
+        for i, st in base.state_dict()["state"].items()
+    }
+    return TrainResult(
+        state=state, noise_multiplier=sigma, sample_rate=q, steps=steps, moments=after
+    )
+
+
+def _resume(optimizer: torch.optim.Optimizer, moments: Moments | None) -> None:
+    """Load the previous round's state into `optimizer` if it fits: the same parameters in the
+    same order, every tensor finite and shaped like its parameter. Learning rate and betas stay
+    this round's (only the per-parameter state is loaded)."""
+    if not moments:
+        return
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    expected = {"exp_avg", "exp_avg_sq", "step"}
+    for i, p in enumerate(params):
+        st = moments.get(i)
+        if st is None or set(st) != expected:
+            return
+        for key in ("exp_avg", "exp_avg_sq"):
+            t = st[key]
+            if t.shape != p.shape or not bool(torch.isfinite(t).all()):
+                return
+    if len(moments) != len(params) or not isinstance(optimizer, torch.optim.Adam):
+        return
+    current = optimizer.state_dict()
+    current["state"] = {i: {k: v.clone() for k, v in st.items()} for i, st in moments.items()}
+    optimizer.load_state_dict(current)
 
 
 def _dp_step(

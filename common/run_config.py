@@ -83,7 +83,8 @@ class RunConfig(BaseModel):
     drift_bins: int = Field(10, alias="drift-bins", ge=2, le=100)
     # the update rule on the privatised gradient (post-processing: ε unchanged). Adam's step is
     # independent of the gradient's scale (clipping norm, batch, feature ranges), so one learning
-    # rate converges across data sets; evidence in bench/quality_sweep.py (--grid evidence)
+    # rate converges across data sets; evidence in bench/quality_sweep.py (--grid evidence).
+    # Each node keeps Adam's moments between a run's rounds (client.runtime.moments)
     optimizer: OptimizerName = "adam"
     # 0.05: with Adam a step moves each weight by ≲ lr, so 100 steps reach |w| ≈ 5 (encoded
     # features are O(1)); 0.02 stopped short of the optimum, 0.1 was as good but noisier

@@ -14,12 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from helpers.node import caller, node_config, settings, weights, without_blocking
 from sqlalchemy import delete, func, select
 
 from client.node import NodeError
 from client.runtime import service as service_module
 from client.runtime.config import NodeConfig
+from client.runtime.moments import MomentStore
 from client.runtime.service import FAILED, NodeService
 from common.protos.atoll.node.v1 import runtime_pb2 as pb
 from common.synth import generate
@@ -407,3 +409,39 @@ def test_max_grad_norm_zero_is_admitted_as_the_auto_norm(tmp_path: Path, data_cs
     )
     assert reply.WhichOneof("outcome") == "trained", reply
     assert reply.trained.steps > 0
+
+
+def test_adam_state_stays_on_the_node_for_the_run_and_goes_with_it(
+    tmp_path: Path, data_csv: Path
+) -> None:
+    svc = _service(tmp_path, data_csv)
+    assert (
+        svc.rollcall(
+            pb.RollCallRequest(caller=caller(), settings=settings(total_rounds=2))
+        ).WhichOneof("outcome")
+        == "joined"
+    )
+    steps = []
+    for rnd in (1, 2):
+        rs = settings(total_rounds=2, server_round=rnd)
+        reply = svc.train(pb.TrainRequest(caller=caller(), settings=rs, weights=weights()))
+        assert reply.WhichOneof("outcome") == "trained", reply
+        kept = svc.moments.get("101")
+        assert kept, "the run's Adam state is kept between its rounds"
+        steps.append({float(m["step"]) for m in kept.values()})
+    assert steps[1] == {2 * s for s in steps[0]}  # round 2 continued round 1's moments
+    # what goes on the wire is the release and its mechanism, never the update rule's state
+    assert {f.name for f in pb.Trained.DESCRIPTOR.fields} == {
+        "weights", "noise_multiplier", "sample_rate", "steps", "budget", "incoming",
+    }  # fmt: skip
+    assert svc.finish(pb.FinishRequest(caller=caller())).WhichOneof("outcome") == "finished"
+    assert "101" not in svc.moments
+
+
+def test_the_moment_store_holds_a_bounded_number_of_runs() -> None:
+    store = MomentStore(max_runs=2)
+    for run in ("a", "b", "c"):
+        store.put(run, {0: {"step": torch.tensor(1.0)}})
+    assert "a" not in store and "b" in store and "c" in store
+    store.drop("b")
+    assert store.get("b") is None

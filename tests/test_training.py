@@ -19,6 +19,7 @@ from client.training import (
     OPTIMIZERS,
     DPTrainConfig,
     EvalRelease,
+    Moments,
     TrainResult,
     bounded_logits,
     drop_non_finite_samples,
@@ -136,11 +137,14 @@ def test_release_of_needs_no_data_and_refuses_what_is_not_dp() -> None:
 
 
 def test_nothing_but_the_noised_weights_depends_on_the_data() -> None:
+    # moments: the update rule's state from the noised gradients alone; it stays on the node
+    # (the runtime's MomentStore; tests/test_runtime_service.py checks it never goes on the wire)
     assert {f.name for f in dataclasses.fields(TrainResult)} == {
         "state",
         "noise_multiplier",
         "sample_rate",
         "steps",
+        "moments",
     }
     assert {f.name for f in dataclasses.fields(EvalRelease)} == {"hist_pos", "hist_neg"}
 
@@ -497,3 +501,52 @@ def test_max_grad_norm_zero_trains_with_the_auto_norm(
     assert set(used) == {auto_clip_norm(sigma)}
     for k in auto.state:
         assert torch.equal(auto.state[k], explicit.state[k])
+
+
+# --- the update rule's state across a run's rounds -------------------------------------------
+
+
+def _adam_round(moments: Moments | None, start: nn.Module, seed: int = 5) -> TrainResult:
+    x, y = _data(400)
+    model = build_model("logreg", 6)
+    model.load_state_dict(start.state_dict())
+    cfg = _cfg(optimizer="adam", learning_rate=0.05)
+    return train_dp(model, x, y, cfg, 1.0, generator_seed=seed, moments=moments)
+
+
+def test_adam_moments_carry_over_and_change_the_next_round() -> None:
+    start = build_model("logreg", 6)
+    first = _adam_round(None, start)
+    assert set(first.moments) == {0, 1}  # weight and bias
+    assert all(set(m) == {"step", "exp_avg", "exp_avg_sq"} for m in first.moments.values())
+    assert all(float(m["step"]) == first.steps for m in first.moments.values())
+    resumed = _adam_round(first.moments, start)
+    fresh = _adam_round(None, start)
+    assert all(float(m["step"]) == 2 * first.steps for m in resumed.moments.values())
+    assert not torch.equal(resumed.state["0.weight"], fresh.state["0.weight"])
+    assert float(first.moments[0]["step"]) == first.steps  # the input was not modified
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        lambda m: m[0].update(exp_avg=torch.zeros(3)),  # another model's shape
+        lambda m: m[0]["exp_avg_sq"].fill_(math.nan),
+        lambda m: m.pop(1),  # one parameter missing
+        lambda m: m[0].pop("exp_avg"),
+    ],
+    ids=["shape", "non-finite", "missing-parameter", "missing-key"],
+)
+def test_moments_that_do_not_fit_are_ignored(spoil: Callable[[Moments], object]) -> None:
+    start = build_model("logreg", 6)
+    moments = _adam_round(None, start).moments
+    spoil(moments)
+    resumed = _adam_round(moments, start)
+    fresh = _adam_round(None, start)
+    assert torch.equal(resumed.state["0.weight"], fresh.state["0.weight"])  # started afresh
+
+
+def test_sgd_keeps_no_moments() -> None:
+    x, y = _data(200)
+    result = train_dp(build_model("logreg", 6), x, y, _cfg(), 1.0, generator_seed=0)
+    assert result.moments == {}

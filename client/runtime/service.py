@@ -35,6 +35,7 @@ from client.runtime.config import NodeConfig, bucket_of, parse_bucket
 from client.runtime.data_cache import DataCache
 from client.runtime.drift import plan_reference, release_reference
 from client.runtime.gate import FAILED, ChargedFailure, RequestGate, after_charge
+from client.runtime.moments import MomentStore
 from client.schedule import for_round
 from client.training import (
     DPTrainConfig,
@@ -82,6 +83,7 @@ class NodeService(RequestGate):
         )
         self.data = DataCache(config.data, self.contract)
         self._runs: dict[str, RunRequest] = {}
+        self.moments = MomentStore()  # Adam's state between a run's rounds (client.training)
         self._lock = threading.Lock()  # one request at a time: the ledger decides in order
         self._rng = np.random.default_rng(seed)  # None: OS entropy (production)
         self.actor = f"node:{config.name}"
@@ -245,7 +247,9 @@ class NodeService(RequestGate):
                     cfg.noise_multiplier,
                     generator_seed=int(self._rng.integers(2**63 - 1)),
                     public_rows=self._public_rows(data),  # the update's scale reveals no count
+                    moments=self.moments.get(req.caller.run_id),
                 )
+                self.moments.put(req.caller.run_id, result.moments)
                 arrays = {k: v.detach().cpu().numpy() for k, v in result.state.items()}
                 weights = pb.Weights(tensors=[wire.tensor_of(k, v) for k, v in arrays.items()])
                 budget = self._budget(req.caller.run_id)
@@ -359,6 +363,7 @@ class NodeService(RequestGate):
             reference, reference_noise = self._reference(req)
             self.ledger.close(req.caller.run_id)
             self._runs.pop(req.caller.run_id, None)
+            self.moments.drop(req.caller.run_id)
             budget = self._budget(req.caller.run_id)
             self._audit(
                 req.caller.run_id,
