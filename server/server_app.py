@@ -22,7 +22,7 @@ from common.estimation import Report, estimate, pool
 from common.model import model_for, weights_to_bytes
 from common.protos.atoll.node.v1 import runtime_pb2 as pb
 from privacy.audit import json_number
-from privacy.dp import clip_norm
+from privacy.dp import clip_norm, describe_clip
 from server.analytics import run_query
 from server.calibration import publish_calibrated
 from server.coordinator_audit import CoordinatorAudit
@@ -316,7 +316,7 @@ def _publish(
             "target_epsilon": settings.target_epsilon or None,
             "eval_noise": settings.eval_noise,
             "max_grad_norm": settings.max_grad_norm
-            or "auto: each node clips at 6/σ within [1, 3] (participants list each node's)",
+            or f"{describe_clip(0.0)} per node: participants list each node's",
             "sample_rate": settings.sample_rate,
         },
         run={
