@@ -1,19 +1,4 @@
-"""The one mapping between Flower records and the node runtime's messages (protos/atoll/node/v1).
-
-Every key Atoll puts into or reads from a Flower message is named here and nowhere else. Both
-sides use it: the coordinator builds requests and reads replies (server/), the node's relay
-turns a Flower message into a runtime request and the runtime's reply back into records
-(client/client_app.py). The proto classes are the typed view on both sides.
-
-Light by design: the relay imports it, so it needs flwr, numpy and the generated stubs only.
-Nothing here raises on hostile input from the other side: what cannot be read becomes a value
-the receiver refuses (a zero setting, a tensor with an impossible shape, a malformed reply).
-
-The keys are defined here. The mapping's two halves are `common.wire_coordinator` (requests out,
-replies read back) and `common.wire_relay` (a Flower message → a runtime request, a runtime
-reply → records); both are re-exported at the end of this module, so callers use `wire.X` for
-keys and mapping alike.
-"""
+"""Every key Atoll puts into or reads from a Flower message: named here and nowhere else."""
 
 from __future__ import annotations
 
@@ -89,31 +74,3 @@ QUERY_VALUES: Final = "query-values"  # METRICS: cells × values, row-major, noi
 QUERY_NOISE_STD: Final = "query-noise-std"  # METRICS: the noise std of each value
 QUERY_EPSILON: Final = "query-epsilon"  # METRICS: ε of this query alone on the node
 SENSITIVITY: Final = "sensitivity"  # METRICS: L2 sensitivity of the released vector
-
-# The mapping itself, re-exported (last: both halves import their keys from above, at their end).
-from common.wire_coordinator import answered_of as answered_of  # noqa: E402
-from common.wire_coordinator import evaluated_of as evaluated_of  # noqa: E402
-from common.wire_coordinator import finished_of as finished_of  # noqa: E402
-from common.wire_coordinator import has_histograms as has_histograms  # noqa: E402
-from common.wire_coordinator import joined_of as joined_of  # noqa: E402
-from common.wire_coordinator import query_record as query_record  # noqa: E402
-from common.wire_coordinator import refusal_of as refusal_of  # noqa: E402
-from common.wire_coordinator import request as request  # noqa: E402
-from common.wire_coordinator import settings_record as settings_record  # noqa: E402
-from common.wire_coordinator import trained_of as trained_of  # noqa: E402
-from common.wire_relay import Carrier as Carrier  # noqa: E402
-from common.wire_relay import arrays_of as arrays_of  # noqa: E402
-from common.wire_relay import budget_metrics as budget_metrics  # noqa: E402
-from common.wire_relay import caller as caller  # noqa: E402
-from common.wire_relay import evaluate_content as evaluate_content  # noqa: E402
-from common.wire_relay import finish_content as finish_content  # noqa: E402
-from common.wire_relay import query_content as query_content  # noqa: E402
-from common.wire_relay import query_spec_of as query_spec_of  # noqa: E402
-from common.wire_relay import refusal_content as refusal_content  # noqa: E402
-from common.wire_relay import rollcall_content as rollcall_content  # noqa: E402
-from common.wire_relay import settings_of as settings_of  # noqa: E402
-from common.wire_relay import tensor_of as tensor_of  # noqa: E402
-from common.wire_relay import tensor_values as tensor_values  # noqa: E402
-from common.wire_relay import train_content as train_content  # noqa: E402
-from common.wire_relay import weights_of as weights_of  # noqa: E402
-from common.wire_relay import with_manifest as with_manifest  # noqa: E402

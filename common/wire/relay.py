@@ -2,8 +2,8 @@
 runtime request; the runtime's reply → records.
 
 What the coordinator sent is read leniently: a value of the wrong type or range arrives as 0 or
-empty, which the runtime refuses. The keys it uses live in `common.wire`, which re-exports its
-functions (callers write `wire.X`).
+empty, which the runtime refuses. The keys it uses live in `common.wire.keys`; `common.wire`
+re-exports its functions (callers write `wire.X`).
 """
 
 from __future__ import annotations
@@ -18,6 +18,39 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from google.protobuf.descriptor import FieldDescriptor
 
 from common.protos.atoll.node.v1 import runtime_pb2 as pb
+from common.wire.keys import (
+    ARRAYS,
+    BUDGET_KEYS,
+    CODE,
+    CONFIG,
+    CONTRACT_HASH,
+    DRIFT_REFERENCE,
+    DRIFT_REFERENCE_NOISE,
+    EVAL_NOISE,
+    HIST_NEG,
+    HIST_POS,
+    INFO,
+    MANIFEST,
+    MANIFEST_SIGNATURE,
+    MESSAGE,
+    METRICS,
+    NODE_NAME,
+    NOISE_MULTIPLIER,
+    NUM_EXAMPLES,
+    PLANNED_EPSILON,
+    QUERY_CELL_KEYS,
+    QUERY_EPSILON,
+    QUERY_NOISE_STD,
+    QUERY_SPEC,
+    QUERY_VALUE_NAMES,
+    QUERY_VALUES,
+    REFUSAL,
+    SAMPLE_RATE,
+    SENSITIVITY,
+    SETTINGS_KEYS,
+    SIZE_BUCKET,
+    STEPS,
+)
 
 _MAX_MANIFEST_BYTES = 4096
 Carrier = TypeVar("Carrier", pb.RunSettings, pb.QueryRequest)  # what carries a build manifest
@@ -218,40 +251,3 @@ def query_content(reply: pb.QueryReply) -> RecordDict:
         **budget_metrics(a.budget),
     }
     return RecordDict({INFO: info, METRICS: MetricRecord(dict(metrics))})  # type: ignore[arg-type]
-
-
-# Last: `common.wire` holds the keys and re-exports this module, so each of the two finds
-# the other's names defined whichever of them is imported first.
-from common.wire import (  # noqa: E402
-    ARRAYS,
-    BUDGET_KEYS,
-    CODE,
-    CONFIG,
-    CONTRACT_HASH,
-    DRIFT_REFERENCE,
-    DRIFT_REFERENCE_NOISE,
-    EVAL_NOISE,
-    HIST_NEG,
-    HIST_POS,
-    INFO,
-    MANIFEST,
-    MANIFEST_SIGNATURE,
-    MESSAGE,
-    METRICS,
-    NODE_NAME,
-    NOISE_MULTIPLIER,
-    NUM_EXAMPLES,
-    PLANNED_EPSILON,
-    QUERY_CELL_KEYS,
-    QUERY_EPSILON,
-    QUERY_NOISE_STD,
-    QUERY_SPEC,
-    QUERY_VALUE_NAMES,
-    QUERY_VALUES,
-    REFUSAL,
-    SAMPLE_RATE,
-    SENSITIVITY,
-    SETTINGS_KEYS,
-    SIZE_BUCKET,
-    STEPS,
-)

@@ -3,7 +3,7 @@
 Settings become a message's config record; a node's reply becomes the runtime's typed message
 (`Joined`, `Trained`, `Evaluated`, `Finished`, `Answered`) or a `Refusal`. A reply that cannot be
 read is a refusal ("malformed-reply"), never an exception. The keys it uses live in
-`common.wire`, which re-exports its functions (callers write `wire.X`).
+`common.wire.keys`; `common.wire` re-exports its functions (callers write `wire.X`).
 """
 
 from __future__ import annotations
@@ -14,18 +14,19 @@ from collections.abc import Mapping
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 
 from common.protos.atoll.node.v1 import runtime_pb2 as pb
+from common.wire import keys
 
 
 def settings_record(settings: Mapping[str, str | int | float | bool]) -> ConfigRecord:
     """The run's settings (run-config keys, see SETTINGS_KEYS) as the message's config record."""
-    known = set(wire.SETTINGS_KEYS.values())
+    known = set(keys.SETTINGS_KEYS.values())
     return ConfigRecord({k: v for k, v in settings.items() if k in known})
 
 
 def request(settings: ConfigRecord, arrays: ArrayRecord | None = None) -> RecordDict:
-    content = RecordDict({wire.CONFIG: settings})
+    content = RecordDict({keys.CONFIG: settings})
     if arrays is not None:
-        content[wire.ARRAYS] = arrays
+        content[keys.ARRAYS] = arrays
     return content
 
 
@@ -33,29 +34,29 @@ def refusal_of(msg: Message) -> pb.Refusal | None:
     """The node's refusal, if the reply is one (a Flower error reply counts as one too)."""
     if msg.has_error():
         return pb.Refusal(code="error", message=(msg.error.reason or "")[:500])
-    if wire.REFUSAL in msg.content:
-        rec = msg.content[wire.REFUSAL]
+    if keys.REFUSAL in msg.content:
+        rec = msg.content[keys.REFUSAL]
         return pb.Refusal(
-            code=str(rec.get(wire.CODE, "")), message=str(rec.get(wire.MESSAGE, ""))[:500]
+            code=str(rec.get(keys.CODE, "")), message=str(rec.get(keys.MESSAGE, ""))[:500]
         )
     return None
 
 
 def _budget_from(metrics: Mapping[str, object]) -> pb.Budget:
-    return pb.Budget(**{f: _num(metrics.get(k)) for f, k in wire.BUDGET_KEYS.items()})
+    return pb.Budget(**{f: _num(metrics.get(k)) for f, k in keys.BUDGET_KEYS.items()})
 
 
 def joined_of(msg: Message) -> pb.Joined | pb.Refusal:
     if (refused := refusal_of(msg)) is not None:
         return refused
     try:
-        info, metrics = msg.content[wire.INFO], msg.content[wire.METRICS]
+        info, metrics = msg.content[keys.INFO], msg.content[keys.METRICS]
         return pb.Joined(
-            node_name=str(info.get(wire.NODE_NAME, "")),
-            contract_hash=str(info.get(wire.CONTRACT_HASH, "")),
-            size_bucket=str(info.get(wire.SIZE_BUCKET, "")),
-            planned_epsilon=_num(metrics.get(wire.PLANNED_EPSILON)),
-            noise_multiplier=_num(metrics.get(wire.NOISE_MULTIPLIER)),
+            node_name=str(info.get(keys.NODE_NAME, "")),
+            contract_hash=str(info.get(keys.CONTRACT_HASH, "")),
+            size_bucket=str(info.get(keys.SIZE_BUCKET, "")),
+            planned_epsilon=_num(metrics.get(keys.PLANNED_EPSILON)),
+            noise_multiplier=_num(metrics.get(keys.NOISE_MULTIPLIER)),
             budget=_budget_from(metrics),
         )
     except (KeyError, TypeError, ValueError, AttributeError):
@@ -64,7 +65,7 @@ def joined_of(msg: Message) -> pb.Joined | pb.Refusal:
 
 def _histograms(m: Mapping[str, object]) -> pb.Evaluated | None:
     """Noised histograms in a metrics record, if it holds a pair of equal, finite lists."""
-    pos, neg = m.get(wire.HIST_POS), m.get(wire.HIST_NEG)
+    pos, neg = m.get(keys.HIST_POS), m.get(keys.HIST_NEG)
     if not isinstance(pos, list) or not isinstance(neg, list) or len(pos) != len(neg) or not pos:
         return None
     values = [float(v) for v in pos + neg]
@@ -73,7 +74,7 @@ def _histograms(m: Mapping[str, object]) -> pb.Evaluated | None:
     return pb.Evaluated(
         hist_pos=values[: len(pos)],
         hist_neg=values[len(pos) :],
-        noise=_num(m.get(wire.EVAL_NOISE)),
+        noise=_num(m.get(keys.EVAL_NOISE)),
         budget=_budget_from(m),
     )
 
@@ -83,12 +84,12 @@ def trained_of(msg: Message) -> pb.Trained | pb.Refusal:
     if (refused := refusal_of(msg)) is not None:
         return refused
     try:
-        m = msg.content[wire.METRICS]
-        _ = msg.content[wire.ARRAYS]
+        m = msg.content[keys.METRICS]
+        _ = msg.content[keys.ARRAYS]
         trained = pb.Trained(
-            noise_multiplier=_num(m.get(wire.NOISE_MULTIPLIER)),
-            sample_rate=_num(m.get(wire.SAMPLE_RATE)),
-            steps=int(_num(m.get(wire.STEPS))),
+            noise_multiplier=_num(m.get(keys.NOISE_MULTIPLIER)),
+            sample_rate=_num(m.get(keys.SAMPLE_RATE)),
+            steps=int(_num(m.get(keys.STEPS))),
             budget=_budget_from(m),
         )
         if (incoming := _histograms(m)) is not None:
@@ -102,7 +103,7 @@ def evaluated_of(msg: Message) -> pb.Evaluated | pb.Refusal:
     if (refused := refusal_of(msg)) is not None:
         return refused
     try:
-        evaluated = _histograms(msg.content[wire.METRICS])
+        evaluated = _histograms(msg.content[keys.METRICS])
     except (KeyError, TypeError, ValueError, AttributeError):
         evaluated = None
     if evaluated is None:
@@ -114,18 +115,18 @@ def finished_of(msg: Message) -> pb.Finished | pb.Refusal:
     if (refused := refusal_of(msg)) is not None:
         return refused
     try:
-        info, metrics = msg.content[wire.INFO], msg.content[wire.METRICS]
+        info, metrics = msg.content[keys.INFO], msg.content[keys.METRICS]
         finished = pb.Finished(
-            node_name=str(info.get(wire.NODE_NAME, "")), budget=_budget_from(metrics)
+            node_name=str(info.get(keys.NODE_NAME, "")), budget=_budget_from(metrics)
         )
         if (final := _histograms(metrics)) is not None:
             finished.final.CopyFrom(final)
-        reference = metrics.get(wire.DRIFT_REFERENCE)
+        reference = metrics.get(keys.DRIFT_REFERENCE)
         if isinstance(reference, list) and reference:
             values = [float(v) for v in reference]
             if all(math.isfinite(v) for v in values):  # else: no reference (never a crash)
                 finished.drift_reference.extend(values)
-                finished.drift_reference_noise = _num(metrics.get(wire.DRIFT_REFERENCE_NOISE))
+                finished.drift_reference_noise = _num(metrics.get(keys.DRIFT_REFERENCE_NOISE))
         return finished
     except (KeyError, TypeError, ValueError, AttributeError):
         return pb.Refusal(code="malformed-reply", message="finish reply lacks info or metrics")
@@ -146,7 +147,7 @@ def query_record(spec: pb.QuerySpec) -> ConfigRecord:
     """The query as the message's config record (coordinator side)."""
     from google.protobuf import json_format
 
-    return ConfigRecord({wire.QUERY_SPEC: json_format.MessageToJson(spec, indent=None)})
+    return ConfigRecord({keys.QUERY_SPEC: json_format.MessageToJson(spec, indent=None)})
 
 
 def answered_of(msg: Message) -> pb.Answered | pb.Refusal:
@@ -157,25 +158,25 @@ def answered_of(msg: Message) -> pb.Answered | pb.Refusal:
         return refused
     malformed = pb.Refusal(code="malformed-reply", message="query reply lacks or garbles values")
     try:
-        info, m = msg.content[wire.INFO], msg.content[wire.METRICS]
-        raw_names, raw_keys = info.get(wire.QUERY_VALUE_NAMES), info.get(wire.QUERY_CELL_KEYS)
+        info, m = msg.content[keys.INFO], msg.content[keys.METRICS]
+        raw_names, raw_keys = info.get(keys.QUERY_VALUE_NAMES), info.get(keys.QUERY_CELL_KEYS)
         if not isinstance(raw_names, list) or not isinstance(raw_keys, list):
             return malformed
         names = [str(v) for v in raw_names]
-        keys = [json.loads(str(k)) for k in raw_keys]
-        values, stds = m.get(wire.QUERY_VALUES), m.get(wire.QUERY_NOISE_STD)
+        cell_keys = [json.loads(str(k)) for k in raw_keys]
+        values, stds = m.get(keys.QUERY_VALUES), m.get(keys.QUERY_NOISE_STD)
         if not names or not isinstance(values, list) or not isinstance(stds, list):
             return malformed
         numbers = [float(v) for v in values + stds]
-        if len(values) != len(stds) or len(values) != len(keys) * len(names):
+        if len(values) != len(stds) or len(values) != len(cell_keys) * len(names):
             return malformed
         if not all(math.isfinite(v) for v in numbers) or any(s < 0 for s in numbers[len(values) :]):
             return malformed
-        if not all(isinstance(k, list) and all(isinstance(x, str) for x in k) for k in keys):
+        if not all(isinstance(k, list) and all(isinstance(x, str) for x in k) for k in cell_keys):
             return malformed
         width = len(names)
         return pb.Answered(
-            node_name=str(info.get(wire.NODE_NAME, "")),
+            node_name=str(info.get(keys.NODE_NAME, "")),
             value_names=names,
             cells=[
                 pb.Cell(
@@ -183,17 +184,12 @@ def answered_of(msg: Message) -> pb.Answered | pb.Refusal:
                     values=numbers[i * width : (i + 1) * width],
                     noise_std=numbers[len(values) + i * width : len(values) + (i + 1) * width],
                 )
-                for i, key in enumerate(keys)
+                for i, key in enumerate(cell_keys)
             ],
-            noise_multiplier=_num(m.get(wire.NOISE_MULTIPLIER)),
-            sensitivity=_num(m.get(wire.SENSITIVITY)),
-            epsilon=_num(m.get(wire.QUERY_EPSILON)),
+            noise_multiplier=_num(m.get(keys.NOISE_MULTIPLIER)),
+            sensitivity=_num(m.get(keys.SENSITIVITY)),
+            epsilon=_num(m.get(keys.QUERY_EPSILON)),
             budget=_budget_from(m),
         )
     except (KeyError, TypeError, ValueError, AttributeError):
         return malformed
-
-
-# Last: `common.wire` holds the keys and re-exports this module, so each of the two finds
-# the other's names defined whichever of them is imported first.
-from common import wire  # noqa: E402
