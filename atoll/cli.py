@@ -28,7 +28,7 @@ from atoll.cli_node import node_app
 from atoll.cli_pki import certs_app, keys_app
 from atoll.cli_query import query_app
 from atoll.cli_serve import serve
-from atoll.processes import (
+from atoll.flower_cli import (
     write_connection,
 )
 from atoll.run_options import _app_default, build_run_config
@@ -64,7 +64,7 @@ CoordinatorHome = Annotated[Path, typer.Option(help="Coordinator's flwr CLI home
 
 def _progress_runner(fed: Any, config: dict[str, Any]) -> Any:
     """Run `fed.run(config)` (anything with that method) behind a rich progress bar."""
-    from atoll.federation import round_of
+    from atoll.runs import round_of
 
     with Progress(
         TextColumn("{task.description}"),
@@ -119,7 +119,7 @@ def run_cmd(
     ] = None,
 ) -> None:
     """Submit a training run to a running SuperLink, follow it with progress, report the outcome."""
-    from atoll.federation import APP_DIR, CONTRACT_PATH_KEY, follow_run
+    from atoll.runs import APP_DIR, CONTRACT_PATH_KEY, follow_run
     from server.app_store import SigningKey, publish_app
 
     flwr_home = flwr_home.resolve()
@@ -271,7 +271,8 @@ def run_federation(
     config: dict[str, Any],
 ) -> dict[str, Any]:
     """Partition → coordinator → nodes (with ledgers) → run with progress → API → summary."""
-    from atoll.federation import LocalFederation, partition_csv
+    from atoll.federation import LocalFederation
+    from atoll.partition import partition_csv
     from atoll.summary import build_summary, print_summary
     from privacy.ledger import Policy
 

@@ -10,7 +10,7 @@ import typer
 
 from atoll import pki
 from atoll.cli_common import fail
-from atoll.processes import (
+from atoll.services import (
     superlink_argv,
     superlink_env,
 )

@@ -69,7 +69,7 @@ def _model(registry: str, name: str, version: int | None, keys: list[Path] | Non
 
 def _asker(registry: str, contract: Any, runner: Runner) -> Any:
     """Runs one query through the SuperLink and returns its stored record."""
-    from atoll.federation import APP_DIR
+    from atoll.runs import APP_DIR
     from server.app_store import SigningKey, publish_app
     from server.drift import DriftError
     from server.query_jobs import QueryRunnerSettings, QuerySubmitter

@@ -24,13 +24,9 @@ from rich.console import Console
 
 from atoll.cli_common import fail
 from atoll.clientapp_launcher import start_clientapp_launcher, wait_for_launcher
-from atoll.processes import (
-    ManagedProcess,
-    flower_env,
-    register_node,
-    supernode_argv,
-    write_connection,
-)
+from atoll.flower_cli import register_node, write_connection
+from atoll.processes import ManagedProcess, flower_env
+from atoll.services import supernode_argv
 from client.launcher.protocol import SOCKET_ENV
 from common.files import write_private
 

@@ -144,8 +144,8 @@ def run(
 ) -> None:
     """Submit the query as a run of the signed app (SuperLink, TLS, node auth) and show it."""
     from atoll.cli import build_run_config
-    from atoll.federation import APP_DIR, CONTRACT_PATH_KEY, follow_run
-    from atoll.processes import write_connection
+    from atoll.flower_cli import write_connection
+    from atoll.runs import APP_DIR, CONTRACT_PATH_KEY, follow_run
     from server.app_store import SigningKey, publish_app
 
     query, _c = _load(spec, contract)

@@ -1,6 +1,6 @@
 """A SuperNode's warm clientapp launcher (client/launcher) as a managed process of this host.
 
-`start_supernode` (atoll.processes) starts it beside the SuperNode when `warm_clientapp` is on:
+`start_supernode` (atoll.services) starts it beside the SuperNode when `warm_clientapp` is on:
 the shim installed in the node's Flower home, the zygote spawned with the SuperNode's own user
 and environment, and the environment the SuperNode must get (the shim first on its PATH).
 """

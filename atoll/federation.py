@@ -1,8 +1,8 @@
 """A whole federation on one machine, with the real deployment engine: the main job's engine.
 
 `LocalFederation` owns a work directory (certs, keys, coordinator state, node homes, logs) and the
-processes it starts; it is a context manager so nothing outlives it. `partition_csv` turns one
-data set into per-department silos for demos and tests.
+processes it starts; it is a context manager so nothing outlives it. Its runs go through
+`atoll.runs.follow_run`; `atoll.partition.partition_csv` makes the silos for demos and tests.
 """
 
 from __future__ import annotations
@@ -11,106 +11,39 @@ import grp
 import hashlib
 import os
 import pwd
-import re
 import sys
-import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import pandas as pd
-
 from atoll import pki
-from atoll.processes import (
-    ManagedProcess,
-    flower_env,
-    free_port,
-    register_node,
-    spawn,
-    start_app_store,
-    start_runtime,
-    start_superlink,
-    start_supernode,
-    submit_run,
-    wait_for_port,
-    write_connection,
-)
+from atoll.flower_cli import register_node, write_connection
+from atoll.processes import ManagedProcess, flower_env, free_port, spawn, wait_for_port
 from atoll.proxy import ProxySettings, start_proxy
+from atoll.runs import APP_DIR, CONNECTION, RunOutcome, follow_run
+from atoll.services import start_app_store, start_runtime, start_superlink, start_supernode
 from client.runtime.config import NodeConfig
-from common.files import toml_value, write_private
+from common.files import write_private
 from common.wire import RUNTIME_SOCKET
 from privacy.ledger import Ledger, Policy
 from privacy.limits import RequestLimits
 from server.api.audit_trail import key_change_recorder, operator_log
 from server.api.auth import ApiKeyStore
 from server.app_store import SigningKey, StoredApp, publish_app
-from server.coordinator_settings import CoordinatorSettings, stage_contract
+from server.coordinator_settings import CoordinatorSettings
 from server.node_names import NodeNames
 from server.registry_signing import load_publishing_key
 
 DEFAULT_POLICY = Policy(cap_epsilon=10.0, delta=1e-5)  # the demo's per-node budget
-APP_DIR = Path(__file__).resolve().parents[1]  # the Flower app (this repo's pyproject.toml)
-CONNECTION = "atoll"
 COORDINATOR = "coordinator"  # the coordinator's host name for `LocalFederation.on_host`
 OnHost = Callable[[str], AbstractContextManager[object]]
-CONTRACT_PATH_KEY = "contract-path"  # the submitter's file; staged, then sent as contract-hash
-_PUBLISHED = re.compile(r"ATOLL published model=(\S+) version=(\d+) run=(\d+)")
-_ROUND = re.compile(r"\[ROUND (\d+)/(\d+)\]")
 
 
 def same_host(_host: str) -> AbstractContextManager[object]:
     """Every party on this machine (the default `on_host`)."""
     return nullcontext()
-
-
-@dataclass(frozen=True)
-class Partition:
-    name: str
-    path: Path
-    values: list[str]
-    rows: int
-
-
-def partition_csv(
-    csv: Path, column: str, n_nodes: int, out_dir: Path, sep: str | None = None
-) -> list[Partition]:
-    """Split a CSV by the values of `column` into `n_nodes` silos (largest groups spread first)."""
-    frame = pd.read_csv(csv, dtype=str, keep_default_na=False, sep=sep, engine="python")
-    if column not in frame.columns:
-        raise ValueError(
-            f"partition column '{column}' is not in {csv.name}; columns: {', '.join(frame.columns)}"
-        )
-    sizes = frame[column].value_counts()
-    if n_nodes < 1 or n_nodes > len(sizes):
-        raise ValueError(
-            f"cannot make {n_nodes} nodes from {len(sizes)} distinct values of '{column}'"
-        )
-    bins: list[list[str]] = [[] for _ in range(n_nodes)]
-    load = [0] * n_nodes
-    for value, size in sizes.items():  # greedy: biggest group to the lightest node
-        i = load.index(min(load))
-        bins[i].append(str(value))
-        load[i] += int(size)
-    parts = []
-    for i, values in enumerate(bins, start=1):
-        name = f"node-{i}"
-        path = out_dir / name / "data.csv"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        rows = frame[frame[column].isin(values)]
-        rows.to_csv(path, index=False)
-        parts.append(Partition(name=name, path=path, values=values, rows=len(rows)))
-    return parts
-
-
-@dataclass
-class RunOutcome:
-    exit_code: int
-    run_id: str | None
-    model_name: str | None
-    model_version: int | None
-    seconds: float
 
 
 @dataclass
@@ -427,63 +360,3 @@ class LocalFederation:
 
 def _group_of(user: str) -> str:
     return grp.getgrgid(pwd.getpwnam(user).pw_gid).gr_name
-
-
-def follow_run(
-    *,
-    flwr_home: Path,
-    config: dict[str, Any],
-    work: Path,
-    log_path: Path,
-    on_line: Callable[[str], None] | None = None,
-    timeout: float = 3600,
-    connection: str = CONNECTION,
-    app: Path | str = APP_DIR,
-    contracts_dir: Path | None = None,
-) -> RunOutcome:
-    """Submit `app` (this app's directory, or its signed build `@atoll/atoll==x.y.z` in the app
-    store) with `config` (`flwr run --stream`) and follow it to its outcome.
-
-    `config["contract-path"]` is the submitter's contract file: it is staged in the coordinator's
-    `contracts_dir` (the SuperLink's --contracts; default `work/contracts`, a LocalFederation's)
-    and replaced by `contract-hash` — the path itself is never submitted."""
-    cfg = dict(config)
-    if CONTRACT_PATH_KEY in cfg:
-        staged = contracts_dir or work / "contracts"
-        cfg["contract-hash"] = stage_contract(Path(cfg.pop(CONTRACT_PATH_KEY)), staged)
-    work.mkdir(parents=True, exist_ok=True)
-    cfg_file = work / f"run-{int(time.time() * 1000)}.toml"
-    cfg_file.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in cfg.items()))
-    found: dict[str, str] = {}
-
-    def watch(line: str) -> None:
-        if m := _PUBLISHED.search(line):
-            found.update(name=m[1], version=m[2], run=m[3])
-        elif "run_id" not in found and (m := re.search(r"[Rr]un (?:ID )?(\d{3,})", line)):
-            found["run_id"] = m[1]
-        if on_line is not None:
-            on_line(line)
-
-    t0 = time.monotonic()
-    code = submit_run(
-        app=app,
-        flwr_home=flwr_home,
-        connection=connection,
-        run_config_file=cfg_file,
-        log_path=log_path,
-        on_line=watch,
-        timeout=timeout,
-    )
-    return RunOutcome(
-        exit_code=code,
-        run_id=found.get("run") or found.get("run_id"),
-        model_name=found.get("name"),
-        model_version=int(found["version"]) if "version" in found else None,
-        seconds=time.monotonic() - t0,
-    )
-
-
-def round_of(line: str) -> tuple[int, int] | None:
-    """`(current, total)` when a log line starts a round (drives progress bars)."""
-    m = _ROUND.search(line)
-    return (int(m[1]), int(m[2])) if m else None

@@ -8,7 +8,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from atoll.federation import LocalFederation, Partition, RunOutcome
+from atoll.federation import LocalFederation
+from atoll.partition import Partition
+from atoll.runs import RunOutcome
 from server.registry import Registry
 from server.registry_signing import RowVerifier
 

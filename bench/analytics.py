@@ -172,7 +172,8 @@ def widths(name: str, fed: Federation, epsilons: list[float], reps: int) -> dict
 
 def engine_times(runs: int) -> dict[str, Any]:
     """Wall time of a query on the deployment engine (Telco, 3 nodes, loopback)."""
-    from atoll.federation import LocalFederation, partition_csv
+    from atoll.federation import LocalFederation
+    from atoll.partition import partition_csv
     from server.query_store import QueryStore
 
     spec = DATASETS["telco"]

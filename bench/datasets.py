@@ -2,7 +2,7 @@
 
 The CSV is read once from ../shared/data (never copied into the repository), given row-number ids
 if it has none (`client.data_source.ensure_id`, on the whole file so ids are unique across silos),
-split into silos with `atoll.federation.partition_csv` in a scratch directory, and each silo is
+split into silos with `atoll.partition.partition_csv` in a scratch directory, and each silo is
 loaded exactly as a node loads it (`client.node.load_node_data`: contract validation, encoding,
 `client.split.split_mask` on the ids). So the global test set is the union of the silos' test rows
 and is the same for every method.
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from atoll.federation import Partition, partition_csv
+from atoll.partition import Partition, partition_csv
 from bench.common import BANK, CONTRACTS, TELCO, WORK
 from client.data_source import ensure_id, read_records
 from client.node import load_node_data

@@ -272,9 +272,9 @@ def deployed_run_config(data: SiloData, s: Setting, epsilon: float, seed: int) -
 
     Every training setting is given explicitly (the bench's values, RunConfig defaults unless a
     flag changed them), so the deployed nodes train exactly what the in-process runs train. The
-    contract travels as its path (`atoll.federation` stages it and sends its hash).
+    contract travels as its path (`atoll.runs` stages it and sends its hash).
     """
-    from atoll.federation import CONTRACT_PATH_KEY
+    from atoll.runs import CONTRACT_PATH_KEY
     from common.contract import load_contract
 
     config: dict[str, Any] = {

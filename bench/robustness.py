@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.robustness --seeds 0 1 2
 
-Telco split by `Contract` (`atoll.federation.partition_csv`, loaded as each node loads it:
+Telco split by `Contract` (`atoll.partition.partition_csv`, loaded as each node loads it:
 `bench.datasets.load_silos`) gives three silos; the largest (month-to-month) is cut into three
 by row, so there are five nodes. Node `m2m-1` is hostile: after training honestly it replaces its
 weights like tests/adversary/hostile_runtime.py does — `scale` (update × 100), `flip` (update ×

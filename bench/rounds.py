@@ -236,8 +236,9 @@ def process_isolation(fed: Any) -> Iterator[Callable[[str], None]]:
     runtime, node.toml, ledger, registration); the returned function starts the node's SuperExec.
     """
     import atoll.processes as processes
+    import atoll.services as services
 
-    original = processes.supernode_argv
+    original = services.supernode_argv
     ports: dict[str, int] = {}
 
     def argv_with_isolation(**kwargs: Any) -> list[str]:
@@ -264,11 +265,11 @@ def process_isolation(fed: Any) -> Iterator[Callable[[str], None]]:
             f"superexec-{name}", argv, fed.logs / f"{name}.log", env
         )
 
-    processes.supernode_argv = argv_with_isolation  # type: ignore[assignment]
+    services.supernode_argv = argv_with_isolation  # type: ignore[assignment]
     try:
         yield start_superexec
     finally:
-        processes.supernode_argv = original  # type: ignore[assignment]
+        services.supernode_argv = original  # type: ignore[assignment]
 
 
 # ---- audit logs: round boundaries and the nodes' own work ------------------------------------

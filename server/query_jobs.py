@@ -97,8 +97,8 @@ class QuerySubmitter:
     def submit(
         self, query: Query, contract: Contract, *, extra: dict[str, Any] | None = None
     ) -> Submitted:
-        from atoll.federation import APP_DIR, follow_run
-        from atoll.processes import write_connection
+        from atoll.flower_cli import write_connection
+        from atoll.runs import APP_DIR, follow_run
 
         s = self.settings
         home = s.flwr_home.resolve()

@@ -8,33 +8,23 @@ SQLite file or PostgreSQL database needs no separate setup step.
 Each row is signed by the coordinator's publishing key (`server.registry_signing`): a registry
 opened with a `verifier` (the API, the CLI) refuses a row whose signature does not verify with
 `RowRefused`, naming the model and version — and serves every other row as before.
+
+What the registry hands out (`ModelCard`, `ModelSummary`, `StoredModel`) is `server.registry_cards`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import math
 import re
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    TypeAdapter,
-    ValidationError,
-    field_serializer,
-)
+from pydantic import ValidationError
 from sqlalchemy import Engine, func, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, undefer
@@ -44,6 +34,15 @@ from common.db import SQLITE_BEGIN_OPTION, make_engine, make_session_factory, mi
 from common.encoding import Encoder
 from common.model import MODEL_KINDS, load_for
 from privacy.audit import AuditSigner
+from server.registry_cards import (
+    PARTICIPANTS,
+    ModelCard,
+    ModelSummary,
+    PrivacyInfo,
+    StoredModel,
+    card_from_row,
+    json_safe,
+)
 from server.registry_models import ModelVersion, utcnow
 from server.registry_signing import RowVerifier, sign_row
 
@@ -91,96 +90,6 @@ class ModelNotFound(LookupError):
         return str(self.args[0])
 
 
-# ---- pydantic models at the edge ---------------------------------------------------------------
-
-
-class Participant(BaseModel):
-    """A node that contributed to a model (counts only, never data)."""
-
-    model_config = ConfigDict(extra="allow")
-
-    name: str
-    node_id: int | str | None = None
-    train_examples: int | None = Field(default=None, ge=0)
-    test_examples: int | None = Field(default=None, ge=0)
-
-
-class PrivacyInfo(BaseModel):
-    """What the model cost in differential privacy; extra keys (noise, targets) are kept."""
-
-    model_config = ConfigDict(extra="allow", ser_json_inf_nan="strings")
-
-    delta: float | None = None
-    epsilon_per_node: dict[str, float | None] = Field(default_factory=dict)
-    mechanism: str | None = None
-
-    @field_serializer("delta", "epsilon_per_node", when_used="json")
-    def _finite_json(self, value: Any) -> Any:
-        # No guarantee (noise 0) means epsilon = inf, which plain JSON cannot carry.
-        return json_safe(value)
-
-
-class ModelCard(BaseModel):
-    """Everything about a published model except its weights."""
-
-    model_config = ConfigDict(ser_json_inf_nan="strings", protected_namespaces=())
-
-    name: str
-    version: int
-    task: str
-    model_kind: str
-    n_features: int
-    contract_name: str
-    contract_version: int
-    contract_hash: str
-    metrics: dict[str, Any]
-    participants: list[Participant]
-    privacy: PrivacyInfo
-    run: dict[str, Any]
-    created_at: datetime
-    weights_sha256: str
-
-
-class ModelSummary(BaseModel):
-    """One model name and its versions, for listings."""
-
-    name: str
-    task: str
-    latest_version: int
-    versions: list[int]
-    latest_created_at: datetime
-
-
-@dataclass(frozen=True)
-class StoredModel:
-    """A published version with what is needed to serve it."""
-
-    card: ModelCard
-    weights: bytes
-    contract: Contract
-
-
-# ---- helpers -----------------------------------------------------------------------------------
-
-
-def json_safe(value: Any) -> Any:
-    """JSON-storable copy: numpy → Python, tuples → lists, non-finite floats → strings.
-
-    PostgreSQL's JSON rejects NaN/Infinity, yet epsilon is infinite when no noise is added.
-    """
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return json_safe(value.tolist())
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-    return value
-
-
 def _is_unique_violation(exc: IntegrityError) -> bool:
     sqlstate = getattr(exc.orig, "sqlstate", None)
     return sqlstate == "23505" or "UNIQUE constraint failed" in str(exc.orig)
@@ -190,29 +99,6 @@ def _error_locations(err: ValidationError, root: str) -> str:
     """Where and why, without the offending values."""
     return "; ".join(
         f"{'.'.join([root, *(str(p) for p in e['loc'])])}: {e['msg']}" for e in err.errors()
-    )
-
-
-_PARTICIPANTS = TypeAdapter(list[Participant])
-
-
-def _card(row: ModelVersion) -> ModelCard:
-    contract = json.loads(row.contract_json)
-    return ModelCard(
-        name=row.name,
-        version=row.version,
-        task=row.task,
-        model_kind=row.model_kind,
-        n_features=row.n_features,
-        contract_name=contract["name"],
-        contract_version=contract["version"],
-        contract_hash=row.contract_hash,
-        metrics=row.metrics,
-        participants=_PARTICIPANTS.validate_python(row.participants),
-        privacy=PrivacyInfo.model_validate(row.privacy),
-        run=row.run,
-        created_at=row.created_at,
-        weights_sha256=row.weights_sha256,
     )
 
 
@@ -330,7 +216,7 @@ class Registry:
             )
         _check_weights(model_kind, contract, weights)
         try:
-            checked = _PARTICIPANTS.validate_python(participants)
+            checked = PARTICIPANTS.validate_python(participants)
             people = [p.model_dump(mode="json") for p in checked]
         except ValidationError as err:
             where = _error_locations(err, "participants")
@@ -368,10 +254,10 @@ class Registry:
                     )
                     row = ModelVersion(version=(latest or 0) + 1, created_at=utcnow(), **values)
                     row.signature = sign_row(
-                        self.signer, _card(row).model_dump(mode="json"), row.contract_json
+                        self.signer, card_from_row(row).model_dump(mode="json"), row.contract_json
                     )
                     session.add(row)
-                card = _card(row)
+                card = card_from_row(row)
                 log.info("published model %s v%d (%d participants)", name, row.version, len(people))
                 return card
             except IntegrityError as exc:
@@ -457,7 +343,7 @@ class Registry:
 
     def _verified(self, row: ModelVersion) -> ModelCard:
         """The row's card, after its signature is checked (when a verifier is pinned)."""
-        card = _card(row)
+        card = card_from_row(row)
         if self.verifier is not None:
             why = self.verifier.why_not(
                 card.model_dump(mode="json"), row.contract_json, row.signature

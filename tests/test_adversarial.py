@@ -42,8 +42,10 @@ import dp_accounting
 import pandas as pd
 import pytest
 
-from atoll.federation import CONNECTION, LocalFederation, follow_run, partition_csv
-from atoll.processes import flwr_cli
+from atoll.federation import LocalFederation
+from atoll.flower_cli import flwr_cli
+from atoll.partition import partition_csv
+from atoll.runs import CONNECTION, follow_run
 from common.contract import load_contract
 from common.encoding import Encoder
 from privacy.audit import AuditEntry, query

@@ -17,7 +17,8 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-from atoll.federation import LocalFederation, partition_csv
+from atoll.federation import LocalFederation
+from atoll.partition import partition_csv
 from common.analytics_math import epsilon_of
 from common.contract import load_contract
 from privacy.audit import query as audit_entries

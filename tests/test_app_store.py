@@ -21,8 +21,8 @@ from flwr.superlink.servicer.control import control_handlers
 from flwr.supernode.start_client_internal import _verify_fab
 
 from atoll import pki
-from atoll.federation import APP_DIR
 from atoll.processes import free_port
+from atoll.runs import APP_DIR
 from server.app_store import AppStore, SigningKey, create_store_app, publish_app
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from atoll.federation import partition_csv
+from atoll.partition import partition_csv
 from atoll.processes import ManagedProcess, flower_env, free_port, spawn, wait_for_port
 from common.synth import write_csv
 from privacy.ledger import Ledger

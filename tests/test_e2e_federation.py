@@ -24,7 +24,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from sklearn.metrics import roc_auc_score
 
-from atoll.federation import LocalFederation, partition_csv
+from atoll.federation import LocalFederation
+from atoll.partition import partition_csv
 from client.split import split_mask
 from common.contract import load_contract
 from privacy.audit import Checkpoint, crosscheck, load_public_keys, query, verify

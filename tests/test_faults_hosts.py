@@ -36,15 +36,11 @@ import pytest
 from cryptography import x509
 from helpers.netns import NETNS_DIR, PREFIX, Hosts, remove_leftovers
 
-from atoll.federation import (
-    COORDINATOR,
-    LocalFederation,
-    Partition,
-    RunOutcome,
-    partition_csv,
-    round_of,
-)
-from atoll.processes import flower_env, flwr_cli, spawn
+from atoll.federation import COORDINATOR, LocalFederation
+from atoll.flower_cli import flwr_cli
+from atoll.partition import Partition, partition_csv
+from atoll.processes import flower_env, spawn
+from atoll.runs import RunOutcome, round_of
 from atoll.supervise import descendants
 from common.synth import write_csv
 from privacy.audit import load_public_keys, query, verify
@@ -101,7 +97,7 @@ def _never_give_up(fed: LocalFederation, hosts: Hosts, node: str) -> None:
     """Run the node's SuperNode as `atoll node start` does: retrying the coordinator forever.
 
     LocalFederation's SuperNodes give up after 3 failed attempts (`--max-retries 3` in
-    atoll.processes.start_supernode), so a coordinator restart or a partition would end them;
+    atoll.services.start_supernode), so a coordinator restart or a partition would end them;
     a deployed node never gives up. Same command otherwise, on the node's host."""
     old = fed.processes[f"node:{node}"]
     argv = [str(a) for a in old.popen.args]  # type: ignore[union-attr]

@@ -16,7 +16,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from helpers.hostile_node import held_out_auc, make_hostile
 from helpers.replies import honest_metrics, model, train_reply
 
-from atoll.federation import LocalFederation, partition_csv
+from atoll.federation import LocalFederation
+from atoll.partition import partition_csv
 from common import wire
 from common.run_config import STRATEGY_NAMES, RunConfig
 from privacy.audit import query

@@ -24,7 +24,8 @@ from common.db import default_registry_url
 from common.encoding import Encoder
 from common.model import build_model, load_model, weights_to_bytes
 from server import analytics, auth_models, node_names  # noqa: F401 - their tables join Base
-from server.registry import ModelCard, ModelNotFound, Registry, RegistryError
+from server.registry import ModelNotFound, Registry, RegistryError
+from server.registry_cards import ModelCard
 from server.registry_models import Base
 
 

@@ -215,7 +215,7 @@ def test_demo_passes_only_the_options_given(cli: Any, monkeypatch: pytest.Monkey
 def test_run_submits_only_the_options_given(
     cli: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    import atoll.federation
+    import atoll.runs
 
     submitted: list[dict[str, Any]] = []
 
@@ -223,7 +223,7 @@ def test_run_submits_only_the_options_given(
         submitted.append(kw["config"])
         return SimpleNamespace(exit_code=0, model_version=1, model_name="m", run_id=1, seconds=1.0)
 
-    monkeypatch.setattr(atoll.federation, "follow_run", follow_run)
+    monkeypatch.setattr(atoll.runs, "follow_run", follow_run)
     monkeypatch.setattr(cli, "write_connection", lambda *a: None)
     base = ["run", "--contract", "c.yaml", "--flwr-home", str(tmp_path)]
     res = CliRunner().invoke(cli.app, base)

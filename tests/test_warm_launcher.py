@@ -1,6 +1,6 @@
 """The warm clientapp launcher (client/launcher): shim + zygote, and a real federation on it.
 
-Real processes throughout: a supervised zygote (as `atoll.processes` starts one beside each
+Real processes throughout: a supervised zygote (as `atoll.services` starts one beside each
 SuperNode), the generated `flwr-clientapp` shim run by name from PATH, and a target entry point
 (tests/helpers/launcher_target.py) standing in for Flower's so that exit codes, streams and
 signals can be provoked; one test runs Flower's own entry point through the zygote, and the last
@@ -29,7 +29,8 @@ from helpers.launcher import (
 )
 from helpers.procs import read, wait_until
 
-from atoll.federation import LocalFederation, partition_csv
+from atoll.federation import LocalFederation
+from atoll.partition import partition_csv
 from client.launcher.install import launcher_paths, zygote_argv
 from client.launcher.protocol import SHIM_NAME
 from common.synth import write_csv

@@ -42,14 +42,11 @@ from flwr.supercore.fab import Fab
 from flwr.supercore.primitives.asymmetric_ed25519 import create_message_to_sign, sign_message
 from flwr.supernode.start_client_internal import _verify_fab
 
-from atoll.federation import APP_DIR, CONNECTION, LocalFederation, follow_run, partition_csv
-from atoll.processes import (
-    ManagedProcess,
-    flower_env,
-    flwr_cli,
-    spawn,
-    write_connection,
-)
+from atoll.federation import LocalFederation
+from atoll.flower_cli import flwr_cli, write_connection
+from atoll.partition import partition_csv
+from atoll.processes import ManagedProcess, flower_env, spawn
+from atoll.runs import APP_DIR, CONNECTION, follow_run
 from common.contract import load_contract
 from common.encoding import Encoder
 from common.model import build_model

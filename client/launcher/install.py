@@ -1,5 +1,5 @@
 """Set a node up for the warm launcher: where its files go, the shim script, the zygote's argv
-and the SuperNode's environment (`atoll.processes` starts the processes).
+and the SuperNode's environment (`atoll.services` starts the processes).
 
 Layout, private to the node's OS user: `FLWR_HOME/launcher/` (0700) holds `bin/flwr-clientapp`
 (the shim) and `zygote.sock` (0600, made by the zygote). A Unix socket path has at most 107

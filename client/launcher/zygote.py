@@ -2,7 +2,7 @@
 
     python -P -m client.launcher.zygote --socket DIR/zygote.sock [--entry flwr-clientapp]
 
-Started by `atoll.processes` beside the node's SuperNode, as the same OS user, with the same
+Started by `atoll.services` beside the node's SuperNode, as the same OS user, with the same
 environment and under the same supervision (it dies with whoever started it; so do its
 children: each asks for SIGKILL when the zygote dies). Start-up:
 

@@ -29,7 +29,8 @@ from common.model import load_for
 from server.analytics import QueryStore
 from server.api.scoring import Scorer
 from server.query_jobs import QueryRunnerError, QueryRunnerSettings, QuerySubmitter, SubmissionStore
-from server.registry import ModelCard, Registry
+from server.registry import Registry
+from server.registry_cards import ModelCard
 
 DEFAULT_LATEST_CACHE_SECONDS = 1.0
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""Request and response bodies of the scoring API (model cards come from server.registry)."""
+"""Request and response bodies of the scoring API (model cards come from server.registry_cards)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from server.registry import ModelCard
+from server.registry_cards import ModelCard
 
 
 class Health(BaseModel):

@@ -12,7 +12,7 @@ from server.api.auth import AUTH_RESPONSES, Permission, require
 from server.api.deps import RegistryDep, parse_version
 from server.api.schemas import ErrorOut, ModelCardOut, ModelVersions
 from server.drift import DriftStore, summary
-from server.registry import ModelSummary
+from server.registry_cards import ModelSummary
 
 router = APIRouter(
     prefix="/models",
