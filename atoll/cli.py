@@ -25,6 +25,14 @@ from atoll.cli_coordinator import app_store_app, superlink_app
 from atoll.cli_drift import drift_app
 from atoll.cli_keys import keys_app as apikey_app
 from atoll.cli_node import node_app
+from atoll.cli_options import (
+    DEFAULTS,
+    AppStoreDir,
+    CaCert,
+    CoordinatorHome,
+    SigningKeyOpt,
+    SuperLinkAddr,
+)
 from atoll.cli_pki import certs_app, keys_app
 from atoll.cli_query import query_app
 from atoll.cli_serve import serve
@@ -57,10 +65,6 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 TELCO = SHARED_DATA / "Telco-Customer-Churn.csv"
 MARKER = ".atoll-federation"
 
-SuperLinkAddr = Annotated[str, typer.Option(help="SuperLink address host:port")]
-CaCert = Annotated[Path, typer.Option(help="CA certificate of the coordinator")]
-CoordinatorHome = Annotated[Path, typer.Option(help="Coordinator's flwr CLI home")]
-
 
 def _progress_runner(fed: Any, config: dict[str, Any]) -> Any:
     """Run `fed.run(config)` (anything with that method) behind a rich progress bar."""
@@ -90,9 +94,9 @@ def _progress_runner(fed: Any, config: dict[str, Any]) -> Any:
 @app.command("run")
 def run_cmd(
     contract: Annotated[Path, typer.Option(help="The federation's data contract")],
-    superlink: SuperLinkAddr = "127.0.0.1:9093",
-    ca: CaCert = Path("deploy/certs/ca.crt"),
-    flwr_home: CoordinatorHome = Path("runs/coordinator-flwr"),
+    superlink: SuperLinkAddr = DEFAULTS.superlink,
+    ca: CaCert = DEFAULTS.ca,
+    flwr_home: CoordinatorHome = DEFAULTS.flwr_home,
     rounds: Annotated[int | None, _app_default("rounds")] = None,
     strategy: Annotated[str | None, _app_default("strategy")] = None,
     model: Annotated[str | None, _app_default("model")] = None,
@@ -100,20 +104,15 @@ def run_cmd(
     target_epsilon: Annotated[float | None, _app_default("target_epsilon")] = None,
     sample_rate: Annotated[float | None, _app_default("sample_rate")] = None,
     min_nodes: Annotated[int | None, _app_default("min_nodes")] = None,
-    signing_key: Annotated[
-        Path | None,
-        typer.Option(help="App-signing key (`atoll keys app-signing`): submit a signed build"),
-    ] = None,
-    app_store_dir: Annotated[
-        Path, typer.Option(help="Directory `atoll app-store serve` serves")
-    ] = Path("runs/app-store"),
+    signing_key: SigningKeyOpt = None,
+    app_store_dir: AppStoreDir = DEFAULTS.app_store_dir,
     contracts_dir: Annotated[
         Path,
         typer.Option(
             help="The SuperLink's --contracts: the contract is staged there and the run names it "
             "by hash (no coordinator path goes into the run config)"
         ),
-    ] = Path("runs/contracts"),
+    ] = DEFAULTS.contracts_dir,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Any other run-config KEY=VALUE (repeat)")
     ] = None,

@@ -9,7 +9,8 @@ from typing import Annotated
 import typer
 
 from atoll import pki
-from atoll.cli_common import fail
+from atoll.cli_common import console, fail
+from atoll.cli_options import DEFAULTS
 from atoll.services import (
     superlink_argv,
     superlink_env,
@@ -25,15 +26,11 @@ app_store_app = typer.Typer(
 def app_store_serve(
     dir_: Annotated[
         Path, typer.Option("--dir", help="Store directory (`atoll run` fills it)")
-    ] = Path("runs/app-store"),
-    host: str = "127.0.0.1",
-    port: int = 9095,
-    certfile: Annotated[Path, typer.Option(help="TLS certificate (PEM)")] = Path(
-        "deploy/certs/server.crt"
-    ),
-    keyfile: Annotated[Path, typer.Option(help="TLS private key (PEM)")] = Path(
-        "deploy/certs/server.key"
-    ),
+    ] = DEFAULTS.app_store_dir,
+    host: str = DEFAULTS.host,
+    port: int = DEFAULTS.app_store_port,
+    certfile: Annotated[Path, typer.Option(help="TLS certificate (PEM)")] = DEFAULTS.server_cert,
+    keyfile: Annotated[Path, typer.Option(help="TLS private key (PEM)")] = DEFAULTS.server_key,
 ) -> None:
     """Serve signed app builds to the SuperLink (`atoll superlink start --app-store URL`)."""
     import uvicorn
@@ -56,26 +53,26 @@ def app_store_serve(
 
 @superlink_app.command("start")
 def superlink_start(
-    certs: Annotated[Path, typer.Option(help="Directory from `atoll certs create`")] = Path(
-        "deploy/certs"
-    ),
+    certs: Annotated[
+        Path, typer.Option(help="Directory from `atoll certs create`")
+    ] = DEFAULTS.certs_dir,
     state: Annotated[
         Path, typer.Option(help="SuperLink state database (runs survive restarts)")
     ] = Path("runs/superlink-state.db"),
-    host: str = "127.0.0.1",
-    port: int = 9093,
+    host: str = DEFAULTS.host,
+    port: int = DEFAULTS.superlink_port,
     node_auth: Annotated[bool, typer.Option(help="Admit only registered node keys")] = True,
     app_store: Annotated[
         str | None,
         typer.Option(help="URL of `atoll app-store serve`, where signed app builds come from"),
-    ] = "https://127.0.0.1:9095",
+    ] = DEFAULTS.app_store_url,
     registry: Annotated[
         str,
         typer.Option(
             help="Coordinator database URL (registry, audit); kept on this host, never sent",
             envvar="ATOLL_REGISTRY_URL",
         ),
-    ] = "sqlite:///runs/registry.db",
+    ] = DEFAULTS.registry_url,
     audit_key: Annotated[Path, typer.Option(help="Coordinator's audit signing key")] = Path(
         "runs/coordinator-audit/coordinator.pem"
     ),
@@ -89,7 +86,7 @@ def superlink_start(
     contracts: Annotated[
         Path,
         typer.Option(help="Where `atoll run --contracts-dir` stages contracts (found by hash)"),
-    ] = Path("runs/contracts"),
+    ] = DEFAULTS.contracts_dir,
     checkpoint_dir: Annotated[
         Path,
         typer.Option(
@@ -129,4 +126,13 @@ def superlink_start(
     except ValidationError as err:
         fail("; ".join(str(e["msg"]).removeprefix("Value error, ") for e in err.errors()))
     own = settings.write(state.resolve().parent / "coordinator.toml")
+    from privacy.audit import AuditError
+    from server.coordinator_audit import close_abandoned_runs
+
+    try:  # no ServerApp of ours is alive yet: a run without an end entry was killed
+        abandoned = close_abandoned_runs(settings.registry_url, settings.audit_key)
+    except AuditError as err:
+        fail(f"coordinator audit log ({settings.audit_key}): {err}")
+    for run_id in abandoned:
+        console.print(f"[yellow]run {run_id} had no end in the audit log: recorded as abandoned[/]")
     os.execve(argv[0], argv, superlink_env(app_store, tls.ca_cert, own))

@@ -24,6 +24,15 @@ from rich.markup import escape
 from rich.table import Table
 
 from atoll.cli_common import fail
+from atoll.cli_options import (
+    DEFAULTS,
+    AppStoreDir,
+    CaCert,
+    CoordinatorHome,
+    MinNodes,
+    SigningKeyOpt,
+    SuperLinkAddr,
+)
 from common.run_config import RunConfig
 
 DEFAULT_DELTA: float = RunConfig.default("delta")  # as the run that trained the model
@@ -38,15 +47,9 @@ console = Console(stderr=True)
 Model = Annotated[str, typer.Argument(help="The published model's name")]
 Registry_ = Annotated[str, typer.Option("--registry", help="Coordinator database URL")]
 Version = Annotated[int | None, typer.Option(help="Model version (default: the latest)")]
-Superlink = Annotated[str, typer.Option(help="SuperLink address host:port")]
-Ca = Annotated[Path, typer.Option(help="CA certificate of the coordinator")]
-FlwrHome = Annotated[Path, typer.Option(help="Coordinator's flwr CLI home")]
 ContractsDir = Annotated[
     Path, typer.Option(help="The SuperLink's contracts directory (`superlink start --contracts`)")
 ]
-SigningKey_ = Annotated[Path | None, typer.Option(help="App-signing key: submit a signed build")]
-AppStore = Annotated[Path, typer.Option(help="Directory `atoll app-store serve` serves")]
-MinNodes = Annotated[int | None, typer.Option(help="Wait for this many nodes")]
 RegistryKeys = Annotated[
     list[Path] | None,
     typer.Option(help="Pinned publishing.pub: the model's registry row must verify (repeat)"),
@@ -126,12 +129,12 @@ def reference(
     epsilon: Annotated[float, typer.Option(min=0.0, help="ε per node for all features")] = 1.0,
     delta: Annotated[float, typer.Option(help="δ the nodes account at")] = DEFAULT_DELTA,
     bins: Annotated[int, typer.Option(min=2, help="Bins of each numeric feature")] = DEFAULT_BINS,
-    superlink: Superlink = "127.0.0.1:9093",
-    ca: Ca = Path("deploy/certs/ca.crt"),
-    flwr_home: FlwrHome = Path("runs/coordinator-flwr"),
-    contracts_dir: ContractsDir = Path("runs/contracts"),
-    signing_key: SigningKey_ = None,
-    app_store_dir: AppStore = Path("runs/app-store"),
+    superlink: SuperLinkAddr = DEFAULTS.superlink,
+    ca: CaCert = DEFAULTS.ca,
+    flwr_home: CoordinatorHome = DEFAULTS.flwr_home,
+    contracts_dir: ContractsDir = DEFAULTS.contracts_dir,
+    signing_key: SigningKeyOpt = None,
+    app_store_dir: AppStoreDir = DEFAULTS.app_store_dir,
     min_nodes: MinNodes = None,
     registry_public_key: RegistryKeys = None,
 ) -> None:
@@ -169,12 +172,12 @@ def check(
         typer.Option(min=0.0, help="ε per node for all features (default: the reference's σ)"),
     ] = 1.0,
     delta: Annotated[float, typer.Option(help="δ the nodes account at")] = DEFAULT_DELTA,
-    superlink: Superlink = "127.0.0.1:9093",
-    ca: Ca = Path("deploy/certs/ca.crt"),
-    flwr_home: FlwrHome = Path("runs/coordinator-flwr"),
-    contracts_dir: ContractsDir = Path("runs/contracts"),
-    signing_key: SigningKey_ = None,
-    app_store_dir: AppStore = Path("runs/app-store"),
+    superlink: SuperLinkAddr = DEFAULTS.superlink,
+    ca: CaCert = DEFAULTS.ca,
+    flwr_home: CoordinatorHome = DEFAULTS.flwr_home,
+    contracts_dir: ContractsDir = DEFAULTS.contracts_dir,
+    signing_key: SigningKeyOpt = None,
+    app_store_dir: AppStoreDir = DEFAULTS.app_store_dir,
     min_nodes: MinNodes = None,
     registry_public_key: RegistryKeys = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from atoll.cli_common import fail
+from atoll.cli_options import DEFAULTS
 from server.api.audit_trail import key_change_recorder
 from server.api.auth import ROLE_PERMISSIONS, ApiKeyError, ApiKeyInfo, ApiKeyStore, Role
 
@@ -34,7 +35,7 @@ RegistryOpt = Annotated[
         envvar="ATOLL_REGISTRY_URL",
     ),
 ]
-DEFAULT_REGISTRY = "sqlite:///runs/registry.db"
+DEFAULT_REGISTRY = DEFAULTS.registry_url
 
 
 def _open(registry: str) -> ApiKeyStore:

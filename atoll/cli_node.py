@@ -23,6 +23,7 @@ import typer
 from rich.console import Console
 
 from atoll.cli_common import fail
+from atoll.cli_options import DEFAULTS, CoordinatorHome
 from atoll.clientapp_launcher import start_clientapp_launcher, wait_for_launcher
 from atoll.flower_cli import register_node, write_connection
 from atoll.processes import ManagedProcess, flower_env
@@ -142,8 +143,8 @@ def node_runtime(
 def node_start(
     config: ConfigFile,
     key: Annotated[Path, typer.Option(help="Private key from `atoll keys node`")],
-    superlink: SuperLinkAddr = "127.0.0.1:9093",
-    ca: CaCert = Path("deploy/certs/ca.crt"),
+    superlink: SuperLinkAddr = DEFAULTS.superlink,
+    ca: CaCert = DEFAULTS.ca,
     port: Annotated[int, typer.Option(help="Local port of the SuperNode's app runtime")] = 9094,
     flwr_home: Annotated[Path, typer.Option(help="The SuperNode's Flower home")] = Path(
         "runs/node-flwr"
@@ -219,17 +220,15 @@ def node_start(
 def node_register(
     public_key: Annotated[Path, typer.Argument(help="The node's NAME.pub")],
     name: Annotated[str, typer.Option(help="Name shown in model cards")],
-    superlink: SuperLinkAddr = "127.0.0.1:9093",
-    ca: CaCert = Path("deploy/certs/ca.crt"),
-    flwr_home: Annotated[Path, typer.Option(help="Coordinator's flwr CLI home")] = Path(
-        "runs/coordinator-flwr"
-    ),
+    superlink: SuperLinkAddr = DEFAULTS.superlink,
+    ca: CaCert = DEFAULTS.ca,
+    flwr_home: CoordinatorHome = DEFAULTS.flwr_home,
     registry: Annotated[
         str,
         typer.Option(
             help="Coordinator database (admin audit log, node names)", envvar="ATOLL_REGISTRY_URL"
         ),
-    ] = "sqlite:///runs/registry.db",
+    ] = DEFAULTS.registry_url,
 ) -> None:
     """Admit a node's public key to the federation under NAME (run on the coordinator)."""
     from privacy.audit import AuditError

@@ -9,6 +9,7 @@ import typer
 
 from atoll import pki
 from atoll.cli_common import console
+from atoll.cli_options import DEFAULTS
 
 certs_app = typer.Typer(help="TLS certificates for the coordinator.", no_args_is_help=True)
 keys_app = typer.Typer(help="Node authentication keys.", no_args_is_help=True)
@@ -16,9 +17,9 @@ keys_app = typer.Typer(help="Node authentication keys.", no_args_is_help=True)
 
 @certs_app.command("create")
 def certs_create(
-    out: Annotated[Path, typer.Option(help="Directory for ca.crt, server.crt, server.key")] = Path(
-        "deploy/certs"
-    ),
+    out: Annotated[
+        Path, typer.Option(help="Directory for ca.crt, server.crt, server.key")
+    ] = DEFAULTS.certs_dir,
     host: Annotated[list[str] | None, typer.Option(help="Names/IPs nodes dial (repeat)")] = None,
     days: int = 365,
 ) -> None:

@@ -24,6 +24,15 @@ from rich.console import Console
 from rich.markup import escape
 
 from atoll.cli_common import fail
+from atoll.cli_options import (
+    DEFAULTS,
+    AppStoreDir,
+    CaCert,
+    CoordinatorHome,
+    MinNodes,
+    SigningKeyOpt,
+    SuperLinkAddr,
+)
 
 query_app = typer.Typer(
     help="Federated analytics: DP segment statistics, charged to each node's budget.",
@@ -121,23 +130,15 @@ def run(
     contract: Annotated[Path, typer.Option(help="The federation's data contract")],
     registry: Registry,
     spec: Spec,
-    superlink: Annotated[str, typer.Option(help="SuperLink address host:port")] = "127.0.0.1:9093",
-    ca: Annotated[Path, typer.Option(help="CA certificate of the coordinator")] = Path(
-        "deploy/certs/ca.crt"
-    ),
-    flwr_home: Annotated[Path, typer.Option(help="Coordinator's flwr CLI home")] = Path(
-        "runs/coordinator-flwr"
-    ),
-    min_nodes: Annotated[int | None, typer.Option(help="Wait for this many nodes")] = None,
-    signing_key: Annotated[
-        Path | None, typer.Option(help="App-signing key: submit a signed build")
-    ] = None,
-    app_store_dir: Annotated[
-        Path, typer.Option(help="Directory `atoll app-store serve` serves")
-    ] = Path("runs/app-store"),
+    superlink: SuperLinkAddr = DEFAULTS.superlink,
+    ca: CaCert = DEFAULTS.ca,
+    flwr_home: CoordinatorHome = DEFAULTS.flwr_home,
+    min_nodes: MinNodes = None,
+    signing_key: SigningKeyOpt = None,
+    app_store_dir: AppStoreDir = DEFAULTS.app_store_dir,
     contracts_dir: Annotated[
         Path, typer.Option(help="The SuperLink's --contracts (the contract is staged there)")
-    ] = Path("runs/contracts"),
+    ] = DEFAULTS.contracts_dir,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Any other run-config KEY=VALUE (repeat)")
     ] = None,

@@ -9,12 +9,11 @@ from typing import Annotated, Any
 import typer
 
 from atoll.cli_common import console, fail
+from atoll.cli_options import DEFAULTS
 
 
 def serve(
-    registry: Annotated[
-        str, typer.Option(help="Registry SQLAlchemy URL")
-    ] = "sqlite:///runs/registry.db",
+    registry: Annotated[str, typer.Option(help="Registry SQLAlchemy URL")] = DEFAULTS.registry_url,
     host: str = "127.0.0.1",
     port: int = 8080,
     certfile: Annotated[

@@ -26,6 +26,11 @@ class TlsFiles:
     server_cert: Path
     server_key: Path
 
+    @classmethod
+    def within(cls, directory: Path) -> TlsFiles:
+        """The names `atoll certs create` gives the files in `directory`."""
+        return cls(directory / "ca.crt", directory / "server.crt", directory / "server.key")
+
 
 def _write_private(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -100,7 +105,7 @@ def create_tls(
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(ca_key, hashes.SHA384())
     )
-    files = TlsFiles(directory / "ca.crt", directory / "server.crt", directory / "server.key")
+    files = TlsFiles.within(directory)
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     _write_public(files.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM))
     _write_public(files.server_cert, cert.public_bytes(serialization.Encoding.PEM))
@@ -110,8 +115,7 @@ def create_tls(
 
 
 def tls_files(directory: Path) -> TlsFiles:
-    d = directory.resolve()
-    files = TlsFiles(d / "ca.crt", d / "server.crt", d / "server.key")
+    files = TlsFiles.within(directory.resolve())
     missing = [
         str(p) for p in (files.ca_cert, files.server_cert, files.server_key) if not p.exists()
     ]

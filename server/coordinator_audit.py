@@ -2,6 +2,10 @@
 
 Writes go to the coordinator database (log id "coordinator"); a failed write raises and so
 aborts the run — an action is never taken unrecorded. Entries hold names, counts, digests and ε.
+
+Every run's trail ends in `run.finished` or `run.failed`, written by its ServerApp — unless that
+process was killed. `close_abandoned_runs` runs when the SuperLink starts (no ServerApp of this
+coordinator is alive then) and ends each such trail with `run.abandoned`.
 """
 
 from __future__ import annotations
@@ -18,11 +22,13 @@ from privacy.audit import (
     Checkpointer,
     CheckpointPolicy,
     digest_arrays,
+    iter_entries,
     json_number,
 )
 
 LOG_ID = "coordinator"
 ACTOR = "service:coordinator"
+RUN_ENDS = ("run.finished", "run.failed", "run.abandoned")
 
 
 def _number(metrics: Mapping[str, MetricRecordValues], key: str, default: float = 0) -> float:
@@ -96,3 +102,35 @@ class CoordinatorAudit:
             update_sha256=digest_arrays(arrays) if arrays is not None else None,
             epsilon=json_number(float(epsilon)) if isinstance(epsilon, int | float) else None,
         )
+
+
+def close_abandoned_runs(url: str, key_path: str | Path) -> list[str]:
+    """End the trail of every run that started but has no end entry: one `run.abandoned` each.
+
+    Call it only while no ServerApp of this coordinator runs (when the SuperLink starts): a run
+    without an end then is one whose ServerApp was killed (crash, OOM, power). Returns the run
+    ids it closed, oldest first; a second call closes nothing.
+    """
+    key = Path(key_path) if key_path else default_key_path()
+    with AuditLog.open(url, LOG_ID, key) as log:
+        ended = {e.subject for a in RUN_ENDS for e in iter_entries(log.engine, LOG_ID, action=a)}
+        started = list(iter_entries(log.engine, LOG_ID, action="run.started"))
+        closed: list[str] = []
+        for entry in started:
+            if entry.subject in ended or not entry.subject.startswith("run:"):
+                continue
+            ended.add(entry.subject)
+            run_id = entry.subject.removeprefix("run:")
+            log.append(
+                ACTOR,
+                "run.abandoned",
+                entry.subject,
+                {
+                    "run": run_id,
+                    "started_seq": entry.seq,
+                    "reason": "no end entry when the SuperLink started: the run's ServerApp "
+                    "stopped without recording one (killed or crashed)",
+                },
+            )
+            closed.append(run_id)
+    return closed

@@ -139,6 +139,7 @@ def main(grid: Grid, context: Context) -> None:
         if roster and not finished:  # nodes release what the run reserved but did not spend
             finish_nodes(grid, settings, contract, reports, run_id, roster, ids, None)
         audit("run.failed", run=run_id, reason=f"{type(err).__name__}: {str(err)[:500]}")
+        audit.checkpoint()  # a failed run's trail is sealed like a published one's
         raise
     audit(
         "model.published",
