@@ -32,6 +32,7 @@ from privacy.limits import RequestLimits
 from server.api.audit_trail import key_change_recorder, operator_log
 from server.api.auth import ApiKeyStore
 from server.app_store import SigningKey, StoredApp, publish_app
+from server.coordinator_audit import close_abandoned_runs
 from server.coordinator_settings import CoordinatorSettings
 from server.node_names import NodeNames
 from server.registry_signing import load_publishing_key
@@ -116,13 +117,14 @@ class LocalFederation:
             )
             self.app_store_url = f"https://127.0.0.1:{store_port}"
         load_publishing_key(self.publishing_key)  # created now: the API pins its .pub
-        CoordinatorSettings(
+        self.coordinator_settings = CoordinatorSettings(
             registry_url=self.registry_url,
             audit_key=self.coordinator_home / "audit" / "coordinator.pem",
             publishing_key=self.publishing_key,
             contracts_dir=self.contracts_dir,
             checkpoint_dir=self.workdir / "checkpoints" / "coordinator",
-        ).write(self.coordinator_home / "coordinator.toml")
+        )
+        self.coordinator_settings.write(self.coordinator_home / "coordinator.toml")
         self._start_superlink()
         write_connection(self.coordinator_home / "flwr", CONNECTION, self.address, self.tls.ca_cert)
         if self.proxy:
@@ -142,6 +144,8 @@ class LocalFederation:
 
     def _start_superlink(self) -> None:
         assert self.tls is not None
+        own = self.coordinator_settings
+        close_abandoned_runs(own.registry_url, own.audit_key)  # as `atoll superlink start` does
         self.processes["superlink"] = start_superlink(
             tls=self.tls,
             port=self.superlink_port,

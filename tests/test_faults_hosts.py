@@ -312,6 +312,11 @@ def test_coordinator_crash_mid_round_fails_the_run_cleanly_and_the_next_run_publ
         assert reg.count_models() == 0
 
     fed.restart_superlink()  # same port, same state database
+    # the killed ServerApp wrote no end for its run: the restart closes that trail, and only it
+    ends = {a: {e.details["run"] for e in query(fed.registry_url, "coordinator", action=a)}
+            for a in ("run.abandoned", "run.finished", "run.failed")}  # fmt: skip
+    assert str(out.run_id) in ends["run.abandoned"], ends
+    assert not ends["run.abandoned"] & (ends["run.finished"] | ends["run.failed"]), ends
     status: dict[str, str] = {}
     for _ in range(120):  # Flower fails a run whose ServerApp stopped sending heartbeats
         status = _flwr_runs(cluster)[out.run_id]
