@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from client.training import DPTrainConfig
+from client.training.config import DPTrainConfig
 
 
 def round_learning_rate(cfg: DPTrainConfig, server_round: int) -> float:

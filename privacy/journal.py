@@ -16,6 +16,9 @@ only come from a crash between commit and anchor write (nobody else can mint ent
 rolled forward. Anything else raises `LedgerUnavailable`; the journal never starts again from
 zero. (A rollback of the whole state directory — database, key and anchor together — cannot be
 told from a restored backup on one machine; keep an off-node copy of the anchor for that.)
+
+The stored forms — canonical JSON, timestamps, the genesis payload, the anchor and an entry —
+are `privacy.journal_format`'s; this module keeps the key, the anchor file, the lock and the chain.
 """
 
 from __future__ import annotations
@@ -33,15 +36,15 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
-from typing import Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 from sqlalchemy import insert, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.db import SQLITE_BEGIN_OPTION
+from privacy.journal_format import Anchor, Entry, Genesis, canonical, format_ts
 from privacy.ledger_models import JournalRow
 
 log = logging.getLogger(__name__)
@@ -50,14 +53,9 @@ ANCHOR = "ledger.anchor.json"
 KEY_FILE = "ledger.key"
 LOCK_FILE = "ledger.lock"
 GENESIS = "0" * 64  # prev_mac of entry 1, head_mac of an empty journal
-ANCHOR_FORMAT: Final = "atoll-ledger-anchor/1"
-JOURNAL_FORMAT: Final = "atoll-ledger-journal/1"
 INIT = "init"  # kind of the genesis entry
-TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
-TS_EXAMPLE = "2025-01-01T00:00:00.000000Z"
 LOCK_TIMEOUT_S = 60.0
 _ENTRY_DOMAIN = b"atoll-ledger-journal/1\n"
-_ANCHOR_DOMAIN = b"atoll-ledger-anchor/1\n"
 _KEY_BYTES = 32
 _LOCK_KEY = 0x4C45444745  # "LEDGE": PostgreSQL advisory lock serialising ledger writes
 RESTORE = (
@@ -69,72 +67,6 @@ RESTORE = (
 
 class LedgerUnavailable(RuntimeError):
     """The ledger is missing, uninitialised or fails its integrity check: do not train."""
-
-
-def canonical(value: BaseModel | dict[str, object] | list[object]) -> str:
-    """Deterministic JSON text: sorted keys, no spaces, ASCII only, no NaN/inf."""
-    plain = value.model_dump(mode="json") if isinstance(value, BaseModel) else value
-    return json.dumps(
-        plain, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
-    )
-
-
-def format_ts(moment: datetime) -> str:
-    """The fixed-width UTC text stored (and authenticated) for a timestamp."""
-    if moment.tzinfo is None:
-        raise ValueError("naive datetime: pass an aware datetime (e.g. datetime.now(UTC))")
-    return moment.astimezone(UTC).strftime(TS_FORMAT)
-
-
-def parse_ts(value: str) -> datetime:
-    """Inverse of `format_ts` (fromisoformat: ~20× faster than strptime on every replay)."""
-    moment = datetime.fromisoformat(value)
-    if moment.tzinfo is None or len(value) != len(TS_EXAMPLE):
-        raise ValueError(f"not a journal timestamp: {value!r}")
-    return moment
-
-
-class Genesis(BaseModel):
-    """Payload of entry 1 (kind `init`): which ledger this journal is (matched to the anchor)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    format: Literal["atoll-ledger-journal/1"] = JOURNAL_FORMAT
-    ledger_id: str
-    node: str
-
-
-class Anchor(BaseModel):
-    """The head of the journal, kept outside the database and authenticated with the same key."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    format: Literal["atoll-ledger-anchor/1"] = ANCHOR_FORMAT
-    ledger_id: str
-    node: str
-    head_seq: int = Field(ge=0)
-    head_mac: str = Field(pattern=r"^[0-9a-f]{64}$")
-    mac: str = ""
-
-    def signed_bytes(self) -> bytes:
-        return _ANCHOR_DOMAIN + canonical(self.model_dump(mode="json", exclude={"mac"})).encode()
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One journal entry as stored: the payload is the exact canonical text that was MACed."""
-
-    seq: int
-    kind: str
-    run_id: str | None
-    payload: str
-    created_at: str
-    prev_mac: str
-    mac: str
-
-    @property
-    def timestamp(self) -> datetime:
-        return parse_ts(self.created_at)
 
 
 @dataclass

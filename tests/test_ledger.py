@@ -19,7 +19,8 @@ from sqlalchemy import text
 from common.db import make_engine
 from privacy.audit import load_public_keys, query, verify
 from privacy.dp import PlannedEvent, calibrate_run_noise, epsilon, plan_run
-from privacy.journal import ANCHOR, KEY_FILE, Journal, canonical
+from privacy.journal import ANCHOR, KEY_FILE, Journal
+from privacy.journal_format import canonical
 from privacy.ledger import (
     BudgetRefused,
     Ledger,

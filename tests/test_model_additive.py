@@ -18,7 +18,8 @@ from opacus import GradSampleModule
 from opacus.optimizers import DPOptimizer
 from torch import nn
 
-from client.training import DPTrainConfig, train_dp
+from client.training.config import DPTrainConfig
+from client.training.dp_sgd import train_dp
 from common.contract import Contract, NumericFeature, parse_contract
 from common.encoding import Encoder
 from common.estimation import Affine

@@ -100,7 +100,7 @@ def test_the_run_configs_optimizer_and_final_evaluation_reach_the_node() -> None
 
 
 def test_optimizer_names_are_the_nodes() -> None:
-    from client.training import OPTIMIZERS
+    from client.training.config import OPTIMIZERS
 
     assert set(OPTIMIZER_NAMES) == set(OPTIMIZERS)
     assert RunConfig.from_run_config({**REQUIRED, "optimizer": "sgd"}).optimizer == "sgd"

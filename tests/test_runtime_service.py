@@ -20,6 +20,7 @@ from sqlalchemy import delete, func, select
 
 from client.node import NodeError
 from client.runtime import service as service_module
+from client.runtime import steps as steps_module
 from client.runtime.config import NodeConfig
 from client.runtime.moments import MomentStore
 from client.runtime.service import FAILED, NodeService
@@ -223,7 +224,7 @@ def test_a_failure_after_the_charge_is_one_constant_refusal_and_the_charge_stays
         raise FloatingPointError(f"value {CANARY} overflowed")
 
     monkeypatch.setattr(service_module, "train_dp", explode)
-    monkeypatch.setattr(service_module, "evaluate", explode)
+    monkeypatch.setattr(steps_module, "evaluate", explode)
     t = svc.train(pb.TrainRequest(caller=caller(), settings=settings(), weights=weights()))
     e = svc.evaluate(pb.EvaluateRequest(caller=caller(), settings=settings(), weights=weights()))
     assert t.refusal == FAILED and e.refusal == FAILED

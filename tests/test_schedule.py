@@ -8,7 +8,7 @@ import math
 import pytest
 
 from client.schedule import for_round, round_learning_rate
-from client.training import DPTrainConfig
+from client.training.config import DPTrainConfig
 from common.run_config import RunConfig
 
 

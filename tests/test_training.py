@@ -14,23 +14,17 @@ from opacus import GradSampleModule
 from opacus.optimizers import DPOptimizer
 from torch import nn
 
-from client.training import (
-    EVAL_SHARE,
-    OPTIMIZERS,
-    DPTrainConfig,
-    EvalRelease,
+from client.training.config import OPTIMIZERS, DPTrainConfig
+from client.training.dp_sgd import (
     Moments,
     TrainResult,
     bounded_logits,
     drop_non_finite_samples,
-    evaluate,
-    final_noise,
-    fit_evaluations,
-    noise_multiplier,
-    plan,
     release_of,
     train_dp,
 )
+from client.training.evaluation import EvalRelease, evaluate, final_noise
+from client.training.planning import EVAL_SHARE, fit_evaluations, noise_multiplier, plan
 from common.metrics import binary_metrics
 from common.model import build_model
 from common.run_config import OPTIMIZER_NAMES, RunConfig

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from client.node import NodeError
-from client.training import OPTIMIZERS, DPTrainConfig, fit_evaluations
+from client.training.config import OPTIMIZERS, DPTrainConfig
+from client.training.planning import fit_evaluations
 from common import wire
 from common.contract import Contract
 from common.model import model_for

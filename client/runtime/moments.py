@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 
-from client.training import Moments
+from client.training.dp_sgd import Moments
 
 MAX_RUNS = 16
 

@@ -7,45 +7,29 @@ Every request follows one order:
 A refusal before the charge names the check it failed and depends only on the request, the
 owner's contract and policy, and public facts. After the charge, any failure — whatever the
 weights or data — returns the one constant refusal `FAILED`, and the charge stays (the order and
-the refusals are `client.runtime.gate.RequestGate`'s).
+the refusals are `client.runtime.gate.RequestGate`'s; the steps requests share are
+`client.runtime.steps.RequestSteps`'s, and what a finish releases `client.runtime.finish`'s).
 """
 
 from __future__ import annotations
 
 import copy
 import threading
-from dataclasses import replace
 
 import numpy as np
-import torch
 
 from client.analytics_data import field_table
-from client.node import NodeData, NodeError, owner_contract
-from client.runtime.admission import (
-    RunRequest,
-    admit_batch,
-    admit_noise,
-    admit_settings,
-    admit_weights,
-    refuse,
-)
+from client.node import NodeError, owner_contract
+from client.runtime.admission import RunRequest, admit_weights, refuse
 from client.runtime.analytics import PURPOSE, admit_query, answer, answered
 from client.runtime.app_check import AppCheck, load_trusted_keys
-from client.runtime.config import NodeConfig, bucket_of, parse_bucket
+from client.runtime.config import NodeConfig, bucket_of
 from client.runtime.data_cache import DataCache
-from client.runtime.drift import plan_reference, release_reference
-from client.runtime.gate import FAILED, ChargedFailure, RequestGate, after_charge
+from client.runtime.finish import FinishReleases
+from client.runtime.gate import FAILED, after_charge
 from client.runtime.moments import MomentStore
 from client.schedule import for_round
-from client.training import (
-    DPTrainConfig,
-    evaluate,
-    final_noise,
-    noise_multiplier,
-    plan,
-    release_of,
-    train_dp,
-)
+from client.training.dp_sgd import release_of, train_dp
 from common import wire
 from common.protos.atoll.node.v1 import runtime_pb2 as pb
 from privacy.audit import (
@@ -54,13 +38,13 @@ from privacy.audit import (
     digest_arrays,
     json_number,
 )
-from privacy.dp import DRIFT_PURPOSE, PlannedEvent
+from privacy.dp import PlannedEvent
 from privacy.ledger import BudgetRefused, Ledger, LedgerUnavailable
 
 __all__ = ["FAILED", "NodeService"]
 
 
-class NodeService(RequestGate):
+class NodeService(FinishReleases):
     """Holds the owner's contract, ledger, audit log and data; decides each request."""
 
     def __init__(self, config: NodeConfig, *, seed: int | None = None) -> None:
@@ -97,74 +81,6 @@ class NodeService(RequestGate):
             )
         )
 
-    def _budget(self, run_id: str) -> pb.Budget:
-        status = self.ledger.status()
-        return pb.Budget(
-            epsilon_run=self.ledger.run_epsilon(run_id),
-            epsilon_total=status.spent_epsilon,
-            epsilon_cap=status.cap_epsilon,
-            epsilon_remaining=status.remaining_epsilon,
-            delta=status.delta,
-        )
-
-    def _public_rows(self, data: NodeData) -> int:
-        """The lower end of the node's size bucket: the only size a limit may depend on."""
-        bucket = self.config.size_bucket or bucket_of(len(data.x_train))
-        return parse_bucket(bucket)[0]
-
-    # -- admission: everything before the data ----------------------------------------------
-    def _admit(
-        self, caller: pb.Caller, settings: pb.RunSettings
-    ) -> tuple[RunRequest, DPTrainConfig]:
-        if self.app_check is not None:  # the build first: authentic, unexpired, not older
-            self.app_check.admit(settings)
-        policy = self.ledger.policy()
-        run = admit_settings(settings, self.contract, policy)
-        earlier = self._runs.get(caller.run_id)
-        if earlier is not None and not earlier.same_run_as(run):
-            raise refuse("run-changed", "a run's settings cannot change between its messages")
-        cfg = run.train
-        planned = self.ledger.planned(caller.run_id)
-        if planned is None:
-            sigma = noise_multiplier(cfg)
-            if cfg.target_epsilon > 0:  # calibrated: never below the owner's floor
-                sigma = max(sigma, policy.limits.min_noise_multiplier)
-            cfg = replace(cfg, noise_multiplier=sigma, target_epsilon=0.0)
-            planned = plan(cfg)
-        sigma = next(p.noise_multiplier for p in planned if p.purpose == "training")
-        admit_noise(sigma, policy.limits)
-        try:
-            self.ledger.reserve(caller.run_id, self.contract.task, "training", planned)
-        except BudgetRefused as refusal:
-            raise refuse(f"budget-{refusal.code}", str(refusal)) from None
-        self._runs[caller.run_id] = run
-        return run, replace(cfg, noise_multiplier=sigma, target_epsilon=0.0)
-
-    def _data(self, caller: pb.Caller, cfg: DPTrainConfig) -> NodeData:
-        data = self.data.get(caller.run_id)
-        admit_batch(cfg, self._public_rows(data), self.ledger.policy().limits)
-        return data
-
-    def _charge(
-        self, caller: pb.Caller, rnd: int, purpose: str, release: tuple[float, float, int]
-    ) -> None:
-        try:
-            self.ledger.record(caller.run_id, rnd, purpose, *release)
-        except BudgetRefused as refusal:
-            raise refuse(f"budget-{refusal.code}", str(refusal)) from None
-        sigma, q, steps = release
-        # what an independent accountant needs to recompute this node's ε from its audit log
-        self._audit(
-            caller.run_id,
-            "release.charged",
-            purpose=purpose,
-            round=rnd,
-            noise_multiplier=sigma,
-            sample_rate=q,
-            steps=steps,
-        )
-
-    # -- the four requests ------------------------------------------------------------------
     def rollcall(self, req: pb.RollCallRequest) -> pb.RollCallReply:
         def decide() -> pb.RollCallReply:
             run, cfg = self._admit(req.caller, req.settings)
@@ -198,26 +114,6 @@ class NodeService(RequestGate):
             return pb.RollCallReply(joined=joined)
 
         return self._answer(req.caller, "rollcall", decide, lambda r: pb.RollCallReply(refusal=r))
-
-    def _evaluation(
-        self,
-        caller: pb.Caller,
-        cfg: DPTrainConfig,
-        model: torch.nn.Module,
-        data: NodeData,
-        sigma: float,
-    ) -> pb.Evaluated:
-        """One noised evaluation at σ `sigma`; the caller has charged it (inside
-        `after_charge()`)."""
-        rel = evaluate(
-            model,
-            data.x_test,
-            data.y_test,
-            sigma,
-            cfg.eval_bins,
-            rng=np.random.default_rng(int(self._rng.integers(2**63 - 1))),
-        )
-        return pb.Evaluated(hist_pos=rel.hist_pos, hist_neg=rel.hist_neg, noise=sigma)
 
     def train(self, req: pb.TrainRequest) -> pb.TrainReply:
         def decide() -> pb.TrainReply:
@@ -267,21 +163,6 @@ class NodeService(RequestGate):
 
         return self._answer(req.caller, "train", decide, lambda r: pb.TrainReply(refusal=r))
 
-    def _sent(
-        self, caller: pb.Caller, rnd: int, kind: str, budget: pb.Budget, digest: str | None
-    ) -> None:
-        """The node's record of a reply (the coordinator's crosscheck compares its digest)."""
-        self._audit(
-            caller.run_id,
-            "reply.sent",
-            run=caller.run_id,
-            kind=kind,
-            round=rnd,
-            node=self.config.name,
-            update_sha256=digest,
-            epsilon=json_number(budget.epsilon_run),
-        )
-
     def evaluate(self, req: pb.EvaluateRequest) -> pb.EvaluateReply:
         def decide() -> pb.EvaluateReply:
             run, cfg = self._admit(req.caller, req.settings)
@@ -301,61 +182,6 @@ class NodeService(RequestGate):
                 return pb.EvaluateReply(evaluated=evaluated)
 
         return self._answer(req.caller, "evaluate", decide, lambda r: pb.EvaluateReply(refusal=r))
-
-    def _final(self, req: pb.FinishRequest) -> pb.Evaluated:
-        """The final model's evaluation, if asked for a run this runtime has been serving.
-
-        A refusal here (e.g. hostile final weights) does not stop the run from closing.
-        """
-        if not req.weights.tensors or req.caller.run_id not in self._runs:
-            return pb.Evaluated()
-        try:
-            run, cfg = self._admit(req.caller, req.settings)
-            sigma = final_noise(cfg)  # final-eval-noise, or eval-noise without it
-            if sigma <= 0:
-                return pb.Evaluated()
-            model = admit_weights(
-                req.weights, run.model, self.contract, self.ledger.policy().limits
-            )
-            data = self._data(req.caller, cfg)
-            self._charge(req.caller, run.server_round, "evaluation", (sigma, 1.0, 1))
-        except NodeError as err:
-            self._audit(req.caller.run_id, "request.refused", kind="final", code=err.code)
-            return pb.Evaluated()
-        try:
-            with after_charge():
-                return self._evaluation(req.caller, cfg, model, data, sigma)
-        except ChargedFailure:
-            self._audit(req.caller.run_id, "request.failed", kind="final")
-            return pb.Evaluated()
-
-    def _reference(self, req: pb.FinishRequest) -> tuple[list[float], float]:
-        """The drift reference (noised counts, σ per feature) if the run planned one: only on a
-        finish with the final weights (a published model), for a run this runtime served."""
-        run = self._runs.get(req.caller.run_id)
-        if not req.weights.tensors or run is None or run.train.drift_reference_noise <= 0:
-            return [], 0.0
-        try:
-            plan = plan_reference(
-                self.contract,
-                noise_multiplier=run.train.drift_reference_noise,
-                bins=run.train.drift_bins,
-                max_bins=self.ledger.policy().limits.max_eval_bins,
-            )
-            data = self.data.get(req.caller.run_id)
-            self._charge(req.caller, run.train.total_rounds, DRIFT_PURPOSE, plan.release)
-        except NodeError as err:
-            self._audit(req.caller.run_id, "request.refused", kind="drift-reference", code=err.code)
-            return [], 0.0
-        try:
-            with after_charge():
-                rng = np.random.default_rng(int(self._rng.integers(2**63 - 1)))
-                table = field_table(data, self.contract)
-                values = release_reference(plan, table, self.contract, rng.standard_normal)
-                return values, plan.per_feature_noise
-        except ChargedFailure:
-            self._audit(req.caller.run_id, "request.failed", kind="drift-reference")
-            return [], 0.0
 
     def finish(self, req: pb.FinishRequest) -> pb.FinishReply:
         def decide() -> pb.FinishReply:

@@ -20,12 +20,12 @@ from privacy.journal import (
     ANCHOR,
     KEY_FILE,
     RESTORE,
-    Entry,
     Journal,
     JournalWriter,
     LedgerUnavailable,
     in_use,
 )
+from privacy.journal_format import Entry
 from privacy.ledger.admission import BudgetRefused, check
 from privacy.ledger.legacy import holds_ledger, old_anchor, old_format, refuse_old_database
 from privacy.ledger.state import (

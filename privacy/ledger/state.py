@@ -17,7 +17,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from privacy.dp import ACCOUNTANT
-from privacy.journal import Entry, Genesis
+from privacy.journal_format import Entry, Genesis
 from privacy.ledger_models import Policy
 
 # What the ledger's ε accounts for (shown by `atoll budget show`): every release a node makes.

@@ -1,20 +1,20 @@
-"""Local training with DP-SGD (Opacus per-sample gradients, Poisson sampling) and DP evaluation.
+"""Local training with DP-SGD (Opacus per-sample gradients, Poisson sampling): one round.
 
-Both are total functions of the coordinator's weights: for every weight vector (NaN, ±inf, huge)
-and every data set (zero rows included) they return normally, with finite values whose form —
-tensor names and shapes, step count, histogram length — never depends on the data. Otherwise an
-exception or a NaN would be a release the ledger never accounted (a crafted model can make one
-appear exactly when some record satisfies a predicate). What leaves is only the DP release itself.
+`train_dp` is a total function of the coordinator's weights: for every weight vector (NaN, ±inf,
+huge) and every data set (zero rows included) it returns normally, with finite values whose form
+— tensor names and shapes, step count — never depends on the data. Otherwise an exception or a
+NaN would be a release the ledger never accounted (a crafted model can make one appear exactly
+when some record satisfies a predicate). What leaves is only the DP release itself
+(`release_of`: what one round releases, known before any data is read).
 """
 
 from __future__ import annotations
 
-import functools
 import math
 import secrets
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -23,135 +23,16 @@ from opacus import GradSampleModule
 from opacus.optimizers import DPOptimizer
 from torch import nn
 
-from common.metrics import logit_histogram
-from common.model import predict_logits
-from privacy.dp import (
-    PlannedEvent,
-    calibrate_run_noise,
-    clip_norm,
-    effective_sample_rate,
-    epsilon,
-    plan_run,
-    steps_per_epoch,
-)
+from client.training.config import OPTIMIZERS, DPTrainConfig
+from privacy.dp import clip_norm, effective_sample_rate, steps_per_epoch
 
 # |logit| bound: sigmoid(30) rounds to 1 in float32, so bounding changes no sane prediction, and
 # beyond it only overflow (inf, then NaN) lives.
 LOGIT_BOUND = 30.0
 
-
-# The update rules a node may apply to its privatised gradient (post-processing: same ε).
-OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
 # an update rule's per-parameter state (torch's optimizer `state_dict()["state"]`: parameter
 # index → tensors), carried from one round of a run to the next by the node
 Moments = dict[int, dict[str, torch.Tensor]]
-
-
-@dataclass(frozen=True)
-class DPTrainConfig:
-    """What a run asks of each node, every field from the run config.
-
-    No defaults on purpose: the run config is the one source of run defaults, and a node that
-    filled a gap itself would do something the coordinator did not ask for (and the owner did not
-    admit).
-    """
-
-    epochs: int
-    sample_rate: float  # Poisson sampling rate q: expected batch = q × rows
-    learning_rate: float  # the first round's; `round_learning_rate` gives each round's
-    learning_rate_final: float  # the last round's, as a fraction of learning_rate
-    max_grad_norm: float  # 0: auto, from the node's σ (privacy.dp.clip_norm)
-    noise_multiplier: float
-    target_epsilon: float  # > 0: derive the noise so the whole run spends at most this
-    delta: float
-    total_rounds: int  # rounds in the whole run: plans and target ε cover all of them
-    eval_noise: float  # σ of the Gaussian noise on evaluation histograms (0: no evaluation)
-    eval_bins: int
-    proximal_mu: float
-    # the update rule applied to the noised gradient: "adam" (bias-corrected moments, carried by
-    # the node from round to round of a run: `moments`) or "sgd"; a choice of post-processing,
-    # so ε does not depend on it
-    optimizer: str
-    # σ of the final model's evaluation (on finish); 0: eval_noise (see `final_noise`)
-    final_eval_noise: float
-    # σ of the drift reference released on finish (all features' histograms, one Gaussian
-    # release, purpose analytics/drift); 0: none — admission sets 0 unless the owner allows it
-    drift_reference_noise: float
-    drift_bins: int  # bins per numeric feature of that reference
-
-
-def final_noise(cfg: DPTrainConfig) -> float:
-    """σ of the final model's evaluation: `final_eval_noise` if set, else `eval_noise`."""
-    return cfg.final_eval_noise if cfg.final_eval_noise > 0 else cfg.eval_noise
-
-
-# With a target ε, the run's evaluations (per-round and final) may spend at most this share of
-# it on their own; training gets the rest. The run-config defaults put them at ≈ 0.85 of ε = 1.
-EVAL_SHARE = 0.85
-
-
-def fit_evaluations(cfg: DPTrainConfig) -> DPTrainConfig:
-    """`cfg` with its evaluation σs scaled up by one common factor until the evaluations alone
-    spend at most EVAL_SHARE of the target ε (unchanged if they already do, or without a target).
-
-    A fixed evaluation σ that suits ε = 1 would make a smaller target unreachable; scaling keeps
-    the defaults usable at any target. It depends on the settings alone (public), only ever adds
-    noise, and the node reports the σ of each release, so the coordinator reads it correctly.
-    """
-    released = (cfg.eval_noise, cfg.final_eval_noise, cfg.drift_reference_noise)
-    if cfg.target_epsilon <= 0 or all(s <= 0 for s in released):
-        return cfg
-    factor = _evaluation_factor(*released, cfg.total_rounds, cfg.target_epsilon, cfg.delta)
-    if factor <= 1.0:
-        return cfg
-    return replace(
-        cfg,
-        eval_noise=cfg.eval_noise * factor,
-        final_eval_noise=cfg.final_eval_noise * factor,
-        drift_reference_noise=cfg.drift_reference_noise * factor,
-    )
-
-
-@functools.lru_cache(maxsize=256)
-def _evaluation_factor(
-    eval_noise: float,
-    final_eval_noise: float,
-    reference_noise: float,
-    rounds: int,
-    target: float,
-    delta: float,
-) -> float:
-    """Smallest factor f ≥ 1 (to 0.1 %) with ε(evaluations and drift reference at f·σ) ≤
-    EVAL_SHARE × target."""
-    sigmas = [
-        p.noise_multiplier
-        for p in plan_run(
-            noise_multiplier=1.0,
-            sample_rate=1.0,
-            rounds=rounds,
-            epochs=1,
-            eval_noise=eval_noise,
-            final_eval_noise=final_eval_noise,
-            reference_noise=reference_noise,
-        )
-        if p.purpose != "training"
-    ]
-    # Gaussian releases compose into one Gaussian: σ_eff = (Σ σ⁻²)^(-1/2), scaled by f
-    sigma = sum(s**-2 for s in sigmas) ** -0.5
-    budget = EVAL_SHARE * target
-
-    def spends(f: float) -> float:
-        return epsilon([(sigma * f, 1.0, 1)], delta)
-
-    if spends(1.0) <= budget:
-        return 1.0
-    lo, hi = 1.0, 2.0
-    while spends(hi) > budget:
-        lo, hi = hi, hi * 2
-    while hi / lo > 1.001:
-        mid = math.sqrt(lo * hi)
-        lo, hi = (mid, hi) if spends(mid) > budget else (lo, mid)
-    return hi
 
 
 @dataclass(frozen=True)
@@ -168,47 +49,6 @@ class TrainResult:
     sample_rate: float
     steps: int
     moments: Moments = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class EvalRelease:
-    """All an evaluation releases: score histograms of positives and negatives, each noised.
-
-    Left unclipped (noise can make a bin negative) so the coordinator's pooled sum stays
-    unbiased; AUC, log loss and the like are the coordinator's post-processing of the pooled sums.
-    """
-
-    hist_pos: list[float]
-    hist_neg: list[float]
-
-
-def noise_multiplier(cfg: DPTrainConfig) -> float:
-    """The training noise: fixed, or calibrated so the whole planned run hits target ε."""
-    if cfg.target_epsilon <= 0:
-        return cfg.noise_multiplier
-    return calibrate_run_noise(
-        cfg.target_epsilon,
-        cfg.delta,
-        sample_rate=cfg.sample_rate,
-        rounds=cfg.total_rounds,
-        epochs=cfg.epochs,
-        eval_noise=cfg.eval_noise,
-        final_eval_noise=cfg.final_eval_noise,
-        reference_noise=cfg.drift_reference_noise,
-    )
-
-
-def plan(cfg: DPTrainConfig) -> list[PlannedEvent]:
-    """Every DP release this run will make on a node — computable before any data is read."""
-    return plan_run(
-        noise_multiplier=noise_multiplier(cfg),
-        sample_rate=cfg.sample_rate,
-        rounds=cfg.total_rounds,
-        epochs=cfg.epochs,
-        eval_noise=cfg.eval_noise,
-        final_eval_noise=cfg.final_eval_noise,
-        reference_noise=cfg.drift_reference_noise,
-    )
 
 
 def release_of(cfg: DPTrainConfig, sigma: float) -> tuple[float, float, int]:
@@ -424,43 +264,3 @@ def _proximal_step(model: nn.Module, anchor: dict[str, torch.Tensor], rate: floa
     """
     for name, p in model.named_parameters():
         p.add_(rate * anchor[name]).div_(1.0 + rate)
-
-
-def evaluate(
-    model: nn.Module,
-    x: np.ndarray,
-    y: np.ndarray,
-    noise: float,
-    bins: int,
-    *,
-    rng: np.random.Generator | None = None,
-) -> EvalRelease:
-    """Release only Gaussian-noised score histograms (L2 sensitivity 1).
-
-    The bins are the model's output logit in `common.metrics.logit_bin_edges(bins)` (fixed
-    equal-width bins, never from data). One customer changes one bin of one histogram by one, so
-    N(0, noise²) per bin is a Gaussian mechanism with noise multiplier `noise` — accounted in the
-    ledger like a DP-SGD step at q=1.
-    Any weights and any rows (none included) give two finite histograms of `bins` bins. `rng`
-    is for tests; by default the noise comes from the OS, never from anything the coordinator
-    sends.
-    """
-    if not (math.isfinite(noise) and noise > 0):
-        raise ValueError(f"evaluation noise must be finite and > 0, got {noise!r}")
-    if bins < 1:
-        raise ValueError(f"bins must be >= 1, got {bins}")
-    gen = rng if rng is not None else np.random.default_rng(secrets.randbits(128))
-    z = _bounded(predict_logits(model, x))
-    # labels were validated on load; binarising keeps this total whatever they hold
-    labels = (np.asarray(y, dtype=np.float64).reshape(-1) >= 0.5).astype(np.float64)
-    pos, neg = logit_histogram(labels, z, bins=bins)
-    return EvalRelease(
-        hist_pos=[float(v) for v in pos + gen.normal(0.0, noise, bins)],
-        hist_neg=[float(v) for v in neg + gen.normal(0.0, noise, bins)],
-    )
-
-
-def _bounded(logits: np.ndarray) -> np.ndarray:
-    """Logits in [-LOGIT_BOUND, LOGIT_BOUND]: a NaN logit scores 0 (p = 0.5), ±inf the bound."""
-    z = np.nan_to_num(np.asarray(logits, dtype=np.float64).reshape(-1), nan=0.0)
-    return np.clip(z, -LOGIT_BOUND, LOGIT_BOUND)
