@@ -20,7 +20,7 @@ Unauthenticated traffic is cheap: `AuthMiddleware` first takes a token from the 
 address's bucket (20/s, bursts of 40 by default) and answers 429 when it is empty, without a
 query; a valid key gets its token back, so only failed attempts count. Requests without
 credentials or with a malformed key are refused on the event loop; failures are counted in
-memory and audited in aggregate (`server.api.audit_trail.AuthFailureTally`). The per-address
+memory and audited in aggregate (`server.api.auth_failures.AuthFailureTally`). The per-address
 buckets are per process (a guard against floods, not a quota); the per-key rate limit can be
 shared by all workers through Redis (`server.api.limits.RedisTokenBucketLimiter`).
 
