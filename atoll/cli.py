@@ -19,7 +19,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from atoll.cli_audit import audit_app
 from atoll.cli_budget import budget_app
-from atoll.cli_common import console, fail
+from atoll.cli_common import DEBUG, AtollGroup, console, fail
 from atoll.cli_contract import contract_app
 from atoll.cli_coordinator import app_store_app, superlink_app
 from atoll.cli_drift import drift_app
@@ -43,10 +43,24 @@ from atoll.run_options import _app_default, build_run_config
 from common.run_config import MODEL_KINDS, STRATEGY_NAMES, RunConfig
 
 app = typer.Typer(
+    cls=AtollGroup,
     help="Atoll: federated churn & propensity models with DP, over Flower.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,  # locals may hold data: never print them
 )
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show the traceback of an expected error too")
+    ] = False,
+) -> None:
+    """Atoll: federated churn & propensity models with DP, over Flower."""
+    ctx.meta[DEBUG] = debug
+
+
 app.add_typer(certs_app, name="certs")
 app.add_typer(keys_app, name="keys")
 app.add_typer(node_app, name="node")

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from atoll.processes import BIN, flower_env, supervised
+from atoll.processes import BIN, ProcessFailed, flower_env, supervised
 
 
 def write_connection(flwr_home: Path, name: str, address: str, ca_cert: Path) -> None:
@@ -46,7 +46,7 @@ def register_node(flwr_home: Path, connection: str, public_key: Path, name: str)
     )
     found = re.search(r"SuperNode (\d+) registered", res.stdout + res.stderr)
     if res.returncode != 0 or found is None:
-        raise RuntimeError(
+        raise ProcessFailed(
             f"registering node '{name}' failed: {res.stdout[-500:]} {res.stderr[-500:]}"
         )
     return int(found[1])

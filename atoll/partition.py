@@ -8,6 +8,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from common.errors import AtollError
+
+
+class PartitionError(AtollError, ValueError):
+    """A data set cannot be split as asked (no such column, too few distinct values)."""
+
 
 @dataclass(frozen=True)
 class Partition:
@@ -23,12 +29,12 @@ def partition_csv(
     """Split a CSV by the values of `column` into `n_nodes` silos (largest groups spread first)."""
     frame = pd.read_csv(csv, dtype=str, keep_default_na=False, sep=sep, engine="python")
     if column not in frame.columns:
-        raise ValueError(
+        raise PartitionError(
             f"partition column '{column}' is not in {csv.name}; columns: {', '.join(frame.columns)}"
         )
     sizes = frame[column].value_counts()
     if n_nodes < 1 or n_nodes > len(sizes):
-        raise ValueError(
+        raise PartitionError(
             f"cannot make {n_nodes} nodes from {len(sizes)} distinct values of '{column}'"
         )
     bins: list[list[str]] = [[] for _ in range(n_nodes)]

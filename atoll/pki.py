@@ -17,7 +17,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from common.errors import AtollError
+
 DEFAULT_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+class TlsFilesMissing(AtollError, FileNotFoundError):
+    """The coordinator's certificates are not where a command looks for them."""
 
 
 @dataclass(frozen=True)
@@ -120,7 +126,7 @@ def tls_files(directory: Path) -> TlsFiles:
         str(p) for p in (files.ca_cert, files.server_cert, files.server_key) if not p.exists()
     ]
     if missing:
-        raise FileNotFoundError(
+        raise TlsFilesMissing(
             f"TLS files missing: {', '.join(missing)}; run `atoll certs create` first"
         )
     return files

@@ -26,9 +26,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from common.errors import AtollError
+
 BIN = Path(sys.executable).parent
 SUPERVISOR = Path(__file__).resolve().with_name("supervise.py")
 SUPEREXEC_POLL_S = 0.1
+
+
+class ProcessFailed(AtollError, RuntimeError):
+    """A process this command started exited, or a Flower CLI call failed; the message names it
+    and where its log is."""
+
+
+class ProcessTimeout(AtollError, TimeoutError):
+    """A process this command started did not come up in time; the message says what for."""
 
 
 def flower_env(flwr_home: Path | None = None) -> dict[str, str]:
@@ -56,7 +67,7 @@ def wait_for_port(port: int, timeout: float, proc: ManagedProcess | None = None)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and not proc.alive:
-            raise RuntimeError(
+            raise ProcessFailed(
                 f"{proc.name} exited with code {proc.returncode}; see {proc.log_path}"
             )
         with socket.socket() as s:
@@ -64,7 +75,7 @@ def wait_for_port(port: int, timeout: float, proc: ManagedProcess | None = None)
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 return
         time.sleep(0.2)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
+    raise ProcessTimeout(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
 
 
 @dataclass

@@ -16,13 +16,14 @@ from pathlib import Path
 
 from atoll.pki import TlsFiles
 from atoll.processes import ManagedProcess, flower_env, spawn, wait_for_port
+from common.errors import AtollError
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "deploy" / "nginx" / "fleet-proxy.conf"
 _PLACEHOLDER = re.compile(r"\{\{\s*([a-z_]+)\s*\}\}")
 _SAFE_VALUE = re.compile(r"[A-Za-z0-9_./:\[\]-]+")  # no spaces, quotes, ';', '{', '$'
 
 
-class ProxyError(RuntimeError):
+class ProxyError(AtollError, RuntimeError):
     """The proxy cannot be configured or started; the message says what to do."""
 
 

@@ -14,7 +14,15 @@ import time
 from pathlib import Path
 
 from atoll.pki import TlsFiles
-from atoll.processes import BIN, ManagedProcess, flower_env, spawn, wait_for_port
+from atoll.processes import (
+    BIN,
+    ManagedProcess,
+    ProcessFailed,
+    ProcessTimeout,
+    flower_env,
+    spawn,
+    wait_for_port,
+)
 from client.launcher.protocol import SOCKET_ENV
 from common.files import toml_value
 from server.coordinator_settings import ENV as COORDINATOR_CONFIG_ENV
@@ -197,7 +205,7 @@ def _wait_for_socket(
     deadline = time.monotonic() + timeout
     while True:
         if not proc.alive:
-            raise RuntimeError(
+            raise ProcessFailed(
                 f"node runtime '{name}' exited with code {proc.returncode}; see {log_path}"
             )
         if socket_path.exists():
@@ -205,5 +213,5 @@ def _wait_for_socket(
                 if s.connect_ex(str(socket_path)) == 0:
                     return
         if time.monotonic() > deadline:
-            raise TimeoutError(f"node runtime '{name}' did not listen within {timeout:.0f} s")
+            raise ProcessTimeout(f"node runtime '{name}' did not listen within {timeout:.0f} s")
         time.sleep(0.1)

@@ -15,12 +15,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from common.errors import AtollError
+
 CSV_SUFFIXES = (".csv", ".txt", ".tsv")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 _DELIMITERS = ",;\t|"
 
 
-class DataSourceError(ValueError):
+class DataSourceError(AtollError, ValueError):
     """A data source cannot be read; the message says which, why and what to do."""
 
 
@@ -75,6 +77,7 @@ def ensure_id(frame: pd.DataFrame, id_column: str, *, prefix: str = "row-") -> p
 
 def _read_csv(path: Path) -> pd.DataFrame:
     """Strict CSV: a ragged row or broken quoting is an error, never silently padded or shifted."""
+    stopped_at = 0  # the reader's line when an error cuts it short
     try:
         with path.open(encoding="utf-8-sig", newline="") as fh:
             header_line = fh.readline()
@@ -88,9 +91,11 @@ def _read_csv(path: Path) -> pd.DataFrame:
                 fh, delimiter=delimiter, quotechar='"', doublequote=True, strict=True
             )
             header = [h.strip() for h in next(reader)]
+            stopped_at = reader.line_num
             _check_header(path, header)
             rows: list[list[str]] = []
             for row in reader:
+                stopped_at = reader.line_num
                 if not row:
                     continue  # blank line
                 if len(row) != len(header):
@@ -102,7 +107,8 @@ def _read_csv(path: Path) -> pd.DataFrame:
                 rows.append(row)
     except csv.Error as exc:
         raise DataSourceError(
-            f"data source '{path}' is malformed near line {_line_of(exc)}: {exc}; check quoting"
+            f"data source '{path}' is malformed near line {_line_of(exc, stopped_at + 1)}: {exc}; "
+            "check quoting"
         ) from None
     except UnicodeDecodeError as exc:
         raise DataSourceError(
@@ -134,9 +140,11 @@ def _check_header(path: Path, header: list[str]) -> None:
         raise DataSourceError(f"data source '{path}' repeats column names {dupes}; rename them")
 
 
-def _line_of(exc: csv.Error) -> str:
+def _line_of(exc: csv.Error, next_line: int) -> str:
+    """The line an error names, else the line after the last row read (where an unclosed quote
+    starts)."""
     match = re.search(r"line (\d+)", str(exc))
-    return match.group(1) if match else "?"
+    return match.group(1) if match else str(next_line)
 
 
 # ---- Parquet and SQL ----------------------------------------------------------------------------

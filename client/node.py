@@ -17,11 +17,12 @@ from client.data_source import DataSourceError, ensure_id, read_records
 from client.split import split_mask
 from client.validation import QualityReport, validate
 from common.contract import Contract, ContractError, load_contract
+from common.errors import AtollError
 
 log = logging.getLogger("atoll.node")
 
 
-class NodeError(RuntimeError):
+class NodeError(AtollError, RuntimeError):
     """A refusal or failure whose message is safe to send to the coordinator."""
 
     def __init__(self, code: str, message: str) -> None:

@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 
 from common.contract import Contract
 from common.encoding import Encoder, EncodingStats
+from common.errors import AtollError
 
 Reject = Callable[[np.ndarray, str], None]
 
@@ -29,11 +30,11 @@ REJECT_LABEL_MISSING = "label:missing"
 REJECT_LABEL_CASE = "label:case_mismatch"
 
 
-class SchemaMismatchError(ValueError):
+class SchemaMismatchError(AtollError, ValueError):
     """The data lacks columns the contract requires (or repeats column names)."""
 
 
-class NoUsableRowsError(ValueError):
+class NoUsableRowsError(AtollError, ValueError):
     """Every row was rejected; `report` still says why, as counts."""
 
     def __init__(self, message: str, report: QualityReport) -> None:

@@ -27,8 +27,10 @@ from pydantic import (
     model_validator,
 )
 
+from common.errors import AtollError
 
-class ContractError(ValueError):
+
+class ContractError(AtollError, ValueError):
     """A contract file is unreadable or inconsistent; the message names the field."""
 
 

@@ -23,6 +23,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.types import TypeDecorator
 
+from common.errors import AtollError
+
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 # Execution option read by the SQLite "begin" hook: "IMMEDIATE" takes the write lock up front so
 # read-then-write transactions (publish: max(version) + 1) serialize instead of failing.
@@ -30,7 +32,7 @@ SQLITE_BEGIN_OPTION = "atoll_sqlite_begin"
 _SQLITE_BEGIN_MODES = {"DEFERRED", "IMMEDIATE", "EXCLUSIVE"}
 
 
-class DatabaseURLError(ValueError):
+class DatabaseURLError(AtollError, ValueError):
     """A registry URL is malformed or names an unsupported database."""
 
 

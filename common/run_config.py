@@ -17,6 +17,8 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from common.errors import AtollError
+
 ModelKind = Literal["logreg", "mlp", "additive"]
 MODEL_KINDS: tuple[str, ...] = get_args(ModelKind)  # ("logreg", "mlp", "additive")
 
@@ -31,7 +33,7 @@ OPTIMIZER_NAMES: tuple[str, ...] = get_args(OptimizerName)  # client.training.OP
 RunConfigValue = str | int | float | bool  # what a Flower run config holds
 
 
-class RunConfigError(ValueError):
+class RunConfigError(AtollError, ValueError):
     """The run config is unusable; the message names the key."""
 
 

@@ -44,6 +44,7 @@ from sqlalchemy import insert, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.db import SQLITE_BEGIN_OPTION
+from common.errors import AtollError
 from privacy.journal_format import Anchor, Entry, Genesis, canonical, format_ts
 from privacy.ledger_models import JournalRow
 
@@ -65,7 +66,7 @@ RESTORE = (
 )
 
 
-class LedgerUnavailable(RuntimeError):
+class LedgerUnavailable(AtollError, RuntimeError):
     """The ledger is missing, uninitialised or fails its integrity check: do not train."""
 
 

@@ -27,12 +27,13 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from common.contract import Contract, ContractError, contract_from_json, load_contract
+from common.errors import AtollError
 from common.files import toml_value, write_private
 
 ENV = "ATOLL_COORDINATOR_CONFIG"
 
 
-class CoordinatorSettingsError(RuntimeError):
+class CoordinatorSettingsError(AtollError, RuntimeError):
     """The coordinator's own settings are missing or invalid; the message says how to fix it."""
 
 

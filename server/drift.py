@@ -40,6 +40,7 @@ from common.analytics_math import Query, epsilon_of, sigma_for_epsilon
 from common.contract import Contract
 from common.db import make_engine, migrate, utcnow
 from common.drift_reference import reference_layouts, reference_queries, reference_size
+from common.errors import AtollError
 from common.protos.atoll.node.v1 import runtime_pb2 as pb
 from server.query_store import DriftRecord
 from server.registry import MIGRATIONS_DIR
@@ -53,7 +54,7 @@ Histograms = dict[str, dict[str, Any]]  # feature → {labels, counts, std, part
 Answer = Callable[[str, Query], dict[str, Any]]  # (feature, query) → a stored query's record
 
 
-class DriftError(RuntimeError):
+class DriftError(AtollError, RuntimeError):
     """A drift step cannot be done (no reference, a query not answered); says what to do."""
 
 

@@ -31,13 +31,14 @@ from sqlalchemy.orm import sessionmaker
 from common.analytics_math import Query
 from common.contract import Contract
 from common.db import utcnow
+from common.errors import AtollError
 from server.query_store import QueryStore, SubmissionRecord
 
 log = logging.getLogger(__name__)
 ENV = "ATOLL_QUERY_RUNNER"
 
 
-class QueryRunnerError(RuntimeError):
+class QueryRunnerError(AtollError, RuntimeError):
     """Query submission is not set up on this host, or its settings are invalid."""
 
 

@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session, undefer
 from common.contract import Contract, ContractError, contract_from_json
 from common.db import SQLITE_BEGIN_OPTION, make_engine, make_session_factory, migrate, safe_url
 from common.encoding import Encoder
+from common.errors import AtollError
 from common.model import MODEL_KINDS, load_for
 from privacy.audit import AuditSigner
 from server.registry_cards import (
@@ -53,7 +54,7 @@ MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 _PUBLISH_ATTEMPTS = 3  # a concurrent publisher can take our version number; then we recount
 
 
-class RegistryError(RuntimeError):
+class RegistryError(AtollError, RuntimeError):
     """The registry cannot be opened or a publish/read failed; the message says what to do."""
 
 
@@ -71,7 +72,7 @@ class RowRefused(RegistryError):
         )
 
 
-class ModelNotFound(LookupError):
+class ModelNotFound(AtollError, LookupError):
     """No model (or no such version of it) is published."""
 
     def __init__(self, name: str, version: int | None = None) -> None:

@@ -25,6 +25,7 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from common.errors import AtollError
 from privacy.audit import AuditKeyError, AuditSigner, canonical_json, load_public_key
 from privacy.audit import load_public_keys as _load_pems
 
@@ -32,7 +33,7 @@ DOMAIN = b"atoll-registry-row-v1\n"
 _EXACT = decimal.Context(prec=2000)  # numbers are compared exactly, never rounded
 
 
-class RegistryKeyError(ValueError):
+class RegistryKeyError(AtollError, ValueError):
     """A publishing or pinned registry key is missing or unusable; the message says what to do."""
 
 

@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from common.errors import AtollError
+
 Kind = Literal["count", "rate", "sum", "mean", "histogram", "quantile"]
 KINDS: tuple[str, ...] = ("count", "rate", "sum", "mean", "histogram", "quantile")
 Z95 = 1.959963984540054
@@ -17,7 +19,7 @@ DEFAULT_QUANTILE_BINS = 50
 DEFAULT_MIN_COUNT = 20.0
 
 
-class QueryError(ValueError):
+class QueryError(AtollError, ValueError):
     """A query that does not fit the contract; `code` names the check (sent as a refusal)."""
 
     def __init__(self, code: str, message: str) -> None:

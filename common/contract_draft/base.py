@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from common.errors import AtollError
+
 # A categorical column with more distinct values than this is dropped (identifier, free text, PII?).
 MAX_CATEGORIES = 50
 # A category seen in fewer rows than this is "rare": it may single out customers.
@@ -34,7 +36,7 @@ _TRUE_WORDS = frozenset({"yes", "y", "true", "t"})
 _FALSE_WORDS = frozenset({"no", "n", "false", "f"})
 
 
-class DraftError(ValueError):
+class DraftError(AtollError, ValueError):
     """The file cannot be drafted from as asked (unknown column, no label, ...)."""
 
 

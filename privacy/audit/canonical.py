@@ -15,6 +15,8 @@ from sqlalchemy import (
     Engine,
 )
 
+from common.errors import AtollError
+
 FORMAT_VERSION = 1
 GENESIS_HASH = "0" * 64  # prev_hash of seq 1
 TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
@@ -39,7 +41,7 @@ EngineOrURL = Engine | str
 _FLAT = (str, int, bool, type(None))  # exact types a flat details dict holds as they are
 
 
-class AuditError(RuntimeError):
+class AuditError(AtollError, RuntimeError):
     """An audit log could not be written, read or verified; the message says what to do."""
 
 

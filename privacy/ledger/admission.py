@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from common.errors import AtollError
 from privacy.dp import PlannedEvent, epsilon
 from privacy.ledger.state import History, LedgerState, in_purpose
 from privacy.ledger_models import period_start
 
 
-class BudgetRefused(RuntimeError):
+class BudgetRefused(AtollError, RuntimeError):
     """A request would break the owner's policy; carries the numbers that decided it."""
 
     def __init__(

@@ -16,6 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from common.errors import AtollError
 from privacy.dp import ACCOUNTANT
 from privacy.journal_format import Entry, Genesis
 from privacy.ledger_models import Policy
@@ -139,7 +140,7 @@ def finite(value: float | None) -> float | None:
 History = list[tuple[float, float, int]]  # (noise multiplier, sample rate, steps) per event
 
 
-class CorruptEntry(ValueError):
+class CorruptEntry(AtollError, ValueError):
     """An authenticated entry that does not make sense where it stands (names the entry)."""
 
     def __init__(self, seq: int, kind: str, problem: str) -> None:

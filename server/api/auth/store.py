@@ -25,6 +25,7 @@ from common.db import (
     safe_url,
     utcnow,
 )
+from common.errors import AtollError
 from server.api.auth.keys import (
     _DUMMY_SALT,
     _KEY_ID_HEX,
@@ -40,7 +41,7 @@ from server.auth_models import ApiKey
 log = logging.getLogger(__name__)
 
 
-class ApiKeyError(ValueError):
+class ApiKeyError(AtollError, ValueError):
     """A key operation cannot be done; the message says why and what to do."""
 
 
