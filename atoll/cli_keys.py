@@ -35,7 +35,6 @@ RegistryOpt = Annotated[
         envvar="ATOLL_REGISTRY_URL",
     ),
 ]
-DEFAULT_REGISTRY = DEFAULTS.registry_url
 
 
 def _open(registry: str) -> ApiKeyStore:
@@ -61,7 +60,7 @@ def _show_secret(info: ApiKeyInfo, key: str, verb: str) -> None:
 def create(
     name: Annotated[str, typer.Option(help="Who or what uses the key, e.g. crm-scoring")],
     role: Annotated[Role, typer.Option(help="app | analyst | governance | admin")],
-    registry: RegistryOpt = DEFAULT_REGISTRY,
+    registry: RegistryOpt = DEFAULTS.registry_url,
 ) -> None:
     """Create a key; prints the key once (stdout)."""
     with _open(registry) as store:
@@ -74,7 +73,7 @@ def create(
 
 @keys_app.command("list")
 def list_keys(
-    registry: RegistryOpt = DEFAULT_REGISTRY,
+    registry: RegistryOpt = DEFAULTS.registry_url,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
 ) -> None:
     """Every key with its role and status (never secrets)."""
@@ -113,7 +112,7 @@ def list_keys(
 @keys_app.command("rotate")
 def rotate(
     key_id: Annotated[str, typer.Argument(help="Key id from `atoll apikey list`")],
-    registry: RegistryOpt = DEFAULT_REGISTRY,
+    registry: RegistryOpt = DEFAULTS.registry_url,
 ) -> None:
     """Replace a key's secret (same id and role); the old secret stops working at once."""
     with _open(registry) as store:
@@ -127,7 +126,7 @@ def rotate(
 @keys_app.command("revoke")
 def revoke(
     key_id: Annotated[str, typer.Argument(help="Key id from `atoll apikey list`")],
-    registry: RegistryOpt = DEFAULT_REGISTRY,
+    registry: RegistryOpt = DEFAULTS.registry_url,
 ) -> None:
     """Disable a key for good; requests with it get 401 from now on."""
     with _open(registry) as store:
